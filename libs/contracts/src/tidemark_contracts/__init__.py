@@ -1,0 +1,30 @@
+"""Tidemark's public message contracts: commands, domain events, progress, topics."""
+
+from tidemark_contracts.base import Message, UtcDatetime, WireModel, format_utc, utc_now
+from tidemark_contracts.envelope import Envelope, event_message_id
+from tidemark_contracts.topics import (
+    ALL_TOPICS,
+    BACKUP_COMMANDS,
+    BACKUP_EVENTS,
+    BACKUP_PROGRESS,
+    SERVICE_HEARTBEATS,
+    Topic,
+    all_messages,
+)
+
+__all__ = [
+    "ALL_TOPICS",
+    "BACKUP_COMMANDS",
+    "BACKUP_EVENTS",
+    "BACKUP_PROGRESS",
+    "SERVICE_HEARTBEATS",
+    "Envelope",
+    "Message",
+    "Topic",
+    "UtcDatetime",
+    "WireModel",
+    "all_messages",
+    "event_message_id",
+    "format_utc",
+    "utc_now",
+]

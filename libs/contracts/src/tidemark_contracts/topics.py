@@ -1,0 +1,64 @@
+"""The topic registry: every Kafka topic, what it carries, and how it is keyed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tidemark_contracts.backup import (
+    BackupCompleted,
+    BackupFailed,
+    BackupProgress,
+    BackupRequested,
+    BackupStarted,
+    BackupUploaded,
+    RequestBackup,
+)
+from tidemark_contracts.base import Message
+from tidemark_contracts.service import ServiceHeartbeat
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    description: str
+    messages: tuple[type[Message], ...]
+    partitions: int = 6
+    key: str = "environmentId"
+
+    def message_class(self, message_type: str) -> type[Message] | None:
+        return next((m for m in self.messages if m.message_type == message_type), None)
+
+
+BACKUP_COMMANDS = Topic(
+    "backup.commands",
+    "Commands for the backup-runner, issued by the gateway and the scheduler.",
+    (RequestBackup,),
+)
+BACKUP_EVENTS = Topic(
+    "backup.events",
+    "Domain events of the Backup aggregate, relayed from the backup-runner's event store.",
+    (BackupRequested, BackupStarted, BackupUploaded, BackupCompleted, BackupFailed),
+)
+BACKUP_PROGRESS = Topic(
+    "backup.progress",
+    "Ephemeral progress ticks of running backups (not in any event store).",
+    (BackupProgress,),
+)
+SERVICE_HEARTBEATS = Topic(
+    "service.heartbeats",
+    "Liveness of every service instance; the gateway's readiness reads it.",
+    (ServiceHeartbeat,),
+    partitions=1,
+    key="service",
+)
+
+ALL_TOPICS: tuple[Topic, ...] = (
+    BACKUP_COMMANDS,
+    BACKUP_EVENTS,
+    BACKUP_PROGRESS,
+    SERVICE_HEARTBEATS,
+)
+
+
+def all_messages() -> list[type[Message]]:
+    return [message for topic in ALL_TOPICS for message in topic.messages]

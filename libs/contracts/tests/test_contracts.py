@@ -1,0 +1,105 @@
+"""Every message's JSON Schema is pinned, so a contract change is always a visible diff."""
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from pydantic import ValidationError
+from tidemark_contracts import BACKUP_COMMANDS, BACKUP_EVENTS, Envelope, all_messages
+from tidemark_contracts.backup import BackupCompleted, BackupStarted, RequestBackup
+from tidemark_contracts.envelope import event_message_id
+from tidemark_contracts.schemas import SCHEMA_DIR, message_schemas, render
+
+
+@pytest.mark.parametrize("name", sorted(message_schemas()))
+def test_message_schema_matches_the_pinned_copy(name: str) -> None:
+    pinned = SCHEMA_DIR / f"{name}.json"
+    assert pinned.exists(), f"{pinned} missing: run `make schemas` and review the diff"
+    assert pinned.read_text() == render(message_schemas()[name]), (
+        f"the contract {name} changed: run `make schemas`, review that the change is "
+        "compatible (only optional fields added), and commit the new schema"
+    )
+
+
+def test_no_pinned_schema_without_a_message() -> None:
+    assert {p.stem for p in SCHEMA_DIR.glob("*.json")} == set(message_schemas())
+
+
+def test_every_message_has_a_type_and_an_explicit_version() -> None:
+    types = [m.message_type for m in all_messages()]
+    assert len(types) == len(set(types))
+    for message in all_messages():
+        assert message.model_fields["version"].default >= 1
+
+
+def test_envelope_round_trips_and_is_keyed_by_environment() -> None:
+    env_id, org_id = uuid.uuid4(), uuid.uuid4()
+    started = BackupStarted(
+        backup_id=uuid.uuid4(),
+        environment_id=env_id,
+        started_at=datetime(2026, 1, 2, 5, 0, tzinfo=timezone(timedelta(hours=2))),
+    )
+    envelope = Envelope.wrap(
+        started, producer="test", organization_id=org_id, environment_id=env_id
+    )
+    decoded = Envelope.from_bytes(envelope.to_bytes())
+    assert decoded == envelope
+    assert decoded.key == str(env_id).encode()
+    assert decoded.payload["startedAt"] == "2026-01-02T03:00:00.000000Z"
+    assert BACKUP_EVENTS.message_class(decoded.message_type) is BackupStarted
+    assert BackupStarted.model_validate(decoded.payload) == started
+
+
+def test_readers_tolerate_fields_added_by_newer_writers() -> None:
+    payload = {
+        "backupId": str(uuid.uuid4()),
+        "environmentId": str(uuid.uuid4()),
+        "startedAt": "2026-01-01T00:00:00Z",
+        "someFutureField": 1,
+    }
+    assert BackupStarted.model_validate(payload).started_at == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_naive_times_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        BackupStarted(
+            backup_id=uuid.uuid4(), environment_id=uuid.uuid4(), started_at=datetime(2026, 1, 1)
+        )
+
+
+def test_checksum_must_be_a_sha256_digest() -> None:
+    with pytest.raises(ValidationError):
+        BackupCompleted(
+            backup_id=uuid.uuid4(),
+            environment_id=uuid.uuid4(),
+            size_bytes=1,
+            checksum="md5:abc",
+            compression="zstd",
+            completed_at=datetime.now(UTC),
+            duration_ms=1,
+        )
+
+
+def test_event_message_ids_are_stable_per_aggregate_version() -> None:
+    aggregate = uuid.uuid4()
+    assert event_message_id(aggregate, 2) == event_message_id(aggregate, 2)
+    assert event_message_id(aggregate, 2) != event_message_id(aggregate, 3)
+
+
+def test_a_backup_command_needs_a_destination() -> None:
+    assert BACKUP_COMMANDS.message_class("backup.RequestBackup") is RequestBackup
+    with pytest.raises(ValidationError, match="destinations"):
+        RequestBackup.model_validate(
+            {
+                "backupId": str(uuid.uuid4()),
+                "organizationId": str(uuid.uuid4()),
+                "projectId": str(uuid.uuid4()),
+                "environmentId": str(uuid.uuid4()),
+                "type": "db",
+                "trigger": "manual",
+                "requestedBy": "u",
+                "requestedAt": "2026-01-01T00:00:00Z",
+                "database": {"host": "h", "port": 5432, "dbname": "d", "user": "u"},
+                "destinations": [],
+            }
+        )

@@ -1,0 +1,43 @@
+"""PostgreSQL connection settings: one URL, a schema per service."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+
+def eventstore_env(database_url: str, schema: str) -> dict[str, str]:
+    """The eventsourcing library's environment for a PostgreSQL event store in ``schema``."""
+    info = conninfo_to_dict(database_url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": str(info.get("dbname", "postgres")),
+        "POSTGRES_HOST": str(info.get("host", "127.0.0.1")),
+        "POSTGRES_PORT": str(info.get("port", "5432")),
+        "POSTGRES_USER": str(info.get("user", "postgres")),
+        "POSTGRES_PASSWORD": str(info.get("password", "")),
+        "POSTGRES_SCHEMA": schema,
+        "POSTGRES_POOL_SIZE": "5",
+        "POSTGRES_MAX_OVERFLOW": "5",
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "POSTGRES_PRE_PING": "y",
+        "CREATE_TABLE": "y",
+    }
+
+
+def ensure_schema(database_url: str, schema: str) -> None:
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+
+
+async def can_reach(database_url: str, connect_timeout: int = 3) -> bool:
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            database_url, connect_timeout=connect_timeout, autocommit=True
+        )
+    except psycopg.Error:
+        return False
+    async with conn:
+        await conn.execute("SELECT 1")
+    return True

@@ -1,0 +1,52 @@
+"""Event stores: an eventsourcing application on PostgreSQL that records what it consumed.
+
+Every service that turns Kafka messages into events uses a *process recorder*: the
+tracking record (topic:partition, offset) is written in the same transaction as the
+events, so a redelivered message is recognised and has no second effect. A plain
+``Application`` would silently ignore the tracking (see NOTES.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from uuid import UUID
+
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
+
+from tidemark_platform.database import ensure_schema, eventstore_env
+
+
+class EventStoreApplication(Application[UUID]):
+    """An event-sourced application whose recorder also keeps tracking records."""
+
+    def construct_recorder(self) -> ProcessRecorder:
+        return self.factory.process_recorder()
+
+    @property
+    def process_recorder(self) -> ProcessRecorder:
+        return cast(ProcessRecorder, self.recorder)
+
+    @classmethod
+    def on_postgres(cls, database_url: str, schema: str, **env: str) -> Any:
+        ensure_schema(database_url, schema)
+        return cls(env={**eventstore_env(database_url, schema), **env})
+
+    def has_processed(self, tracking: Tracking) -> bool:
+        return self.process_recorder.has_tracking_id(
+            tracking.application_name, tracking.notification_id
+        )
+
+    def save_tracked(self, tracking: Tracking, *aggregates: Any) -> bool:
+        """Save the aggregates' new events together with ``tracking``, atomically.
+
+        Returns False, having written nothing, when the position was already recorded or
+        an aggregate's event collides with one already stored (a duplicate command).
+        """
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent(tracking)
+        processing_event.collect_events(*aggregates)
+        try:
+            self._record(processing_event)
+        except IntegrityError:
+            return False
+        return True

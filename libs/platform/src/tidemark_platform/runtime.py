@@ -1,0 +1,219 @@
+"""The runtime every service shares: start-up, heartbeats, health, readiness and metrics.
+
+Each service is a Litestar app (the gateway adds its API to the same app) whose start-up
+connects to Kafka in the background, so a service starts, answers ``/health`` and keeps
+its durable work while Kafka is away, and reports not-ready until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+import uvicorn
+from faststream.kafka import KafkaBroker
+from litestar import Litestar, Response, get
+from litestar.types import ControllerRouterHandler
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from tidemark_contracts import SERVICE_HEARTBEATS, Envelope, utc_now
+from tidemark_contracts.service import ServiceHeartbeat
+
+from tidemark_platform.database import can_reach
+from tidemark_platform.kafka import make_broker, start_when_reachable
+from tidemark_platform.logging import configure_logging, get_logger
+from tidemark_platform.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+Check = Callable[[], Awaitable[bool]]
+SYSTEM_ORGANIZATION = uuid.UUID(int=0)
+
+
+class ServiceRuntime:
+    """Owns a service's broker connection, background tasks and readiness checks."""
+
+    def __init__(self, name: str, settings: ServiceSettings, broker: KafkaBroker) -> None:
+        self.name = name
+        self.settings = settings
+        self.broker = broker
+        self.instance_id = uuid.uuid4()
+        self.started_at = utc_now()
+        self.kafka_connected = asyncio.Event()
+        self.checks: dict[str, Check] = {
+            "postgres": lambda: can_reach(settings.database_url),
+            "kafka": self._kafka_ready,
+        }
+        self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._on_shutdown: list[Callable[[], Any]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add_check(self, name: str, check: Check) -> None:
+        self.checks[name] = check
+
+    def add_background(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """A coroutine that runs for the life of the service (relay, executor, ...)."""
+        self._background.append(run)
+
+    def on_shutdown(self, close: Callable[[], Any]) -> None:
+        self._on_shutdown.append(close)
+
+    async def readiness(self) -> dict[str, bool]:
+        names = list(self.checks)
+        results = await asyncio.gather(*(self._safe(self.checks[n]) for n in names))
+        return dict(zip(names, results, strict=True))
+
+    async def startup(self) -> None:
+        self._tasks.append(asyncio.create_task(self._connect(), name="kafka-connect"))
+        for run in self._background:
+            self._tasks.append(asyncio.create_task(self._supervise(run), name=run.__name__))
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        log.info("service_started", instance_id=str(self.instance_id))
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
+        for close in self._on_shutdown:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+        log.info("service_stopped")
+
+    async def _connect(self) -> None:
+        try:
+            await start_when_reachable(self.broker, self.settings.kafka_bootstrap_servers)
+        except Exception:
+            # Not an outage (those are retried) but a defect in the wiring: stop loudly
+            # rather than run on, never ready.
+            log.exception("kafka_start_failed")
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise
+        self.kafka_connected.set()
+
+    async def _kafka_ready(self) -> bool:
+        return self.kafka_connected.is_set() and await self.broker.ping(timeout=2.0)
+
+    @staticmethod
+    async def _safe(check: Check) -> bool:
+        try:
+            return await asyncio.wait_for(check(), timeout=5.0)
+        except Exception:
+            return False
+
+    async def _supervise(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        # A background loop that dies takes the service's readiness with it; restart it.
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background_task_crashed", task=run.__name__)
+                await asyncio.sleep(1.0)
+
+    async def _heartbeat(self) -> None:
+        await self.kafka_connected.wait()
+        while True:
+            ready = all((await self.readiness()).values())
+            beat = ServiceHeartbeat(
+                service=self.name,
+                instance_id=self.instance_id,
+                started_at=self.started_at,
+                at=utc_now(),
+                ready=ready,
+            )
+            envelope = Envelope.wrap(
+                beat,
+                producer=self.name,
+                organization_id=SYSTEM_ORGANIZATION,
+                environment_id=None,
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self.broker.publish(
+                        envelope.to_bytes(), SERVICE_HEARTBEATS.name, key=self.name.encode()
+                    ),
+                    timeout=10.0,
+                )
+            await asyncio.sleep(self.settings.heartbeat_interval_seconds)
+
+
+def operational_routes(runtime: ServiceRuntime) -> list[ControllerRouterHandler]:
+    """``/health``, ``/ready`` and ``/metrics``, unauthenticated by design."""
+
+    @get("/health", include_in_schema=False, sync_to_thread=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok", "service": runtime.name}
+
+    @get("/ready", include_in_schema=False)
+    async def ready() -> Response[dict[str, Any]]:
+        checks = await runtime.readiness()
+        missing = sorted(name for name, ok in checks.items() if not ok)
+        if not missing:
+            return Response({"status": "ready", "service": runtime.name, "checks": checks})
+        return Response(
+            {
+                "type": "about:blank",
+                "title": "Service Unavailable",
+                "status": 503,
+                "detail": f"not ready: {', '.join(missing)}",
+                "missing": missing,
+                "checks": checks,
+            },
+            status_code=503,
+            media_type="application/problem+json",
+        )
+
+    @get("/metrics", include_in_schema=False, sync_to_thread=False)
+    def metrics() -> Response[bytes]:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return [health, ready, metrics]
+
+
+def build_service_app(
+    runtime: ServiceRuntime,
+    route_handlers: Sequence[ControllerRouterHandler] = (),
+    **litestar_options: Any,
+) -> Litestar:
+    return Litestar(
+        route_handlers=[*operational_routes(runtime), *route_handlers],
+        # The service's own start-up (pools, migrations) first; then the background work.
+        on_startup=[*litestar_options.pop("on_startup", []), runtime.startup],
+        on_shutdown=[*litestar_options.pop("on_shutdown", []), runtime.shutdown],
+        logging_config=None,  # configure_logging owns logging; Litestar must not replace it
+        **litestar_options,
+    )
+
+
+def serve(app: Litestar, settings: ServiceSettings) -> None:
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def run_service(name: str, settings: ServiceSettings, app: Callable[[], Litestar]) -> None:
+    """A service's ``main``: structured logs first, then the app under uvicorn."""
+    configure_logging(name, settings.log_level, settings.log_format)
+    serve(app(), settings)
+
+
+def bare_service_app(name: str, settings: ServiceSettings) -> Litestar:
+    """A service that so far only reports in: health, readiness, metrics and heartbeats."""
+    runtime = ServiceRuntime(name, settings, make_broker(settings.kafka_bootstrap_servers, name))
+    return build_service_app(runtime)

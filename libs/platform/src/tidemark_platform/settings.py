@@ -1,0 +1,35 @@
+"""Settings shared by every service, read from the environment (pydantic-settings)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs. Subclasses set ``env_prefix`` and their own fields.
+
+    ``DATABASE_URL`` and ``KAFKA_BOOTSTRAP_SERVERS`` are shared by all services and read
+    without a prefix; everything else is read with the service's prefix (for example
+    ``TIDEMARK_BACKUP_RUNNER_HTTP_PORT``) so services on one host never collide.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    database_url: str = Field(
+        validation_alias=AliasChoices("DATABASE_URL", "TIDEMARK_DATABASE_URL"),
+        description="PostgreSQL URL; each service keeps its tables in its own schema.",
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices(
+            "KAFKA_BOOTSTRAP_SERVERS", "TIDEMARK_KAFKA_BOOTSTRAP_SERVERS"
+        ),
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    heartbeat_interval_seconds: float = Field(default=5.0, gt=0)

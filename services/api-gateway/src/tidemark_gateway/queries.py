@@ -1,0 +1,104 @@
+"""Read queries, always scoped to the caller's organization (foreign rows do not exist)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.rows import DictRow
+
+from tidemark_gateway.problems import not_found
+from tidemark_gateway.readmodel import SCHEMA, Pool
+
+
+async def one(pool: Pool, statement: str, params: Sequence[Any], what: str) -> DictRow:
+    async with pool.connection() as conn:
+        row = await (await conn.execute(statement, params)).fetchone()
+    if row is None:
+        raise not_found(what)
+    return row
+
+
+async def project(pool: Pool, organization_id: uuid.UUID, project_id: uuid.UUID) -> DictRow:
+    return await one(
+        pool,
+        f"SELECT * FROM {SCHEMA}.projects WHERE organization_id = %s AND id = %s",
+        (organization_id, project_id),
+        "project",
+    )
+
+
+async def environment(pool: Pool, organization_id: uuid.UUID, env_id: uuid.UUID) -> DictRow:
+    return await one(
+        pool,
+        f"SELECT * FROM {SCHEMA}.environments WHERE organization_id = %s AND id = %s",
+        (organization_id, env_id),
+        "environment",
+    )
+
+
+async def backup(pool: Pool, organization_id: uuid.UUID, backup_id: uuid.UUID) -> DictRow:
+    return await one(
+        pool,
+        f"SELECT * FROM {SCHEMA}.backups WHERE organization_id = %s AND id = %s",
+        (organization_id, backup_id),
+        "backup",
+    )
+
+
+async def destinations(
+    pool: Pool, organization_id: uuid.UUID, ids: Sequence[uuid.UUID]
+) -> list[DictRow]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            f"SELECT * FROM {SCHEMA}.destinations WHERE organization_id = %s AND id = ANY(%s)",
+            (organization_id, list(ids)),
+        )
+        return await cursor.fetchall()
+
+
+async def default_destinations(pool: Pool, organization_id: uuid.UUID) -> list[DictRow]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            f"SELECT * FROM {SCHEMA}.destinations WHERE organization_id = %s AND is_default "
+            "ORDER BY created_at, id",
+            (organization_id,),
+        )
+        return await cursor.fetchall()
+
+
+def backup_filters(
+    where: str,
+    params: list[Any],
+    status: str | None,
+    backup_type: str | None,
+    alias: str = "",
+) -> tuple[str, list[Any]]:
+    if status is not None:
+        where += f" AND {alias}status = %s"
+        params.append(status)
+    if backup_type is not None:
+        where += f" AND {alias}type = %s"
+        params.append(backup_type)
+    return where, params
+
+
+async def page(
+    pool: Pool,
+    from_where: str,
+    params: Sequence[Any],
+    order_by: str,
+    limit: int,
+    offset: int,
+    columns: str = "*",
+) -> tuple[list[DictRow], int]:
+    async with pool.connection() as conn:
+        rows = await (
+            await conn.execute(
+                f"SELECT {columns} {from_where} ORDER BY {order_by} LIMIT %s OFFSET %s",
+                [*params, limit, offset],
+            )
+        ).fetchall()
+        count = await (await conn.execute(f"SELECT count(*) AS n {from_where}", params)).fetchone()
+    return rows, int(count["n"]) if count else 0

@@ -1,0 +1,203 @@
+"""The HTTP API's request and response bodies (camelCase on the wire, see API.md)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic.alias_generators import to_camel
+from tidemark_contracts import UtcDatetime
+from tidemark_contracts.backup import BackupStatus, BackupTrigger, BackupType
+
+CREDENTIAL_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)$")
+NAME = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")]
+
+
+class RequestBody(BaseModel):
+    """Unknown fields are refused: a typo must not silently become a default."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="forbid")
+
+
+class ResponseBody(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+def check_credential_ref(value: str | None) -> str | None:
+    if value is not None and not CREDENTIAL_REF.match(value):
+        raise ValueError(
+            "must be a credential reference, env:NAME or file:/path; plain secrets are refused"
+        )
+    return value
+
+
+# --- projects -------------------------------------------------------------------------
+
+
+class CreateProject(RequestBody):
+    name: NAME
+
+
+class ProjectOut(ResponseBody):
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    name: str
+    created_at: UtcDatetime
+
+
+# --- environments ---------------------------------------------------------------------
+
+
+class DatabaseIn(RequestBody):
+    host: Annotated[str, Field(min_length=1, max_length=255)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 5432
+    dbname: Annotated[str, Field(min_length=1, max_length=63)]
+    user: Annotated[str, Field(min_length=1, max_length=63)]
+    password_ref: str | None = None
+
+    _ref = field_validator("password_ref")(check_credential_ref)
+
+
+class ClusterIn(RequestBody):
+    data_directory: Annotated[str, Field(pattern=r"^/")]
+    bin_directory: Annotated[str, Field(pattern=r"^/")]
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+
+class CreateEnvironment(RequestBody):
+    name: NAME
+    database: DatabaseIn
+    cluster: ClusterIn | None = None
+    files_path: Annotated[str, Field(pattern=r"^/")] | None = None
+
+
+class DatabaseOut(ResponseBody):
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password_ref: str | None = None
+
+
+class ClusterOut(ResponseBody):
+    data_directory: str
+    bin_directory: str
+    port: int
+
+
+class EnvironmentOut(ResponseBody):
+    id: uuid.UUID
+    project_id: uuid.UUID
+    organization_id: uuid.UUID
+    name: str
+    database: DatabaseOut
+    cluster: ClusterOut | None
+    files_path: str | None
+    created_at: UtcDatetime
+
+
+# --- destinations ---------------------------------------------------------------------
+
+
+class LocalConfigIn(RequestBody):
+    path: Annotated[str, Field(pattern=r"^/", description="absolute directory path")]
+
+
+class S3ConfigIn(RequestBody):
+    bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_ref: str | None = None
+    secret_key_ref: str | None = None
+
+    _refs = field_validator("access_key_ref", "secret_key_ref")(check_credential_ref)
+
+
+class CreateLocalDestination(RequestBody):
+    name: NAME
+    type: Literal["local"]
+    config: LocalConfigIn
+    is_default: bool = False
+
+
+class CreateS3Destination(RequestBody):
+    name: NAME
+    type: Literal["s3"]
+    config: S3ConfigIn
+    is_default: bool = False
+
+
+class CreateDestination(
+    RootModel[Annotated[CreateLocalDestination | CreateS3Destination, Field(discriminator="type")]]
+):
+    """A destination to register: ``type`` selects the shape of ``config``."""
+
+
+class DestinationOut(ResponseBody):
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    name: str
+    type: Literal["local", "s3"]
+    config: dict[str, Any]
+    is_default: bool
+    created_at: UtcDatetime
+
+
+# --- backups --------------------------------------------------------------------------
+
+
+class CreateBackup(RequestBody):
+    type: BackupType
+    label: Annotated[str, Field(max_length=200)] | None = None
+    destination_ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=10)] | None = None
+
+
+class BackupDestinationOut(ResponseBody):
+    destination_id: uuid.UUID
+    name: str
+    type: str
+    status: Literal["pending", "uploaded", "failed", "deleted"]
+    location: str | None = None
+    size_bytes: int | None = None
+    uploaded_at: UtcDatetime | None = None
+
+
+class EnvironmentRef(ResponseBody):
+    id: uuid.UUID
+    name: str
+
+
+class BackupOut(ResponseBody):
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    project_id: uuid.UUID
+    environment_id: uuid.UUID
+    type: BackupType
+    trigger: BackupTrigger
+    label: str | None
+    status: BackupStatus
+    size_bytes: int | None
+    checksum: str | None
+    compression: str | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    completed_at: UtcDatetime | None
+    duration_ms: int | None
+    error: str | None
+    destinations: list[BackupDestinationOut]
+    wal_start_lsn: str | None = None
+    wal_end_lsn: str | None = None
+    environment: EnvironmentRef | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+T = TypeVar("T")
+
+
+class Page(ResponseBody, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int

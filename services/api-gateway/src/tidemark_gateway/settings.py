@@ -1,0 +1,34 @@
+"""Gateway settings (prefix ``TIDEMARK_``), documented in the README."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+from tidemark_platform.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_", extra="ignore")
+
+    http_port: int = 8000
+    jwt_secret: str | None = Field(default=None, description="HS256 secret")
+    jwt_public_key_file: str | None = Field(default=None, description="PEM for RS256/ES256")
+    jwt_jwks_url: str | None = None
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["HS256"])
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    expected_services: list[str] = Field(
+        default_factory=lambda: ["scheduler", "backup-runner", "restore-runner", "alerts"]
+    )
+    heartbeat_timeout_seconds: float = 20.0
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> GatewaySettings:
+        if not (self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_url):
+            raise ValueError(
+                "set TIDEMARK_JWT_SECRET (HS256), TIDEMARK_JWT_PUBLIC_KEY_FILE or "
+                "TIDEMARK_JWT_JWKS_URL"
+            )
+        if self.jwt_secret and any(not a.startswith("HS") for a in self.jwt_algorithms):
+            raise ValueError("an HMAC secret can only verify HS* algorithms")
+        return self

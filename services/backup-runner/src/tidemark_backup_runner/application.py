@@ -1,0 +1,158 @@
+"""The backup-runner's event store and the translation of its events into contracts."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from tidemark_contracts import BACKUP_EVENTS, Envelope, Message, Topic, event_message_id
+from tidemark_contracts.backup import (
+    BackupCompleted,
+    BackupFailed,
+    BackupRequested,
+    BackupStarted,
+    BackupUploaded,
+    DestinationRef,
+    RequestBackup,
+)
+from tidemark_platform.eventstore import EventStoreApplication
+
+from tidemark_backup_runner.domain import Backup
+
+PRODUCER = "backup-runner"
+
+
+class BackupRunnerApplication(EventStoreApplication):
+    name = "backup_runner"
+
+    def __init__(self, env: Any = None) -> None:
+        super().__init__(env)
+        self._scopes: OrderedDict[UUID, tuple[UUID, UUID]] = OrderedDict()
+
+    def request_backup(self, command: RequestBackup, tracking: Tracking) -> bool:
+        """Record the request; False (and no effect) when it was already recorded."""
+        backup = Backup(
+            backup_id=command.backup_id,
+            organization_id=command.organization_id,
+            project_id=command.project_id,
+            environment_id=command.environment_id,
+            type=command.type,
+            trigger=command.trigger,
+            label=command.label,
+            requested_by=command.requested_by,
+            requested_at=command.requested_at,
+            database=command.database.model_dump(mode="json"),
+            destinations=[d.model_dump(mode="json") for d in command.destinations],
+        )
+        return self.save_tracked(tracking, backup)
+
+    def get_backup(self, backup_id: UUID) -> Backup:
+        backup: Backup = self.repository.get(backup_id)
+        return backup
+
+    def unfinished_backups(self) -> list[UUID]:
+        """Backups requested but neither completed nor failed, in request order.
+
+        Read from the notification log at start-up, so work recorded just before a crash
+        (or a redelivered command that tracking skipped) is still carried out.
+        """
+        open_ids: dict[UUID, None] = {}
+        start = 1
+        while True:
+            notifications = self.recorder.select_notifications(start=start, limit=1000)
+            if not notifications:
+                return list(open_ids)
+            for notification in notifications:
+                event = self.mapper.to_domain_event(notification)
+                if isinstance(event, Backup.Requested):
+                    open_ids[event.originator_id] = None
+                elif isinstance(event, Backup.Completed | Backup.Failed):
+                    open_ids.pop(event.originator_id, None)
+            start = notifications[-1].id + 1
+
+    def to_envelope(self, event: Any) -> tuple[Topic, Envelope] | None:
+        """The public contract message for a stored domain event."""
+        backup_id: UUID = event.originator_id
+        message: Message
+        if isinstance(event, Backup.Requested):
+            self._remember_scope(backup_id, event.organization_id, event.environment_id)
+            message = BackupRequested(
+                backup_id=backup_id,
+                organization_id=event.organization_id,
+                project_id=event.project_id,
+                environment_id=event.environment_id,
+                type=event.type,
+                trigger=event.trigger,
+                label=event.label,
+                requested_by=event.requested_by,
+                requested_at=event.requested_at,
+                destinations=[DestinationRef.model_validate(d) for d in event.destinations],
+            )
+        else:
+            organization_id, environment_id = self._scope(backup_id)
+            if isinstance(event, Backup.Started):
+                message = BackupStarted(
+                    backup_id=backup_id,
+                    environment_id=environment_id,
+                    started_at=event.started_at,
+                    bytes_total_estimate=event.bytes_total_estimate,
+                )
+            elif isinstance(event, Backup.Uploaded):
+                message = BackupUploaded(
+                    backup_id=backup_id,
+                    environment_id=environment_id,
+                    destination_id=UUID(event.destination_id),
+                    location=event.location,
+                    size_bytes=event.size_bytes,
+                    uploaded_at=event.uploaded_at,
+                )
+            elif isinstance(event, Backup.Completed):
+                message = BackupCompleted(
+                    backup_id=backup_id,
+                    environment_id=environment_id,
+                    size_bytes=event.size_bytes,
+                    checksum=event.checksum,
+                    compression=event.compression,
+                    completed_at=event.completed_at,
+                    duration_ms=event.duration_ms,
+                )
+            elif isinstance(event, Backup.Failed):
+                message = BackupFailed(
+                    backup_id=backup_id,
+                    environment_id=environment_id,
+                    error=event.error,
+                    failed_at=event.failed_at,
+                )
+            else:
+                return None
+        organization_id, environment_id = self._scope(backup_id)
+        occurred_at: datetime = event.timestamp
+        return BACKUP_EVENTS, Envelope.wrap(
+            message,
+            producer=PRODUCER,
+            organization_id=organization_id,
+            environment_id=environment_id,
+            message_id=event_message_id(backup_id, event.originator_version),
+            aggregate_id=backup_id,
+            aggregate_version=event.originator_version,
+            causation_id=backup_id,
+            occurred_at=occurred_at,
+        )
+
+    def _remember_scope(self, backup_id: UUID, organization_id: UUID, environment_id: UUID) -> None:
+        self._scopes[backup_id] = (organization_id, environment_id)
+        self._scopes.move_to_end(backup_id)
+        while len(self._scopes) > 10_000:
+            self._scopes.popitem(last=False)
+
+    def _scope(self, backup_id: UUID) -> tuple[UUID, UUID]:
+        scope = self._scopes.get(backup_id)
+        if scope is None:
+            # Relay restarted mid-stream: the creation event is older than this process.
+            backup: Backup = self.repository.get(backup_id, version=1)
+            scope = (backup.organization_id, backup.environment_id)
+            self._remember_scope(backup_id, *scope)
+        return scope

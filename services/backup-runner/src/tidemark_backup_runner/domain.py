@@ -1,0 +1,177 @@
+"""The Backup aggregate: a backup's life from request to a verified artifact, no I/O."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+from tidemark_contracts.backup import BackupTrigger, BackupType
+
+
+class BackupError(Exception):
+    """A command that the backup's current state does not allow."""
+
+
+class Backup(Aggregate):
+    """One backup of one environment.
+
+    Its id is minted by whoever requested it (the gateway or the scheduler), so the same
+    request delivered twice creates it once: the second creation collides in the store.
+    """
+
+    class Requested(Aggregate.Created):
+        backup_id: UUID
+        organization_id: UUID
+        project_id: UUID
+        environment_id: UUID
+        type: BackupType
+        trigger: BackupTrigger
+        label: str | None
+        requested_by: str
+        requested_at: datetime
+        database: dict[str, Any]
+        destinations: list[dict[str, Any]]
+
+    class Started(Aggregate.Event):
+        started_at: datetime
+        bytes_total_estimate: int | None
+
+    class Uploaded(Aggregate.Event):
+        destination_id: str
+        location: str
+        size_bytes: int
+        uploaded_at: datetime
+
+    class Completed(Aggregate.Event):
+        size_bytes: int
+        checksum: str
+        compression: str
+        completed_at: datetime
+        duration_ms: int
+
+    class Failed(Aggregate.Event):
+        error: str
+        failed_at: datetime
+
+    @staticmethod
+    def create_id(backup_id: UUID) -> UUID:
+        return backup_id
+
+    @event(Requested)
+    def __init__(
+        self,
+        *,
+        backup_id: UUID,
+        organization_id: UUID,
+        project_id: UUID,
+        environment_id: UUID,
+        type: BackupType,
+        trigger: BackupTrigger,
+        label: str | None,
+        requested_by: str,
+        requested_at: datetime,
+        database: dict[str, Any],
+        destinations: list[dict[str, Any]],
+    ) -> None:
+        self.backup_id = backup_id
+        self.organization_id = organization_id
+        self.project_id = project_id
+        self.environment_id = environment_id
+        self.type = type
+        self.trigger = trigger
+        self.label = label
+        self.requested_by = requested_by
+        self.requested_at = requested_at
+        # References only (host, user, ``passwordRef``): secrets never enter events.
+        self.database = database
+        self.destinations = destinations
+        self.status = "pending"
+        self.started_at: datetime | None = None
+        self.completed_at: datetime | None = None
+        self.uploads: dict[str, dict[str, Any]] = {}
+        self.size_bytes: int | None = None
+        self.checksum: str | None = None
+        self.error: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in ("completed", "failed")
+
+    def start(self, started_at: datetime, bytes_total_estimate: int | None) -> None:
+        if self.status != "pending":
+            raise BackupError(f"cannot start a backup that is {self.status}")
+        self._started(started_at=started_at, bytes_total_estimate=bytes_total_estimate)
+
+    @event(Started)
+    def _started(self, started_at: datetime, bytes_total_estimate: int | None) -> None:
+        self.status = "running"
+        self.started_at = started_at
+
+    def record_upload(
+        self, destination_id: str, location: str, size_bytes: int, uploaded_at: datetime
+    ) -> None:
+        if self.status != "running":
+            raise BackupError(f"cannot record an upload of a backup that is {self.status}")
+        if destination_id not in {d["destination_id"] for d in self.destinations}:
+            raise BackupError(f"destination {destination_id} is not one of this backup's")
+        self._uploaded(
+            destination_id=destination_id,
+            location=location,
+            size_bytes=size_bytes,
+            uploaded_at=uploaded_at,
+        )
+
+    @event(Uploaded)
+    def _uploaded(
+        self, destination_id: str, location: str, size_bytes: int, uploaded_at: datetime
+    ) -> None:
+        self.uploads[destination_id] = {
+            "location": location,
+            "size_bytes": size_bytes,
+            "uploaded_at": uploaded_at,
+        }
+
+    def complete(
+        self, size_bytes: int, checksum: str, compression: str, completed_at: datetime
+    ) -> None:
+        if self.status != "running":
+            raise BackupError(f"cannot complete a backup that is {self.status}")
+        missing = {d["destination_id"] for d in self.destinations} - set(self.uploads)
+        if missing:
+            raise BackupError(f"not yet stored in every destination: {sorted(missing)}")
+        assert self.started_at is not None
+        duration_ms = int((completed_at - self.started_at).total_seconds() * 1000)
+        self._completed(
+            size_bytes=size_bytes,
+            checksum=checksum,
+            compression=compression,
+            completed_at=completed_at,
+            duration_ms=duration_ms,
+        )
+
+    @event(Completed)
+    def _completed(
+        self,
+        size_bytes: int,
+        checksum: str,
+        compression: str,
+        completed_at: datetime,
+        duration_ms: int,
+    ) -> None:
+        self.status = "completed"
+        self.size_bytes = size_bytes
+        self.checksum = checksum
+        self.completed_at = completed_at
+
+    def fail(self, error: str, failed_at: datetime) -> None:
+        if self.is_terminal:
+            raise BackupError(f"cannot fail a backup that is {self.status}")
+        self._failed(error=error, failed_at=failed_at)
+
+    @event(Failed)
+    def _failed(self, error: str, failed_at: datetime) -> None:
+        self.status = "failed"
+        self.error = error
+        self.completed_at = failed_at

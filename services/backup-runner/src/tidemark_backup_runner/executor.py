@@ -1,0 +1,225 @@
+"""Carries out requested backups, a bounded number at a time, and reports progress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from uuid import UUID
+
+from prometheus_client import Counter, Gauge, Histogram
+from tidemark_contracts import utc_now
+from tidemark_contracts.backup import BackupProgress, DatabaseTarget, DestinationTarget
+from tidemark_platform.logging import get_logger
+
+from tidemark_backup_runner.application import BackupRunnerApplication
+from tidemark_backup_runner.domain import Backup
+from tidemark_backup_runner.pgtools import DumpError, DumpResult, dump_database, estimate_size
+from tidemark_backup_runner.secrets import SecretError, resolve_secret
+from tidemark_backup_runner.storage import ArtifactWriter, UnsupportedDestination, writer_for
+
+log = get_logger(__name__)
+
+BACKUPS_FINISHED = Counter(
+    "tidemark_backups_finished_total",
+    "Backups that ended, by type and outcome",
+    ["type", "outcome"],
+)
+BACKUPS_RUNNING = Gauge("tidemark_backups_running", "Backups being taken now")
+BACKUP_SECONDS = Histogram(
+    "tidemark_backup_duration_seconds",
+    "Time from start to completion of successful backups",
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600),
+)
+
+PublishProgress = Callable[[BackupProgress, UUID], Awaitable[None]]
+
+INTERRUPTED = (
+    "the backup-runner stopped while this backup was running; its partial artifact was "
+    "discarded. Request a new backup."
+)
+
+
+def artifact_key(backup: Backup) -> str:
+    name = f"{backup.backup_id}.{backup.type}.pgdump.zst"
+    return f"{backup.organization_id}/{backup.environment_id}/{name}"
+
+
+class BackupExecutor:
+    def __init__(
+        self,
+        app: BackupRunnerApplication,
+        publish_progress: PublishProgress,
+        on_saved: Callable[[], None],
+        *,
+        pg_dump: str,
+        max_concurrent: int = 2,
+        zstd_level: int = 3,
+        progress_interval: float = 1.0,
+    ) -> None:
+        self.app = app
+        self._publish_progress = publish_progress
+        self._on_saved = on_saved
+        self._pg_dump = pg_dump
+        self._zstd_level = zstd_level
+        self._progress_interval = progress_interval
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._queue: asyncio.Queue[UUID] = asyncio.Queue()
+        self._active: set[UUID] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, backup_id: UUID) -> None:
+        self._queue.put_nowait(backup_id)
+
+    async def run(self) -> None:
+        for backup_id in await asyncio.to_thread(self.app.unfinished_backups):
+            self.submit(backup_id)
+        while True:
+            backup_id = await self._queue.get()
+            if backup_id in self._active:
+                continue
+            self._active.add(backup_id)
+            task = asyncio.create_task(self._run_one(backup_id), name=f"backup-{backup_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_one(self, backup_id: UUID) -> None:
+        try:
+            async with self._slots:
+                await self.execute(backup_id)
+        except Exception:
+            log.exception("backup_execution_crashed", backup_id=str(backup_id))
+        finally:
+            self._active.discard(backup_id)
+
+    async def _save(self, backup: Backup) -> None:
+        await asyncio.to_thread(self.app.save, backup)
+        self._on_saved()
+
+    async def _fail(self, backup: Backup, reason: str) -> None:
+        backup.fail(reason, utc_now())
+        await self._save(backup)
+        BACKUPS_FINISHED.labels(backup.type, "failed").inc()
+        log.warning("backup_failed", backup_id=str(backup.id), reason=reason)
+        await self._progress(backup, "failed", "failed", 0, None, reason)
+
+    async def execute(self, backup_id: UUID) -> None:
+        backup = await asyncio.to_thread(self.app.get_backup, backup_id)
+        if backup.is_terminal:
+            return
+        if backup.status == "running":
+            await self._fail(backup, INTERRUPTED)
+            return
+        if backup.type != "db":
+            await self._fail(backup, f"backup type {backup.type!r} is not supported yet")
+            return
+        target = DatabaseTarget.model_validate(backup.database)
+        try:
+            password = resolve_secret(target.password_ref)
+            destinations = [DestinationTarget.model_validate(d) for d in backup.destinations]
+            writers = [writer_for(d, artifact_key(backup)) for d in destinations]
+        except (SecretError, UnsupportedDestination) as exc:
+            await self._fail(backup, str(exc))
+            return
+        estimate = await asyncio.to_thread(estimate_size, target, password)
+        backup.start(utc_now(), estimate)
+        await self._save(backup)
+        BACKUPS_RUNNING.inc()
+        started = time.monotonic()
+        try:
+            result = await self._dump(backup, target, password, writers, estimate)
+        except (DumpError, OSError) as exc:
+            for writer in writers:
+                writer.abort()
+            await self._fail(backup, str(exc) if isinstance(exc, DumpError) else repr(exc))
+            return
+        finally:
+            BACKUPS_RUNNING.dec()
+        try:
+            locations = [await asyncio.to_thread(writer.commit) for writer in writers]
+        except OSError as exc:
+            for writer in writers:
+                writer.abort()
+            await self._fail(backup, f"storing the artifact failed: {exc.strerror or exc}")
+            return
+        now = utc_now()
+        for destination, location in zip(destinations, locations, strict=True):
+            backup.record_upload(str(destination.destination_id), location, result.size_bytes, now)
+        backup.complete(result.size_bytes, result.checksum, "zstd", now)
+        await self._save(backup)
+        BACKUPS_FINISHED.labels(backup.type, "completed").inc()
+        BACKUP_SECONDS.observe(time.monotonic() - started)
+        log.info(
+            "backup_completed",
+            backup_id=str(backup.id),
+            size_bytes=result.size_bytes,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        await self._progress(backup, "completed", "completed", result.raw_bytes, result.raw_bytes)
+
+    async def _dump(
+        self,
+        backup: Backup,
+        target: DatabaseTarget,
+        password: str | None,
+        writers: list[ArtifactWriter],
+        estimate: int | None,
+    ) -> DumpResult:
+        done = 0
+
+        def on_progress(raw_bytes: int) -> None:
+            nonlocal done
+            done = raw_bytes
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(self._progress_interval)
+                await self._progress(backup, "running", "dumping", done, estimate)
+
+        ticker = asyncio.create_task(tick())
+        try:
+            return await asyncio.to_thread(
+                dump_database,
+                target,
+                password,
+                writers,
+                on_progress,
+                pg_dump=self._pg_dump,
+                zstd_level=self._zstd_level,
+            )
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def _progress(
+        self,
+        backup: Backup,
+        status: str,
+        phase: str,
+        done: int,
+        total: int | None,
+        message: str | None = None,
+    ) -> None:
+        percent = 100.0 if status == "completed" else None
+        if percent is None and total:
+            percent = round(min(99.0, 100.0 * done / total), 1)
+        tick = BackupProgress(
+            backup_id=backup.id,
+            environment_id=backup.environment_id,
+            status=status,  # type: ignore[arg-type]
+            phase=phase,
+            percent=percent,
+            bytes_done=done,
+            bytes_total=total,
+            message=message,
+            at=utc_now(),
+        )
+        try:
+            await asyncio.wait_for(
+                self._publish_progress(tick, backup.organization_id), timeout=5.0
+            )
+        except Exception as exc:
+            # Progress is ephemeral: losing a tick must never fail a backup.
+            log.debug("progress_not_published", error=repr(exc))

@@ -1,0 +1,78 @@
+"""Wiring of the backup-runner: settings, event store, Kafka, executor, HTTP."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from litestar import Litestar
+from pydantic_settings import SettingsConfigDict
+from tidemark_contracts import BACKUP_PROGRESS, Envelope
+from tidemark_contracts.backup import BackupProgress
+from tidemark_platform.kafka import make_broker
+from tidemark_platform.notification_log import NotificationLogSource
+from tidemark_platform.relay import Outbound, Relay
+from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
+from tidemark_platform.settings import ServiceSettings
+
+from tidemark_backup_runner.application import BackupRunnerApplication
+from tidemark_backup_runner.executor import BackupExecutor
+from tidemark_backup_runner.handlers import register_handlers
+from tidemark_backup_runner.pgtools import find_tool
+
+SERVICE = "backup-runner"
+SCHEMA = "backup_runner"
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_BACKUP_RUNNER_", extra="ignore")
+
+    http_port: int = 8102
+    max_concurrent_backups: int = 2
+    zstd_level: int = 3
+    progress_interval_seconds: float = 1.0
+    pg_bin_dir: str | None = None
+
+
+def create_app(settings: Settings) -> Litestar:
+    app = BackupRunnerApplication.on_postgres(settings.database_url, SCHEMA)
+    broker = make_broker(settings.kafka_bootstrap_servers, SERVICE)
+    runtime = ServiceRuntime(SERVICE, settings, broker)
+
+    async def publish(entry: Outbound) -> None:
+        assert entry.topic is not None
+        await broker.publish(entry.value, entry.topic, key=entry.key, headers=entry.headers)
+
+    relay = Relay(NotificationLogSource(app, app.to_envelope, "kafka"), publish)
+
+    async def publish_progress(tick: BackupProgress, organization_id: UUID) -> None:
+        envelope = Envelope.wrap(
+            tick,
+            producer=SERVICE,
+            organization_id=organization_id,
+            environment_id=tick.environment_id,
+        )
+        await broker.publish(envelope.to_bytes(), BACKUP_PROGRESS.name, key=envelope.key)
+
+    executor = BackupExecutor(
+        app,
+        publish_progress,
+        relay.wake,
+        pg_dump=find_tool("pg_dump", settings.pg_bin_dir),
+        max_concurrent=settings.max_concurrent_backups,
+        zstd_level=settings.zstd_level,
+        progress_interval=settings.progress_interval_seconds,
+    )
+    register_handlers(broker, app, executor, relay.wake)
+    runtime.add_background(relay.run)
+    runtime.add_background(executor.run)
+    runtime.on_shutdown(app.close)
+    return build_service_app(runtime)
+
+
+def main() -> None:
+    settings = Settings()  # type: ignore[call-arg]  # read from the environment
+    run_service(SERVICE, settings, lambda: create_app(settings))
+
+
+if __name__ == "__main__":
+    main()

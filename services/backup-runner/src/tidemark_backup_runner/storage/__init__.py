@@ -1,0 +1,36 @@
+"""Storage destinations: where artifacts are written, each behind one small interface."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from tidemark_contracts.backup import DestinationTarget, LocalDestinationConfig
+
+from tidemark_backup_runner.storage.local import LocalArtifactWriter
+
+
+class ArtifactWriter(Protocol):
+    """Receives an artifact as a stream; nothing is visible until ``commit``."""
+
+    def open(self) -> None: ...
+    def write(self, chunk: bytes) -> None: ...
+    def commit(self) -> str:
+        """Make the artifact durable and visible; returns its location."""
+        ...
+
+    def abort(self) -> None:
+        """Discard whatever was written; safe to call at any point, more than once."""
+        ...
+
+
+class UnsupportedDestination(Exception):
+    pass
+
+
+def writer_for(destination: DestinationTarget, key: str) -> ArtifactWriter:
+    config = destination.config
+    if isinstance(config, LocalDestinationConfig):
+        return LocalArtifactWriter(config.path, key)
+    raise UnsupportedDestination(
+        f"destination {destination.name!r}: type {destination.type!r} is not supported yet"
+    )

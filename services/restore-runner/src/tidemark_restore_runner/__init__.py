@@ -1,0 +1,1 @@
+"""Tidemark restore_runner."""
