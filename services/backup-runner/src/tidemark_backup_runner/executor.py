@@ -41,6 +41,15 @@ INTERRUPTED = (
 )
 
 
+def failure_reason(exc: Exception) -> str:
+    if isinstance(exc, DumpError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"storing the artifact failed: {exc.strerror or exc}{where}"
+    return f"internal error: {type(exc).__name__}"
+
+
 def artifact_key(backup: Backup) -> str:
     name = f"{backup.backup_id}.{backup.type}.pgdump.zst"
     return f"{backup.organization_id}/{backup.environment_id}/{name}"
@@ -129,20 +138,17 @@ class BackupExecutor:
         started = time.monotonic()
         try:
             result = await self._dump(backup, target, password, writers, estimate)
-        except (DumpError, OSError) as exc:
+            locations = [await asyncio.to_thread(writer.commit) for writer in writers]
+        except Exception as exc:
+            # Whatever went wrong, nothing partial stays behind and the backup says why.
             for writer in writers:
                 writer.abort()
-            await self._fail(backup, str(exc) if isinstance(exc, DumpError) else repr(exc))
+            await self._fail(backup, failure_reason(exc))
+            if not isinstance(exc, DumpError | OSError):
+                log.exception("backup_crashed", backup_id=str(backup.id))
             return
         finally:
             BACKUPS_RUNNING.dec()
-        try:
-            locations = [await asyncio.to_thread(writer.commit) for writer in writers]
-        except OSError as exc:
-            for writer in writers:
-                writer.abort()
-            await self._fail(backup, f"storing the artifact failed: {exc.strerror or exc}")
-            return
         now = utc_now()
         for destination, location in zip(destinations, locations, strict=True):
             backup.record_upload(str(destination.destination_id), location, result.size_bytes, now)

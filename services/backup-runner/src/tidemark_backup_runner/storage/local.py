@@ -39,9 +39,10 @@ class LocalArtifactWriter:
         return str(self.final)
 
     def abort(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+        if self._file is None:
+            return  # never opened, or already committed: nothing of ours to remove
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self._file = None
         with contextlib.suppress(FileNotFoundError):
             self.partial.unlink()

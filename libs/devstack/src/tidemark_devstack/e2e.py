@@ -1,0 +1,147 @@
+"""Helpers for driving a running Tidemark over HTTP: tokens, a client, data fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+JWT_SECRET = "e2e-secret-that-is-long-enough-for-hs256-0123456789"
+SOURCE_PASSWORD = "s3cret-source-Pa55word"
+WRONG_PASSWORD_ENV = "E2E_WRONG_PASSWORD"
+TERMINAL = ("completed", "failed")
+
+
+def make_token(
+    org_id: uuid.UUID | str,
+    *,
+    sub: str = "e2e-user",
+    expires_in: int = 3600,
+    secret: str = JWT_SECRET,
+    scope: str | None = None,
+    **claims: Any,
+) -> str:
+    payload: dict[str, Any] = {
+        "sub": sub,
+        "org_id": str(org_id),
+        "exp": int(time.time()) + expires_in,
+    }
+    if scope is not None:
+        payload["scope"] = scope
+    payload.update(claims)
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+@dataclass
+class Api:
+    """An HTTP client of one organization, with the few steps every test repeats."""
+
+    client: httpx.Client
+    org_id: uuid.UUID
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.post(path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.get(path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.delete(path, **kwargs)
+
+    def project(self, name: str | None = None) -> dict[str, Any]:
+        response = self.post("/api/v1/projects", json={"name": name or f"p-{uuid.uuid4().hex[:8]}"})
+        assert response.status_code == 201, response.text
+        resource: dict[str, Any] = response.json()
+        return resource
+
+    def environment(
+        self, database_url: str, password_ref: str | None = "env:E2E_SOURCE_PASSWORD"
+    ) -> dict[str, Any]:
+        project = self.project()
+        info = conninfo_to_dict(database_url)
+        body = {
+            "name": "production",
+            "database": {
+                "host": info["host"],
+                "port": int(info["port"]),
+                "dbname": info["dbname"],
+                "user": info["user"],
+                "passwordRef": password_ref,
+            },
+        }
+        response = self.post(f"/api/v1/projects/{project['id']}/environments", json=body)
+        assert response.status_code == 201, response.text
+        resource: dict[str, Any] = response.json()
+        return resource
+
+    def destination(self, path: Path, *, is_default: bool = True) -> dict[str, Any]:
+        body = {
+            "name": f"local-{uuid.uuid4().hex[:8]}",
+            "type": "local",
+            "config": {"path": str(path)},
+            "isDefault": is_default,
+        }
+        response = self.post("/api/v1/destinations", json=body)
+        assert response.status_code == 201, response.text
+        resource: dict[str, Any] = response.json()
+        return resource
+
+    def request_backup(self, env_id: str, **body: Any) -> httpx.Response:
+        return self.post(f"/api/v1/environments/{env_id}/backups", json={"type": "db", **body})
+
+    def wait_for(
+        self, backup_id: str, statuses: tuple[str, ...] = TERMINAL, timeout: float = 90.0
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.get(f"/api/v1/backups/{backup_id}")
+            assert response.status_code == 200, response.text
+            backup: dict[str, Any] = response.json()
+            if backup["status"] in statuses:
+                return backup
+            assert time.monotonic() < deadline, f"backup still {backup['status']}: {backup}"
+            time.sleep(0.2)
+
+
+SOURCE_SCHEMA = """
+CREATE TABLE customers (id bigint PRIMARY KEY, email text NOT NULL UNIQUE, created_at timestamptz);
+CREATE TABLE orders (
+    id bigint PRIMARY KEY,
+    customer_id bigint NOT NULL REFERENCES customers (id),
+    total numeric(12, 2) NOT NULL,
+    note text
+);
+INSERT INTO customers
+    SELECT g, 'user' || g || '@example.com', '2026-01-01'::timestamptz + g * interval '1 minute'
+    FROM generate_series(1, 2000) g;
+INSERT INTO orders
+    SELECT g, 1 + g % 2000, (g * 7.31)::numeric(12, 2), repeat(md5(g::text), 1 + g % 5)
+    FROM generate_series(1, 10000) g;
+"""
+
+
+def table_fingerprints(url: str) -> dict[str, tuple[int, str]]:
+    """Row count and a digest of all rows, per table: equal fingerprints, equal data."""
+    fingerprints = {}
+    with psycopg.connect(url) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+            )
+        ]
+        for table in tables:
+            query = sql.SQL("SELECT t::text FROM {} t ORDER BY 1").format(sql.Identifier(table))
+            rows = conn.execute(query).fetchall()
+            digest = hashlib.sha256("\n".join(r[0] for r in rows).encode()).hexdigest()
+            fingerprints[table] = (len(rows), digest)
+    return fingerprints

@@ -1,0 +1,160 @@
+"""A db backup end to end: HTTP → outbox → Kafka → backup-runner → events → read model."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+import zstandard
+from psycopg.conninfo import conninfo_to_dict
+from tidemark_devstack.e2e import WRONG_PASSWORD_ENV, Api, table_fingerprints
+
+pytestmark = pytest.mark.integration
+
+
+def pg_restore_binary() -> str:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_restore"))
+    return str(candidates[-1]) if candidates else "pg_restore"
+
+
+def test_db_backup_completes_and_restores_to_the_same_rows(
+    api: Api,
+    source_database: str,
+    create_database: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    environment = api.environment(source_database)
+    destination = api.destination(tmp_path / "artifacts")
+
+    accepted = api.request_backup(environment["id"], label="before migration")
+    assert accepted.status_code == 202, accepted.text
+    pending = accepted.json()
+    assert pending["status"] == "pending"
+    assert pending["label"] == "before migration"
+    assert pending["trigger"] == "manual"
+    assert accepted.headers["location"] == f"/api/v1/backups/{pending['id']}"
+    # Read-your-write: the backup exists the moment the command is accepted.
+    assert api.get(accepted.headers["location"]).json()["status"] in (
+        "pending",
+        "running",
+        "completed",
+    )
+
+    backup = api.wait_for(pending["id"])
+    assert backup["status"] == "completed", backup
+    assert backup["error"] is None
+    assert backup["compression"] == "zstd"
+    assert backup["startedAt"]
+    assert backup["completedAt"]
+    assert backup["durationMs"] >= 0
+    assert backup["completedAt"].endswith("Z")
+    [stored] = backup["destinations"]
+    assert stored["destinationId"] == destination["id"]
+    assert stored["status"] == "uploaded"
+    artifact = Path(stored["location"])
+    assert artifact.is_file()
+    assert artifact.is_relative_to(tmp_path / "artifacts")
+    data = artifact.read_bytes()
+    assert backup["sizeBytes"] == stored["sizeBytes"] == len(data)
+    assert backup["checksum"] == f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+    listed = api.get(f"/api/v1/environments/{environment['id']}/backups").json()
+    assert listed["total"] == 1
+    assert [b["id"] for b in listed["items"]] == [backup["id"]]
+    assert listed["items"][0]["status"] == "completed"
+
+    dump = tmp_path / "restore.pgdump"
+    dump.write_bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
+    scratch = create_database("scratch")
+    info = conninfo_to_dict(scratch)
+    subprocess.run(
+        [
+            pg_restore_binary(),
+            "--no-owner",
+            "--exit-on-error",
+            f"--dbname={scratch}",
+            str(dump),
+        ],
+        check=True,
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", "PGPASSWORD": str(info.get("password", ""))},
+    )
+    source = table_fingerprints(source_database)
+    assert set(source) == {"customers", "orders"}
+    assert source["orders"][0] == 10_000
+    assert table_fingerprints(scratch) == source
+
+
+def test_wrong_password_ends_failed_with_the_reason(
+    api: Api, source_database: str, tmp_path: Path
+) -> None:
+    environment = api.environment(source_database, password_ref=f"env:{WRONG_PASSWORD_ENV}")
+    api.destination(tmp_path)
+    backup = api.wait_for(api.request_backup(environment["id"]).json()["id"])
+    assert backup["status"] == "failed"
+    assert "password authentication failed" in backup["error"]
+    assert "not-the-password" not in backup["error"]
+    assert backup["destinations"][0]["status"] == "failed"
+    assert backup["sizeBytes"] is None
+    assert backup["checksum"] is None
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert leftovers == [], "a failed backup leaves no artifact behind"
+
+
+def test_database_gone_ends_failed_with_the_reason(
+    api: Api, database_url: str, create_database: Callable[..., str], tmp_path: Path
+) -> None:
+    url = create_database("gone", owner_password="s3cret-source-Pa55word")
+    environment = api.environment(url)
+    api.destination(tmp_path)
+    name = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}"')  # type: ignore[arg-type]
+    backup = api.wait_for(api.request_backup(environment["id"]).json()["id"])
+    assert backup["status"] == "failed"
+    assert "does not exist" in backup["error"]
+
+
+def test_unresolvable_credential_reference_ends_failed_with_the_reason(
+    api: Api, source_database: str, tmp_path: Path
+) -> None:
+    environment = api.environment(source_database, password_ref="env:TIDEMARK_E2E_UNSET_VARIABLE")
+    api.destination(tmp_path)
+    backup = api.wait_for(api.request_backup(environment["id"]).json()["id"])
+    assert backup["status"] == "failed"
+    assert "TIDEMARK_E2E_UNSET_VARIABLE" in backup["error"]
+    assert "not set" in backup["error"]
+
+
+def test_unwritable_destination_ends_failed_and_leaves_nothing(
+    api: Api, source_database: str, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the destination directory should be")
+    environment = api.environment(source_database)
+    api.destination(blocker)
+    backup = api.wait_for(api.request_backup(environment["id"]).json()["id"])
+    assert backup["status"] == "failed"
+    assert backup["error"]
+    assert blocker.read_text().startswith("a file")
+
+
+def test_backup_goes_to_the_requested_destinations_only(
+    api: Api, source_database: str, tmp_path: Path
+) -> None:
+    environment = api.environment(source_database)
+    api.destination(tmp_path / "default")
+    first = api.destination(tmp_path / "first", is_default=False)
+    second = api.destination(tmp_path / "second", is_default=False)
+    accepted = api.request_backup(environment["id"], destinationIds=[first["id"], second["id"]])
+    assert accepted.status_code == 202, accepted.text
+    backup = api.wait_for(accepted.json()["id"])
+    assert backup["status"] == "completed", backup
+    assert {d["destinationId"] for d in backup["destinations"]} == {first["id"], second["id"]}
+    copies = [Path(d["location"]).read_bytes() for d in backup["destinations"]]
+    assert copies[0] == copies[1]
+    assert not (tmp_path / "default").exists()
