@@ -72,7 +72,7 @@ class Api:
             "name": "production",
             "database": {
                 "host": info["host"],
-                "port": int(info["port"]),
+                "port": int(str(info["port"])),
                 "dbname": info["dbname"],
                 "user": info["user"],
                 "passwordRef": password_ref,
@@ -99,11 +99,21 @@ class Api:
         return self.post(f"/api/v1/environments/{env_id}/backups", json={"type": "db", **body})
 
     def wait_for(
-        self, backup_id: str, statuses: tuple[str, ...] = TERMINAL, timeout: float = 90.0
+        self,
+        backup_id: str,
+        statuses: tuple[str, ...] = TERMINAL,
+        timeout: float = 90.0,
+        *,
+        missing_ok: bool = False,
     ) -> dict[str, Any]:
+        """Poll until the backup reaches one of ``statuses``. With ``missing_ok`` a 404 means
+        "not projected yet" (a command that did not come through this gateway)."""
         deadline = time.monotonic() + timeout
         while True:
             response = self.get(f"/api/v1/backups/{backup_id}")
+            if missing_ok and response.status_code == 404 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
             assert response.status_code == 200, response.text
             backup: dict[str, Any] = response.json()
             if backup["status"] in statuses:
