@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from litestar import Request, Response
@@ -69,11 +70,20 @@ def problem_response(
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+# pydantic reports a bad discriminator (``type`` of a destination) at the body's root;
+# the field it names is the one the client has to fix.
+_DISCRIMINATOR = re.compile(r"found using '(?P<field>\w+)'")
+
+
 def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
     errors = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
-            field = str(item.get("key") or item.get("source") or "body")
+            field = str(item.get("key") or "")
+            tag = _DISCRIMINATOR.search(str(item.get("message", "")))
+            if not field and tag:
+                field = tag["field"]
+            field = field or str(item.get("source") or "body")
             errors.append({"field": field, "message": str(item.get("message", "invalid"))})
     return errors or [{"field": "body", "message": str(exc.detail)}]
 
