@@ -1,4 +1,4 @@
-"""The ``tidemark-dev`` command: start, stop and inspect the local Kafka and PostgreSQL."""
+"""The ``tidemark-dev`` command: the local Kafka and PostgreSQL, and ``run`` (``make run``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from tidemark_devstack import run
 from tidemark_devstack.kafka import LocalKafka
 from tidemark_devstack.paths import state_dir
 from tidemark_devstack.postgres import LocalPostgres
@@ -82,11 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _SERVICES:
         sub = services.add_parser(name, help=f"manage the local {name}")
         sub.add_argument("action", choices=["start", "stop", "status"])
+    services.add_parser(
+        "run",
+        help="run everything with a demo organization until Ctrl-C (make run)",
+        description=(
+            "Start PostgreSQL and Kafka (local ones unless DATABASE_URL / "
+            "KAFKA_BOOTSTRAP_SERVERS are set), a demo database, every service and a demo "
+            "project; print a development token and example requests; stop it all on "
+            "Ctrl-C or SIGTERM. TIDEMARK_HTTP_PORT (default 8000) and TIDEMARK_JWT_SECRET "
+            "(default: one generated and kept in the state directory) configure the gateway."
+        ),
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.service == "run":
+        return run.main()
     try:
         return _run(args.service, args.action)
     except RuntimeError as exc:
