@@ -10,7 +10,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from tidemark_contracts import Envelope, Topic
 from tidemark_contracts.service import ServiceHeartbeat
 from tidemark_platform.kafka import ensure_topics, make_broker
@@ -52,9 +51,7 @@ def run_consumer(args: list[str], crash: bool) -> subprocess.CompletedProcess[st
 
 def effects(database_url: str, schema: str) -> int:
     with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            f"SELECT count(*) FROM {schema}.tracked_consumer_test_events"  # noqa: S608
-        ).fetchone()
+        row = conn.execute(f"SELECT count(*) FROM {schema}.tracked_consumer_test_events").fetchone()
     assert row is not None
     return int(row[0])
 

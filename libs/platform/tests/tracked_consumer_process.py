@@ -14,7 +14,6 @@ import sys
 
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Tracking
-
 from tidemark_contracts import Envelope, Topic
 from tidemark_platform.consumer import subscribe_tracked
 from tidemark_platform.eventstore import EventStoreApplication

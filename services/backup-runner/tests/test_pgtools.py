@@ -1,0 +1,100 @@
+"""pg_dump streamed through zstd and SHA-256, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+import zstandard
+from psycopg.conninfo import conninfo_to_dict
+from tidemark_backup_runner.pgtools import DumpError, dump_database, estimate_size, find_tool
+from tidemark_backup_runner.storage.local import LocalArtifactWriter
+from tidemark_contracts.backup import DatabaseTarget
+
+pytestmark = pytest.mark.integration
+
+PG_DUMP = find_tool("pg_dump")
+
+
+def target_of(url: str) -> tuple[DatabaseTarget, str]:
+    info = conninfo_to_dict(url)
+    target = DatabaseTarget(
+        host=str(info["host"]),
+        port=int(str(info["port"])),
+        dbname=str(info["dbname"]),
+        user=str(info["user"]),
+    )
+    return target, str(info["password"])
+
+
+class FailingWriter:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def open(self) -> None:
+        pass
+
+    def write(self, chunk: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    def commit(self) -> str:
+        raise AssertionError("never committed")
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_dump_streams_one_checksummed_artifact_into_every_writer(
+    create_database: Callable[..., str], tmp_path: Path
+) -> None:
+    url = create_database("dump", owner_password="pw-dump-test")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g"
+        )
+    target, password = target_of(url)
+    writers = [LocalArtifactWriter(str(tmp_path / n), "a.zst") for n in ("one", "two")]
+    progress: list[int] = []
+    result = dump_database(target, password, writers, progress.append, pg_dump=PG_DUMP)
+    locations = [w.commit() for w in writers]
+    first, second = (Path(p).read_bytes() for p in locations)
+    assert first == second
+    assert result.size_bytes == len(first)
+    assert result.checksum == "sha256:" + hashlib.sha256(first).hexdigest()
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(first)
+    assert raw.startswith(b"PGDMP")  # pg_dump's custom format
+    assert result.raw_bytes == len(raw)
+    assert progress
+    assert progress[-1] == len(raw)
+    assert estimate_size(target, password) > 0
+
+
+def test_a_failing_destination_stops_pg_dump_with_the_reason(
+    create_database: Callable[..., str],
+) -> None:
+    url = create_database("dumpfail", owner_password="pw-dump-test")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
+    target, password = target_of(url)
+    with pytest.raises(DumpError, match="No space left on device"):
+        dump_database(
+            target, password, [FailingWriter()], lambda _: None, pg_dump=find_tool("pg_dump")
+        )
+
+
+def test_a_wrong_password_is_a_dump_error_without_the_password(
+    create_database: Callable[..., str], tmp_path: Path
+) -> None:
+    url = create_database("dumpauth", owner_password="pw-dump-test")
+    target, _ = target_of(url)
+    writer = LocalArtifactWriter(str(tmp_path), "a.zst")
+    with pytest.raises(DumpError) as raised:
+        dump_database(
+            target, "the-wrong-one", [writer], lambda _: None, pg_dump=find_tool("pg_dump")
+        )
+    assert "password authentication failed" in str(raised.value)
+    assert "the-wrong-one" not in str(raised.value)
+    assert estimate_size(target, "the-wrong-one") is None
