@@ -1,0 +1,85 @@
+# Tidemark: everyday commands. `make run` starts everything locally; `make test` tests it.
+#
+# uv is found on PATH, else used as a Python module (`pip install --user uv` does not
+# always put its binary on PATH); `make bootstrap` installs it with pip when it is missing.
+
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+PYTHON ?= python3
+# --frozen: run what uv.lock pins, never rewrite the lock as a side effect of running.
+UV_RUN = $(UV) run $(if $(wildcard uv.lock),--frozen,)
+PYTEST_ARGS ?=
+# When set, `make test` writes pytest's exit status there: make itself reports any
+# failed recipe as 2, and CI wants pytest's own code (5 means no tests were collected).
+PYTEST_STATUS_FILE ?=
+STATE_DIR ?= $(or $(TIDEMARK_STATE_DIR),$(CURDIR)/.state)
+
+.DEFAULT_GOAL := help
+.PHONY: help bootstrap sync run test lint format schemas bench \
+	kafka-start kafka-stop postgres-start postgres-stop clean-state
+
+help:
+	@echo "make run            start PostgreSQL, Kafka, every service and a demo (Ctrl-C stops)"
+	@echo "make test           run the tests (PYTEST_ARGS='-k backup -x' to narrow them)"
+	@echo "make lint           ruff check, ruff format --check, mypy"
+	@echo "make format         apply ruff's fixes and formatting"
+	@echo "make schemas        write the message contracts' JSON Schemas"
+	@echo "make bench          measure the backup overhead"
+	@echo "make sync           install the locked dependencies into .venv"
+	@echo "make kafka-start | kafka-stop | postgres-start | postgres-stop"
+	@echo "make clean-state    stop the local servers and delete $(STATE_DIR)"
+
+bootstrap:
+	@if command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1; then :; \
+	else \
+		echo "uv not found: installing it with pip"; \
+		$(PYTHON) -m pip install --quiet uv \
+			|| $(PYTHON) -m pip install --quiet --user --break-system-packages uv; \
+	fi
+
+sync: bootstrap
+	@if [ -f uv.lock ]; then $(UV) sync --all-packages --frozen; \
+	else $(UV) sync --all-packages; fi
+
+run: sync
+	$(UV_RUN) tidemark-dev run
+
+test: sync
+	@status=0; $(UV_RUN) pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ -n "$(PYTEST_STATUS_FILE)" ]; then echo $$status > "$(PYTEST_STATUS_FILE)"; fi; \
+	exit $$status
+
+lint: sync
+	$(UV_RUN) ruff check .
+	$(UV_RUN) ruff format --check .
+	$(UV_RUN) mypy libs/*/src services/*/src
+
+format: sync
+	$(UV_RUN) ruff check --fix .
+	$(UV_RUN) ruff format .
+
+schemas: sync
+	$(UV_RUN) python -m tidemark_contracts.schemas
+
+bench: sync
+	$(UV_RUN) python bench/backup_overhead.py
+
+kafka-start: sync
+	$(UV_RUN) tidemark-dev kafka start
+
+kafka-stop: sync
+	$(UV_RUN) tidemark-dev kafka stop
+
+postgres-start: sync
+	$(UV_RUN) tidemark-dev postgres start
+
+postgres-stop: sync
+	$(UV_RUN) tidemark-dev postgres stop
+
+# The test fixtures keep their servers under <state>/test; they are stopped too, since
+# deleting a running server's directory leaves it running without its files.
+clean-state: sync
+	-TIDEMARK_STATE_DIR="$(STATE_DIR)" $(UV_RUN) tidemark-dev kafka stop
+	-TIDEMARK_STATE_DIR="$(STATE_DIR)" $(UV_RUN) tidemark-dev postgres stop
+	-TIDEMARK_STATE_DIR="$(STATE_DIR)/test" $(UV_RUN) tidemark-dev kafka stop
+	-TIDEMARK_STATE_DIR="$(STATE_DIR)/test" $(UV_RUN) tidemark-dev postgres stop
+	rm -rf "$(STATE_DIR)"
