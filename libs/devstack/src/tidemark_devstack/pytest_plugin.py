@@ -69,11 +69,13 @@ def _tidemark_postgres() -> Iterator[_PostgresSession]:
             yield _PostgresSession(container.get_connection_url(), None)
         return
     local = LocalPostgres(state_dir() / "test" / "postgres")
+    # Another test session may be using the same local cluster: stop only what we started.
+    already_running = local.is_running()
     url = local.start()
     try:
         yield _PostgresSession(url, local)
     finally:
-        if not _keep():
+        if not _keep() and not already_running:
             local.stop()
 
 
@@ -102,11 +104,12 @@ def _tidemark_kafka() -> Iterator[_KafkaSession]:
             yield _KafkaSession(container.get_bootstrap_server(), None)
         return
     local = LocalKafka(state_dir() / "test" / "kafka")
+    already_running = local.is_running()
     bootstrap = local.start()
     try:
         yield _KafkaSession(bootstrap, local)
     finally:
-        if not _keep():
+        if not _keep() and not already_running:
             local.stop()
 
 
