@@ -59,6 +59,7 @@ format: sync
 
 schemas: sync
 	$(UV_RUN) python -m tidemark_contracts.schemas
+	$(UV_RUN) python -m tidemark_contracts.asyncapi
 
 bench: sync
 	$(UV_RUN) python bench/backup_overhead.py

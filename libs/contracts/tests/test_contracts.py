@@ -103,3 +103,19 @@ def test_a_backup_command_needs_a_destination() -> None:
                 "destinations": [],
             }
         )
+
+
+def test_the_committed_asyncapi_document_is_current() -> None:
+    from tidemark_contracts.asyncapi import DOCUMENT, build, render
+
+    assert DOCUMENT.read_text() == render(), "run `make schemas` and commit asyncapi.json"
+    document = build()
+    assert set(document["channels"]) == {
+        "backup_commands",
+        "backup_events",
+        "backup_progress",
+        "service_heartbeats",
+    }
+    for message in document["components"]["messages"].values():
+        model = message["payload"]["allOf"][1]["properties"]["payload"]["$ref"].rsplit("/", 1)[1]
+        assert model in document["components"]["schemas"]
