@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from tidemark_contracts.envelope import Envelope
@@ -25,7 +26,8 @@ def _message_key(message_type: str, version: int) -> str:
 
 
 def build() -> dict[str, Any]:
-    models = [Envelope, *(m for topic in ALL_TOPICS for m in topic.messages)]
+    models: list[type[BaseModel]] = [Envelope]
+    models += [m for topic in ALL_TOPICS for m in topic.messages]
     _, definitions = models_json_schema(
         [(model, "serialization") for model in models], by_alias=True, ref_template=REF
     )
