@@ -98,3 +98,25 @@ def test_a_wrong_password_is_a_dump_error_without_the_password(
     assert "password authentication failed" in str(raised.value)
     assert "the-wrong-one" not in str(raised.value)
     assert estimate_size(target, "the-wrong-one") is None
+
+
+def test_a_lock_held_too_long_fails_the_dump_instead_of_waiting_forever(
+    create_database: Callable[..., str], tmp_path: Path
+) -> None:
+    url = create_database("dumplock", owner_password="pw-dump-test")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g")
+    target, password = target_of(url)
+    writer = LocalArtifactWriter(str(tmp_path), "a.zst")
+    with psycopg.connect(url) as blocker:
+        blocker.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(DumpError, match="timeout.*LOCK TABLE public.t"):
+            dump_database(
+                target,
+                password,
+                [writer],
+                lambda _: None,
+                pg_dump=PG_DUMP,
+                lock_wait_timeout_seconds=1,
+            )
+        blocker.rollback()

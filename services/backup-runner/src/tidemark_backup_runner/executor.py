@@ -66,12 +66,14 @@ class BackupExecutor:
         max_concurrent: int = 2,
         zstd_level: int = 3,
         progress_interval: float = 1.0,
+        lock_wait_timeout_seconds: int = 300,
     ) -> None:
         self.app = app
         self._publish_progress = publish_progress
         self._on_saved = on_saved
         self._pg_dump = pg_dump
         self._zstd_level = zstd_level
+        self._lock_wait_timeout = lock_wait_timeout_seconds
         self._progress_interval = progress_interval
         self._slots = asyncio.Semaphore(max_concurrent)
         self._queue: asyncio.Queue[UUID] = asyncio.Queue()
@@ -193,6 +195,7 @@ class BackupExecutor:
                 on_progress,
                 pg_dump=self._pg_dump,
                 zstd_level=self._zstd_level,
+                lock_wait_timeout_seconds=self._lock_wait_timeout,
             )
         finally:
             ticker.cancel()

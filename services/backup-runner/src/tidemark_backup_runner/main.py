@@ -5,6 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from litestar import Litestar
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from tidemark_contracts import BACKUP_PROGRESS, Envelope
 from tidemark_contracts.backup import BackupProgress
@@ -31,6 +32,7 @@ class Settings(ServiceSettings):
     zstd_level: int = 3
     progress_interval_seconds: float = 1.0
     pg_bin_dir: str | None = None
+    lock_wait_timeout_seconds: int = Field(default=300, ge=1)
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -61,6 +63,7 @@ def create_app(settings: Settings) -> Litestar:
         max_concurrent=settings.max_concurrent_backups,
         zstd_level=settings.zstd_level,
         progress_interval=settings.progress_interval_seconds,
+        lock_wait_timeout_seconds=settings.lock_wait_timeout_seconds,
     )
     register_handlers(broker, app, executor, relay.wake)
     runtime.add_background(relay.run)

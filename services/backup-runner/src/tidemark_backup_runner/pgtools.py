@@ -90,6 +90,7 @@ def dump_database(
     *,
     pg_dump: str,
     zstd_level: int = 3,
+    lock_wait_timeout_seconds: int = 300,
 ) -> DumpResult:
     """Run ``pg_dump --format=custom`` and stream its output, compressed, to ``writers``.
 
@@ -103,6 +104,8 @@ def dump_database(
         "--format=custom",
         "--compress=0",
         "--no-password",
+        # Fail, rather than wait forever, when DDL holds a lock the dump needs.
+        f"--lock-wait-timeout={lock_wait_timeout_seconds}s",
         f"--host={target.host}",
         f"--port={target.port}",
         f"--username={target.user}",
