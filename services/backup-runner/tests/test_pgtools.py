@@ -110,7 +110,7 @@ def test_a_lock_held_too_long_fails_the_dump_instead_of_waiting_forever(
     writer = LocalArtifactWriter(str(tmp_path), "a.zst")
     with psycopg.connect(url) as blocker:
         blocker.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
-        with pytest.raises(DumpError, match="timeout.*LOCK TABLE public.t"):
+        with pytest.raises(DumpError, match=r"timeout.*LOCK TABLE public\.t"):
             dump_database(
                 target,
                 password,
