@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, TypeVar
 
 import psycopg
 from litestar import Controller, Request, Response, delete, get, post
@@ -11,6 +12,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
+from pydantic import BaseModel
 from tidemark_contracts import BACKUP_COMMANDS, Envelope, utc_now
 from tidemark_contracts.backup import (
     BackupStatus,
@@ -43,8 +45,28 @@ Limit = Annotated[int | None, Parameter(ge=0, description="page size; clamped to
 Offset = Annotated[int, Parameter(ge=0)]
 
 
-def clamp(limit: int | None, default: int, maximum: int) -> int:
-    return default if limit is None else min(limit, maximum)
+MAX_PAGE = 100
+M = TypeVar("M", bound=BaseModel)
+
+
+async def page_of(
+    model: type[M],
+    pool: Pool,
+    from_where: str,
+    params: Sequence[Any],
+    order_by: str,
+    *,
+    limit: int | None,
+    offset: int,
+    default: int,
+    columns: str = "*",
+) -> Page[M]:
+    """One page of a list: ``limit`` defaults to ``default`` and is clamped to MAX_PAGE."""
+    size = default if limit is None else min(limit, MAX_PAGE)
+    rows, total = await queries.page(pool, from_where, params, order_by, size, offset, columns)
+    return Page(
+        items=[model.model_validate(r) for r in rows], total=total, limit=size, offset=offset
+    )
 
 
 def created(resource: Any, location: str) -> Response[Any]:
@@ -87,20 +109,15 @@ class ProjectController(Controller):
         limit: Limit = None,
         offset: Offset = 0,
     ) -> Page[ProjectOut]:
-        size = clamp(limit, 50, 100)
-        rows, total = await queries.page(
+        return await page_of(
+            ProjectOut,
             pool,
             f"FROM {SCHEMA}.projects WHERE organization_id = %s",
             (request.user.organization_id,),
             "created_at DESC, id",
-            size,
-            offset,
-        )
-        return Page(
-            items=[ProjectOut.model_validate(r) for r in rows],
-            total=total,
-            limit=size,
+            limit=limit,
             offset=offset,
+            default=50,
         )
 
 
@@ -146,17 +163,16 @@ class EnvironmentController(Controller):
         offset: Offset = 0,
     ) -> Page[EnvironmentOut]:
         await queries.project(pool, request.user.organization_id, project_id)
-        size = clamp(limit, 50, 100)
-        rows, total = await queries.page(
+        return await page_of(
+            EnvironmentOut,
             pool,
             f"FROM {SCHEMA}.environments WHERE organization_id = %s AND project_id = %s",
             (request.user.organization_id, project_id),
             "created_at DESC, id",
-            size,
-            offset,
+            limit=limit,
+            offset=offset,
+            default=50,
         )
-        items = [EnvironmentOut.model_validate(r) for r in rows]
-        return Page(items=items, total=total, limit=size, offset=offset)
 
     @get("/environments/{env_id:uuid}")
     async def get_environment(
@@ -201,17 +217,16 @@ class DestinationController(Controller):
         limit: Limit = None,
         offset: Offset = 0,
     ) -> Page[DestinationOut]:
-        size = clamp(limit, 50, 100)
-        rows, total = await queries.page(
+        return await page_of(
+            DestinationOut,
             pool,
             f"FROM {SCHEMA}.destinations WHERE organization_id = %s",
             (request.user.organization_id,),
             "created_at DESC, id",
-            size,
-            offset,
+            limit=limit,
+            offset=offset,
+            default=50,
         )
-        items = [DestinationOut.model_validate(r) for r in rows]
-        return Page(items=items, total=total, limit=size, offset=offset)
 
     @get("/{destination_id:uuid}")
     async def get_destination(
@@ -361,23 +376,22 @@ class BackupController(Controller):
         offset: Offset = 0,
     ) -> Page[BackupOut]:
         await queries.environment(pool, request.user.organization_id, env_id)
-        size = clamp(limit, 20, 100)
         where, params = queries.backup_filters(
             "organization_id = %s AND environment_id = %s",
             [request.user.organization_id, env_id],
             status,
             backup_type,
         )
-        rows, total = await queries.page(
+        return await page_of(
+            BackupOut,
             pool,
             f"FROM {SCHEMA}.backups WHERE {where}",
             params,
             "created_at DESC, id",
-            size,
-            offset,
+            limit=limit,
+            offset=offset,
+            default=20,
         )
-        items = [BackupOut.model_validate(r) for r in rows]
-        return Page(items=items, total=total, limit=size, offset=offset)
 
     @get("/projects/{project_id:uuid}/backups")
     async def list_project_backups(
@@ -390,7 +404,6 @@ class BackupController(Controller):
         offset: Offset = 0,
     ) -> Page[BackupOut]:
         await queries.project(pool, request.user.organization_id, project_id)
-        size = clamp(limit, 50, 100)
         where, params = queries.backup_filters(
             "b.organization_id = %s AND b.project_id = %s",
             [request.user.organization_id, project_id],
@@ -398,18 +411,18 @@ class BackupController(Controller):
             None,
             alias="b.",
         )
-        rows, total = await queries.page(
+        return await page_of(
+            BackupOut,
             pool,
             f"FROM {SCHEMA}.backups b JOIN {SCHEMA}.environments e ON e.id = b.environment_id "
             f"WHERE {where}",
             params,
             "b.created_at DESC, b.id",
-            size,
-            offset,
+            limit=limit,
+            offset=offset,
+            default=50,
             columns="b.*, json_build_object('id', e.id, 'name', e.name) AS environment",
         )
-        items = [BackupOut.model_validate(r) for r in rows]
-        return Page(items=items, total=total, limit=size, offset=offset)
 
     @get("/backups/{backup_id:uuid}")
     async def get_backup(

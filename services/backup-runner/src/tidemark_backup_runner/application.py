@@ -24,6 +24,14 @@ from tidemark_backup_runner.domain import Backup
 
 PRODUCER = "backup-runner"
 
+MILESTONES: dict[type, type[Message]] = {
+    Backup.Started: BackupStarted,
+    Backup.Uploaded: BackupUploaded,
+    Backup.Completed: BackupCompleted,
+    Backup.Failed: BackupFailed,
+}
+EVENT_METADATA = frozenset({"originator_id", "originator_version", "timestamp"})
+
 
 class BackupRunnerApplication(EventStoreApplication):
     name = "backup_runner"
@@ -92,42 +100,15 @@ class BackupRunnerApplication(EventStoreApplication):
                 destinations=[DestinationRef.model_validate(d) for d in event.destinations],
             )
         else:
-            organization_id, environment_id = self._scope(backup_id)
-            if isinstance(event, Backup.Started):
-                message = BackupStarted(
-                    backup_id=backup_id,
-                    environment_id=environment_id,
-                    started_at=event.started_at,
-                    bytes_total_estimate=event.bytes_total_estimate,
-                )
-            elif isinstance(event, Backup.Uploaded):
-                message = BackupUploaded(
-                    backup_id=backup_id,
-                    environment_id=environment_id,
-                    destination_id=UUID(event.destination_id),
-                    location=event.location,
-                    size_bytes=event.size_bytes,
-                    uploaded_at=event.uploaded_at,
-                )
-            elif isinstance(event, Backup.Completed):
-                message = BackupCompleted(
-                    backup_id=backup_id,
-                    environment_id=environment_id,
-                    size_bytes=event.size_bytes,
-                    checksum=event.checksum,
-                    compression=event.compression,
-                    completed_at=event.completed_at,
-                    duration_ms=event.duration_ms,
-                )
-            elif isinstance(event, Backup.Failed):
-                message = BackupFailed(
-                    backup_id=backup_id,
-                    environment_id=environment_id,
-                    error=event.error,
-                    failed_at=event.failed_at,
-                )
-            else:
+            contract = MILESTONES.get(type(event))
+            if contract is None:
                 return None
+            _, environment_id = self._scope(backup_id)
+            # Milestone events carry exactly the contract's fields, under the same names.
+            fields = {k: v for k, v in vars(event).items() if k not in EVENT_METADATA}
+            message = contract.model_validate(
+                {**fields, "backup_id": backup_id, "environment_id": environment_id}
+            )
         organization_id, environment_id = self._scope(backup_id)
         occurred_at: datetime = event.timestamp
         return BACKUP_EVENTS, Envelope.wrap(
