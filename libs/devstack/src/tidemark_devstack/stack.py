@@ -83,11 +83,12 @@ class Stack:
             previous = self.services.get(spec.name)
             if previous is not None and previous.process.poll() is None:
                 continue
-            port = (
-                self.gateway_port
-                if spec.name == "api-gateway"
-                else (previous.port if previous else free_port())
-            )
+            if spec.name == "api-gateway":
+                port = self.gateway_port
+            elif previous is not None:
+                port = previous.port
+            else:
+                port = self._unused_port()
             log = (self.log_dir / f"{spec.name}.log").open("ab")
             process = subprocess.Popen(
                 [sys.executable, "-m", spec.module],
@@ -98,6 +99,14 @@ class Stack:
             )
             self.services[spec.name] = RunningService(spec, port, process, log)
 
+    def _unused_port(self) -> int:
+        # free_port() releases the port it found, so two quick calls can return the
+        # same one: never hand a port to a second service of this stack.
+        taken = {self.gateway_port, *(s.port for s in self.services.values())}
+        while (port := free_port()) in taken:
+            pass
+        return port
+
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Wait until every service (and the gateway's view of them all) is ready."""
         deadline = time.monotonic() + timeout
@@ -105,18 +114,22 @@ class Stack:
         last_error = ""
         with httpx.Client(timeout=3.0) as client:
             while pending:
+                for name in self.dead():
+                    code = self.services[name].process.returncode
+                    raise RuntimeError(
+                        f"{name} exited with {code}; see {self.log_dir / (name + '.log')}"
+                    )
                 for name, service in list(pending.items()):
-                    if service.process.poll() is not None:
-                        raise RuntimeError(
-                            f"{name} exited with {service.process.returncode}; "
-                            f"see {self.log_dir / (name + '.log')}"
-                        )
                     try:
                         response = client.get(f"{service.url}/ready")
                     except httpx.HTTPError as exc:
                         last_error = f"{name}: {exc!r}"
                         continue
                     if response.status_code == 200:
+                        # The answer must come from this service, not whoever has the port.
+                        answered = response.json().get("service")
+                        if answered != name:
+                            raise RuntimeError(f"port {service.port} of {name} is {answered}'s")
                         del pending[name]
                     else:
                         last_error = f"{name}: {response.text[:300]}"

@@ -1,0 +1,27 @@
+"""The service stack gives each service a port of its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tidemark_devstack import stack as stack_module
+from tidemark_devstack.stack import Stack
+
+
+def test_services_never_share_a_port_even_when_free_port_repeats_itself(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # free_port() releases what it found, so quick calls can return the same port.
+    answers = iter([40001, 40001, 8000, 40001, 40002, 40003, 40002, 40004])
+    monkeypatch.setattr(stack_module, "free_port", lambda: next(answers))
+    services = Stack("postgresql://x", "127.0.0.1:1", "secret", tmp_path, gateway_port=8000)
+    ports = []
+    for name in ("scheduler", "backup-runner", "restore-runner", "alerts"):
+        port = services._unused_port()
+        ports.append(port)
+        services.services[name] = stack_module.RunningService(
+            stack_module.SERVICES[0], port, None, None  # type: ignore[arg-type]
+        )
+    assert ports == [40001, 40002, 40003, 40004]
