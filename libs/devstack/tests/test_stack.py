@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tidemark_devstack import stack as stack_module
 from tidemark_devstack.stack import Stack
 
