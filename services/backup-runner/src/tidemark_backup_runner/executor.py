@@ -65,6 +65,7 @@ class BackupExecutor:
         pg_dump: str,
         max_concurrent: int = 2,
         zstd_level: int = 3,
+        zstd_threads: int = 1,
         progress_interval: float = 1.0,
         lock_wait_timeout_seconds: int = 300,
     ) -> None:
@@ -73,6 +74,7 @@ class BackupExecutor:
         self._on_saved = on_saved
         self._pg_dump = pg_dump
         self._zstd_level = zstd_level
+        self._zstd_threads = zstd_threads
         self._lock_wait_timeout = lock_wait_timeout_seconds
         self._progress_interval = progress_interval
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -195,6 +197,7 @@ class BackupExecutor:
                 on_progress,
                 pg_dump=self._pg_dump,
                 zstd_level=self._zstd_level,
+                zstd_threads=self._zstd_threads,
                 lock_wait_timeout_seconds=self._lock_wait_timeout,
             )
         finally:

@@ -29,7 +29,8 @@ class Settings(ServiceSettings):
 
     http_port: int = 8102
     max_concurrent_backups: int = 2
-    zstd_level: int = 3
+    zstd_level: int = Field(default=3, ge=1, le=22)
+    zstd_threads: int = Field(default=1, ge=0)
     progress_interval_seconds: float = 1.0
     pg_bin_dir: str | None = None
     lock_wait_timeout_seconds: int = Field(default=300, ge=1)
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> Litestar:
         pg_dump=find_tool("pg_dump", settings.pg_bin_dir),
         max_concurrent=settings.max_concurrent_backups,
         zstd_level=settings.zstd_level,
+        zstd_threads=settings.zstd_threads,
         progress_interval=settings.progress_interval_seconds,
         lock_wait_timeout_seconds=settings.lock_wait_timeout_seconds,
     )

@@ -90,12 +90,16 @@ def dump_database(
     *,
     pg_dump: str,
     zstd_level: int = 3,
+    zstd_threads: int = 1,
     lock_wait_timeout_seconds: int = 300,
 ) -> DumpResult:
     """Run ``pg_dump --format=custom`` and stream its output, compressed, to ``writers``.
 
     pg_dump's own compression is off: compressing twice costs CPU for nothing, and zstd
-    is both faster and tighter than pg_dump's gzip. The checksum is of the stored bytes.
+    at level 3 is several times faster than pg_dump's gzip (its output is ~10% larger on
+    our benchmark data; raise ``zstd_level`` to trade speed for size). With
+    ``zstd_threads`` >= 1 compression runs beside the reading of pg_dump's output instead
+    of in turn with it. The checksum is of the stored bytes.
     Writers are opened here and committed by the caller; on failure this raises and the
     caller aborts them.
     """
@@ -127,7 +131,8 @@ def dump_database(
         daemon=True,
     )
     stderr_reader.start()
-    compressor = zstandard.ZstdCompressor(level=zstd_level).compressobj(size=-1)
+    zstd = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads)
+    compressor = zstd.compressobj(size=-1)
     digest = hashlib.sha256()
     raw = stored = 0
 
