@@ -48,16 +48,22 @@ class ServiceRuntime:
             "postgres": lambda: can_reach(settings.database_url),
             "kafka": self._kafka_ready,
         }
-        self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._background: list[tuple[Callable[[], Coroutine[Any, Any, None]], bool]] = []
         self._on_shutdown: list[Callable[[], Any]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     def add_check(self, name: str, check: Check) -> None:
         self.checks[name] = check
 
-    def add_background(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """A coroutine that runs for the life of the service (relay, executor, ...)."""
-        self._background.append(run)
+    def add_background(
+        self, run: Callable[[], Coroutine[Any, Any, None]], *, needs_kafka: bool = False
+    ) -> None:
+        """A coroutine that runs for the life of the service (relay, executor, ...).
+
+        With ``needs_kafka`` it starts once the broker is connected (a relay has nothing
+        to do before), otherwise at once (durable work goes on while Kafka is away).
+        """
+        self._background.append((run, needs_kafka))
 
     def on_shutdown(self, close: Callable[[], Any]) -> None:
         self._on_shutdown.append(close)
@@ -69,8 +75,9 @@ class ServiceRuntime:
 
     async def startup(self) -> None:
         self._tasks.append(asyncio.create_task(self._connect(), name="kafka-connect"))
-        for run in self._background:
-            self._tasks.append(asyncio.create_task(self._supervise(run), name=run.__name__))
+        for run, needs_kafka in self._background:
+            task = asyncio.create_task(self._supervise(run, needs_kafka), name=run.__name__)
+            self._tasks.append(task)
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         log.info("service_started", instance_id=str(self.instance_id))
 
@@ -109,7 +116,11 @@ class ServiceRuntime:
         except Exception:
             return False
 
-    async def _supervise(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def _supervise(
+        self, run: Callable[[], Coroutine[Any, Any, None]], needs_kafka: bool
+    ) -> None:
+        if needs_kafka:
+            await self.kafka_connected.wait()
         # A background loop that dies takes the service's readiness with it; restart it.
         while True:
             try:

@@ -57,7 +57,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
     subscribe_tracked(broker, BACKUP_EVENTS, PROJECTION_GROUP, BackupProjection(pool).handle)
     subscribe_heartbeats(broker, registry)
     runtime.add_check("services", registry.all_reported)
-    runtime.add_background(relay.run)
+    runtime.add_background(relay.run, needs_kafka=True)
     runtime.on_shutdown(outbox.close)
     runtime.on_shutdown(pool.close)
 

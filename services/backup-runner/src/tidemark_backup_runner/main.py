@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> Litestar:
         lock_wait_timeout_seconds=settings.lock_wait_timeout_seconds,
     )
     register_handlers(broker, app, executor, relay.wake)
-    runtime.add_background(relay.run)
+    runtime.add_background(relay.run, needs_kafka=True)
     runtime.add_background(executor.run)
     runtime.on_shutdown(app.close)
     return build_service_app(runtime)
