@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tidemark_devstack import stack as stack_module
@@ -20,7 +21,8 @@ def test_services_never_share_a_port_even_when_free_port_repeats_itself(
     for name in ("scheduler", "backup-runner", "restore-runner", "alerts"):
         port = services._unused_port()
         ports.append(port)
+        no_process: Any = None  # only the port matters here
         services.services[name] = stack_module.RunningService(
-            stack_module.SERVICES[0], port, None, None  # type: ignore[arg-type]
+            stack_module.SERVICES[0], port, no_process, no_process
         )
     assert ports == [40001, 40002, 40003, 40004]
