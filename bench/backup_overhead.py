@@ -60,7 +60,7 @@ GENERATOR_VERSION = 1
 # ~300 MB on disk (pg_database_size) with PostgreSQL 15: about 182 bytes per order row,
 # indexes and the customers table included.
 DEFAULT_ORDER_ROWS = 1_650_000
-PASSWORD_ENV = "BENCH_DB_PASSWORD"
+PASSWORD_ENV = "TIDEMARK_SECRET_BENCH_DB_PASSWORD"
 MIN_FREE_BYTES = 5 * 2**30
 BACKUP_TIMEOUT_S = 1800.0
 SETTLE_S = 0.3

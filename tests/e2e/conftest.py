@@ -33,7 +33,7 @@ def stack(
         log_dir=log_dir,
         gateway_port=free_port(),
         extra_env={
-            "E2E_SOURCE_PASSWORD": SOURCE_PASSWORD,
+            "TIDEMARK_SECRET_E2E_SOURCE": SOURCE_PASSWORD,
             WRONG_PASSWORD_ENV: "not-the-password",
             "TIDEMARK_HEARTBEAT_INTERVAL_SECONDS": "1",
             "TIDEMARK_SCHEDULER_HEARTBEAT_INTERVAL_SECONDS": "1",

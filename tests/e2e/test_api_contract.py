@@ -209,6 +209,8 @@ def test_environments_refuse_plain_secrets(api: Api) -> None:
         "password",
     )
     assert_invalid(api.post(path, json={"name": "e", "database": {**database, "port": 0}}), "port")
+    socket_dir = {**database, "host": "/var/run/postgresql"}
+    assert_invalid(api.post(path, json={"name": "e", "database": socket_dir}), "host")
     assert_invalid(api.post(path, json={"database": database}), "name")
     created = api.post(
         path, json={"name": "e", "database": {**database, "passwordRef": "file:/run/secrets/pg"}}

@@ -122,11 +122,11 @@ def test_database_gone_ends_failed_with_the_reason(
 def test_unresolvable_credential_reference_ends_failed_with_the_reason(
     api: Api, source_database: str, tmp_path: Path
 ) -> None:
-    environment = api.environment(source_database, password_ref="env:TIDEMARK_E2E_UNSET_VARIABLE")
+    environment = api.environment(source_database, password_ref="env:TIDEMARK_SECRET_E2E_UNSET")
     api.destination(tmp_path)
     backup = api.wait_for(api.request_backup(environment["id"]).json()["id"])
     assert backup["status"] == "failed"
-    assert "TIDEMARK_E2E_UNSET_VARIABLE" in backup["error"]
+    assert "TIDEMARK_SECRET_E2E_UNSET" in backup["error"]
     assert "not set" in backup["error"]
 
 
@@ -158,3 +158,16 @@ def test_backup_goes_to_the_requested_destinations_only(
     copies = [Path(d["location"]).read_bytes() for d in backup["destinations"]]
     assert copies[0] == copies[1]
     assert not (tmp_path / "default").exists()
+
+
+def test_a_reference_to_the_runners_own_settings_is_refused(
+    api: Api, source_database: str, tmp_path: Path
+) -> None:
+    # DATABASE_URL holds the control plane's credentials; a tenant must not be able to
+    # have the runner send it to a database host of the tenant's choosing.
+    environment = api.environment(source_database, password_ref="env:DATABASE_URL")
+    api.destination(tmp_path)
+    backup = api.wait_for(api.request_backup(environment["id"]).json()["id"])
+    assert backup["status"] == "failed"
+    assert "only environment variables named TIDEMARK_SECRET_*" in backup["error"]
+    assert backup["startedAt"] is None, "refused before pg_dump ever ran"

@@ -58,7 +58,7 @@ def test_the_same_command_delivered_twice_yields_one_backup(
             port=int(str(info["port"])),
             dbname=str(info["dbname"]),
             user=str(info["user"]),
-            password_ref="env:E2E_SOURCE_PASSWORD",
+            password_ref="env:TIDEMARK_SECRET_E2E_SOURCE",
         ),
         destinations=[
             DestinationTarget.model_validate(

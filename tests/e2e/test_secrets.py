@@ -74,4 +74,4 @@ def test_no_credential_reaches_events_kafka_logs_or_responses(
         ]:
             assert not any(secret in blob for blob in blobs), f"a secret leaked into {place}"
     # The reference, not the secret, is what travels.
-    assert any(b"env:E2E_SOURCE_PASSWORD" in blob for blob in stored)
+    assert any(b"env:TIDEMARK_SECRET_E2E_SOURCE" in blob for blob in stored)

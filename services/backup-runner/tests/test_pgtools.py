@@ -120,3 +120,19 @@ def test_a_lock_held_too_long_fails_the_dump_instead_of_waiting_forever(
                 lock_wait_timeout_seconds=1,
             )
         blocker.rollback()
+
+
+def test_a_silent_pg_dump_is_stopped_by_the_stall_watchdog(tmp_path: Path) -> None:
+    # A stand-in for pg_dump talking to a host that accepted the connection, sent a
+    # little, then went silent.
+    silent = tmp_path / "pg_dump"
+    silent.write_text("#!/bin/sh\nprintf PGDMP\nexec sleep 60\n")
+    silent.chmod(0o755)
+    target = DatabaseTarget(host="127.0.0.1", port=1, dbname="d", user="u")
+    writer = LocalArtifactWriter(str(tmp_path / "out"), "a.zst")
+    with pytest.raises(DumpError, match="no output for 1 s"):
+        dump_database(
+            target, None, [writer], lambda _: None, pg_dump=str(silent), stall_timeout_seconds=1
+        )
+    writer.abort()
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []

@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 JWT_SECRET = "e2e-secret-that-is-long-enough-for-hs256-0123456789"
 SOURCE_PASSWORD = "s3cret-source-Pa55word"
-WRONG_PASSWORD_ENV = "E2E_WRONG_PASSWORD"
+WRONG_PASSWORD_ENV = "TIDEMARK_SECRET_E2E_WRONG"
 TERMINAL = ("completed", "failed")
 
 
@@ -64,7 +64,7 @@ class Api:
         return resource
 
     def environment(
-        self, database_url: str, password_ref: str | None = "env:E2E_SOURCE_PASSWORD"
+        self, database_url: str, password_ref: str | None = "env:TIDEMARK_SECRET_E2E_SOURCE"
     ) -> dict[str, Any]:
         project = self.project()
         info = conninfo_to_dict(database_url)

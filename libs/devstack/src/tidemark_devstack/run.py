@@ -36,7 +36,7 @@ DEFAULT_HTTP_PORT = 8000
 # Fixed, so a token printed by one run keeps working after the next (same secret file).
 DEMO_ORG_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://tidemark.dev/demo-org")
 DEMO_DATABASE = "demo_shop"  # also the name of the login role that owns it
-DEMO_PASSWORD_ENV = "TIDEMARK_DEMO_DB_PASSWORD"  # noqa: S105 (a variable name)
+DEMO_PASSWORD_ENV = "TIDEMARK_SECRET_DEMO_DB_PASSWORD"  # noqa: S105 (a variable name)
 PROJECT_NAME = "demo"
 ENVIRONMENT_NAME = "production"
 DESTINATION_NAME = "local-disk"

@@ -51,7 +51,8 @@ class ProjectOut(ResponseBody):
 
 
 class DatabaseIn(RequestBody):
-    host: Annotated[str, Field(min_length=1, max_length=255)]
+    # A TCP host: a Unix-socket directory would reach the runner's own local servers.
+    host: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/@\s]+$")]
     port: Annotated[int, Field(ge=1, le=65535)] = 5432
     dbname: Annotated[str, Field(min_length=1, max_length=63)]
     user: Annotated[str, Field(min_length=1, max_length=63)]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
+import psycopg
+from eventsourcing.persistence import IntegrityError, PersistenceError
 from prometheus_client import Counter, Gauge, Histogram
 from tidemark_contracts import utc_now
 from tidemark_contracts.backup import BackupProgress, DatabaseTarget, DestinationTarget
@@ -16,7 +20,7 @@ from tidemark_platform.logging import get_logger
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup
 from tidemark_backup_runner.pgtools import DumpError, DumpResult, dump_database, estimate_size
-from tidemark_backup_runner.secrets import SecretError, resolve_secret
+from tidemark_backup_runner.secrets import CredentialPolicy, SecretError, resolve_secret
 from tidemark_backup_runner.storage import ArtifactWriter, UnsupportedDestination, writer_for
 
 log = get_logger(__name__)
@@ -68,6 +72,9 @@ class BackupExecutor:
         zstd_threads: int = 1,
         progress_interval: float = 1.0,
         lock_wait_timeout_seconds: int = 300,
+        stall_timeout_seconds: float = 900.0,
+        credential_policy: CredentialPolicy | None = None,
+        save_attempts: int = 12,
     ) -> None:
         self.app = app
         self._publish_progress = publish_progress
@@ -76,6 +83,9 @@ class BackupExecutor:
         self._zstd_level = zstd_level
         self._zstd_threads = zstd_threads
         self._lock_wait_timeout = lock_wait_timeout_seconds
+        self._stall_timeout = stall_timeout_seconds
+        self._policy = credential_policy or CredentialPolicy()
+        self._save_attempts = save_attempts
         self._progress_interval = progress_interval
         self._slots = asyncio.Semaphore(max_concurrent)
         self._queue: asyncio.Queue[UUID] = asyncio.Queue()
@@ -83,6 +93,7 @@ class BackupExecutor:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, backup_id: UUID) -> None:
+        """Carry the backup out unless it is finished or already under way (idempotent)."""
         self._queue.put_nowait(backup_id)
 
     async def run(self) -> None:
@@ -97,17 +108,46 @@ class BackupExecutor:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run_one(self, backup_id: UUID) -> None:
+    async def _run_one(self, backup_id: UUID, attempt: int = 1) -> None:
         try:
             async with self._slots:
                 await self.execute(backup_id)
         except Exception:
-            log.exception("backup_execution_crashed", backup_id=str(backup_id))
+            # Not a backup failure (those are recorded) but the store being unreachable
+            # past every retry: try again later rather than leave the backup stuck.
+            log.exception("backup_execution_crashed", backup_id=str(backup_id), attempt=attempt)
+            self._active.discard(backup_id)
+            await asyncio.sleep(min(300.0, 5.0 * 2**attempt))
+            self._active.add(backup_id)
+            await self._run_one(backup_id, attempt + 1)
         finally:
             self._active.discard(backup_id)
 
     async def _save(self, backup: Backup) -> None:
-        await asyncio.to_thread(self.app.save, backup)
+        """Save the backup's new events, retrying while the store is unreachable.
+
+        The events are collected once: a retried ``save(backup)`` would find none left.
+        """
+        events = backup.collect_events()
+        if not events:
+            return
+        delay = 0.5
+        for attempt in itertools.count(1):
+            try:
+                await asyncio.to_thread(self.app.save, *events)
+                break
+            except IntegrityError:
+                # A commit whose answer was lost, then retried: stored already, or a bug.
+                stored = await asyncio.to_thread(self.app.get_backup, backup.id)
+                if stored.version >= events[-1].originator_version:
+                    break
+                raise
+            except (PersistenceError, psycopg.Error) as exc:
+                if attempt >= self._save_attempts:
+                    raise
+                log.warning("event_store_unavailable", error=repr(exc), attempt=attempt)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         self._on_saved()
 
     async def _fail(self, backup: Backup, reason: str) -> None:
@@ -117,11 +157,24 @@ class BackupExecutor:
         log.warning("backup_failed", backup_id=str(backup.id), reason=reason)
         await self._progress(backup, "failed", "failed", 0, None, reason)
 
+    def _writers(self, backup: Backup) -> tuple[list[DestinationTarget], list[ArtifactWriter]]:
+        destinations = [DestinationTarget.model_validate(d) for d in backup.destinations]
+        return destinations, [writer_for(d, artifact_key(backup)) for d in destinations]
+
     async def execute(self, backup_id: UUID) -> None:
         backup = await asyncio.to_thread(self.app.get_backup, backup_id)
         if backup.is_terminal:
             return
+        try:
+            destinations, writers = self._writers(backup)
+        except UnsupportedDestination as exc:
+            await self._fail(backup, str(exc))
+            return
         if backup.status == "running":
+            # This runner died during the backup: its artifacts are incomplete, or complete
+            # but never recorded. Either way they are not a backup anyone can rely on.
+            for writer in writers:
+                await asyncio.to_thread(writer.discard)
             await self._fail(backup, INTERRUPTED)
             return
         if backup.type != "db":
@@ -129,10 +182,8 @@ class BackupExecutor:
             return
         target = DatabaseTarget.model_validate(backup.database)
         try:
-            password = resolve_secret(target.password_ref)
-            destinations = [DestinationTarget.model_validate(d) for d in backup.destinations]
-            writers = [writer_for(d, artifact_key(backup)) for d in destinations]
-        except (SecretError, UnsupportedDestination) as exc:
+            password = resolve_secret(target.password_ref, backup.organization_id, self._policy)
+        except SecretError as exc:
             await self._fail(backup, str(exc))
             return
         estimate = await asyncio.to_thread(estimate_size, target, password)
@@ -143,10 +194,13 @@ class BackupExecutor:
         try:
             result = await self._dump(backup, target, password, writers, estimate)
             locations = [await asyncio.to_thread(writer.commit) for writer in writers]
-        except Exception as exc:
-            # Whatever went wrong, nothing partial stays behind and the backup says why.
+        except BaseException as exc:
+            # Whatever went wrong, nothing partial stays behind (not even a copy already
+            # committed to another destination) and the backup says why.
             for writer in writers:
-                writer.abort()
+                await asyncio.to_thread(writer.discard)
+            if not isinstance(exc, Exception):
+                raise  # shutdown: the next start records the interruption
             await self._fail(backup, failure_reason(exc))
             if not isinstance(exc, DumpError | OSError):
                 log.exception("backup_crashed", backup_id=str(backup.id))
@@ -188,6 +242,7 @@ class BackupExecutor:
                 await self._progress(backup, "running", "dumping", done, estimate)
 
         ticker = asyncio.create_task(tick())
+        processes: list[subprocess.Popen[bytes]] = []
         try:
             return await asyncio.to_thread(
                 dump_database,
@@ -199,7 +254,14 @@ class BackupExecutor:
                 zstd_level=self._zstd_level,
                 zstd_threads=self._zstd_threads,
                 lock_wait_timeout_seconds=self._lock_wait_timeout,
+                stall_timeout_seconds=self._stall_timeout,
+                on_process=processes.append,
             )
+        except asyncio.CancelledError:
+            # Shutting down: stop pg_dump, or the interpreter waits for the whole dump.
+            for process in processes:
+                process.kill()
+            raise
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

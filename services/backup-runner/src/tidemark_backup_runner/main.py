@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from uuid import UUID
 
 from litestar import Litestar
@@ -19,6 +20,7 @@ from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.executor import BackupExecutor
 from tidemark_backup_runner.handlers import register_handlers
 from tidemark_backup_runner.pgtools import find_tool
+from tidemark_backup_runner.secrets import CredentialPolicy
 
 SERVICE = "backup-runner"
 SCHEMA = "backup_runner"
@@ -34,6 +36,9 @@ class Settings(ServiceSettings):
     progress_interval_seconds: float = 1.0
     pg_bin_dir: str | None = None
     lock_wait_timeout_seconds: int = Field(default=300, ge=1)
+    stall_timeout_seconds: float = Field(default=900.0, gt=0)
+    credential_env_prefix: str = Field(default="TIDEMARK_SECRET_", min_length=1)
+    credential_file_root: Path | None = None
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -66,6 +71,10 @@ def create_app(settings: Settings) -> Litestar:
         zstd_threads=settings.zstd_threads,
         progress_interval=settings.progress_interval_seconds,
         lock_wait_timeout_seconds=settings.lock_wait_timeout_seconds,
+        stall_timeout_seconds=settings.stall_timeout_seconds,
+        credential_policy=CredentialPolicy(
+            settings.credential_env_prefix, settings.credential_file_root
+        ),
     )
     register_handlers(broker, app, executor, relay.wake)
     runtime.add_background(relay.run, needs_kafka=True)

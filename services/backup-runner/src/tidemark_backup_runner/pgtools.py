@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ def estimate_size(target: DatabaseTarget, password: str | None) -> int | None:
             user=target.user,
             password=password,
             connect_timeout=10,
+            options="-c statement_timeout=10000",
         ) as conn:
             row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     except psycopg.Error:
@@ -92,6 +94,8 @@ def dump_database(
     zstd_level: int = 3,
     zstd_threads: int = 1,
     lock_wait_timeout_seconds: int = 300,
+    stall_timeout_seconds: float = 900.0,
+    on_process: Callable[[subprocess.Popen[bytes]], None] = lambda _: None,
 ) -> DumpResult:
     """Run ``pg_dump --format=custom`` and stream its output, compressed, to ``writers``.
 
@@ -101,7 +105,10 @@ def dump_database(
     ``zstd_threads`` >= 1 compression runs beside the reading of pg_dump's output instead
     of in turn with it. The checksum is of the stored bytes.
     Writers are opened here and committed by the caller; on failure this raises and the
-    caller aborts them.
+    caller aborts them. A pg_dump that produces nothing for ``stall_timeout_seconds``
+    (a database host that accepts the connection and then goes silent, a dropped route)
+    is killed, so a backup cannot hang forever. ``on_process`` receives pg_dump's
+    process, for a caller that must be able to kill it (shutdown).
     """
     command = [
         pg_dump,
@@ -123,8 +130,21 @@ def dump_database(
         stderr=subprocess.PIPE,
         env=libpq_env(target, password),
     )
+    on_process(process)
     assert process.stdout is not None
     assert process.stderr is not None
+    last_output = time.monotonic()
+    stalled = threading.Event()
+    finished = threading.Event()
+
+    def watchdog() -> None:
+        while not finished.wait(min(5.0, stall_timeout_seconds / 4)):
+            if time.monotonic() - last_output > stall_timeout_seconds:
+                stalled.set()
+                process.kill()
+                return
+
+    threading.Thread(target=watchdog, daemon=True, name="pg_dump-watchdog").start()
     stderr_chunks: list[bytes] = []
     stderr_reader = threading.Thread(
         target=lambda: stderr_chunks.append(process.stderr.read() if process.stderr else b""),
@@ -146,6 +166,7 @@ def dump_database(
 
     try:
         while chunk := process.stdout.read(CHUNK):
+            last_output = time.monotonic()
             raw += len(chunk)
             emit(compressor.compress(chunk))
             on_progress(raw)
@@ -155,9 +176,14 @@ def dump_database(
         process.wait()
         raise DumpError(f"writing the artifact failed: {exc.strerror or exc}") from None
     finally:
+        finished.set()
         process.stdout.close()
     returncode = process.wait()
     stderr_reader.join(timeout=10)
+    if stalled.is_set():
+        raise DumpError(
+            f"pg_dump produced no output for {stall_timeout_seconds:.0f} s and was stopped"
+        )
     if returncode != 0:
         raise DumpError(
             f"pg_dump exited with {returncode}: {summarize_stderr(b''.join(stderr_chunks))}"

@@ -19,7 +19,11 @@ class ArtifactWriter(Protocol):
         ...
 
     def abort(self) -> None:
-        """Discard whatever was written; safe to call at any point, more than once."""
+        """Discard what this writer wrote but did not commit; safe at any point, often."""
+        ...
+
+    def discard(self) -> None:
+        """Remove the artifact entirely, committed or not, including earlier attempts'."""
         ...
 
 

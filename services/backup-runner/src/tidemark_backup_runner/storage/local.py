@@ -46,3 +46,14 @@ class LocalArtifactWriter:
         self._file = None
         with contextlib.suppress(FileNotFoundError):
             self.partial.unlink()
+
+    def discard(self) -> None:
+        """Remove every trace of this artifact: ours, a committed one, and the partial
+        files of earlier attempts (a runner that died mid-backup left them)."""
+        self.abort()
+        leftovers = [self.final]
+        with contextlib.suppress(OSError):
+            leftovers += self.final.parent.glob(f".{self.final.name}.*.partial")
+        for path in leftovers:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                path.unlink()
