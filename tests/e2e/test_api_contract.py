@@ -108,6 +108,7 @@ def test_operational_endpoints_need_no_token(anonymous: httpx.Client) -> None:
         "postgres": True,
         "kafka": True,
         "services": True,
+        "relay": True,
     }
     metrics = anonymous.get("/metrics")
     assert metrics.status_code == 200
@@ -265,11 +266,13 @@ def test_lists_page_clamp_and_refuse_bad_parameters(api: Api) -> None:
     for index in range(3):
         api.project(f"project-{index}")
     page = api.get("/api/v1/projects", params={"limit": 2, "offset": 1}).json()
-    assert page["total"] == 3
+    assert page["total"] == 3  # before "followed" is created below
     assert page["limit"] == 2
     assert page["offset"] == 1
     assert len(page["items"]) == 2
-    names = [p["name"] for p in api.get("/api/v1/projects").json()["items"]]
+    created = api.post("/api/v1/projects", json={"name": "followed"})
+    assert api.get(created.headers["location"]).json() == created.json()
+    names = [p["name"] for p in api.get("/api/v1/projects").json()["items"]][1:]
     assert names == ["project-2", "project-1", "project-0"], "newest first"
     assert api.get("/api/v1/projects", params={"limit": 1000}).json()["limit"] == 100
     assert_invalid(api.get("/api/v1/projects", params={"limit": -1}), "limit")
@@ -289,6 +292,8 @@ def test_backup_lists_filter_and_validate(api: Api, source_database: str, tmp_pa
     assert api.get(path, params={"status": "failed"}).json()["total"] == 0
     assert api.get(path, params={"type": "full"}).json()["total"] == 0
     assert_invalid(api.get(path, params={"status": "finished"}), "status")
+    # Empty filters, as API.md writes the query, mean "no filter".
+    assert api.get(f"{path}?status=&type=&limit=20&offset=0").json()["total"] == 1
     assert_invalid(api.get(path, params={"type": "logical"}), "type")
     project_path = f"/api/v1/projects/{environment['projectId']}/backups"
     project_page = api.get(project_path).json()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 from tidemark_contracts import Envelope
 from tidemark_contracts.backup import (
     BackupCompleted,
@@ -15,7 +16,7 @@ from tidemark_contracts.backup import (
     DestinationRef,
 )
 from tidemark_contracts.base import Message
-from tidemark_gateway.projection import apply_event
+from tidemark_gateway.projection import OutOfOrder, apply_event
 
 ORG, ENV, BACKUP, DEST = (uuid.uuid4() for _ in range(4))
 T0 = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
@@ -119,8 +120,13 @@ def test_the_gateways_pending_row_keeps_its_creation_time() -> None:
     assert row["destinations"] == [{"destinationId": "x"}]
 
 
-def test_unknown_or_premature_events_change_nothing() -> None:
+def test_an_event_before_its_creation_is_refused_for_a_retry() -> None:
     started = envelope(BackupStarted(backup_id=BACKUP, environment_id=ENV, started_at=T0), 2)
-    assert apply_event(None, started) is None
+    with pytest.raises(OutOfOrder):
+        apply_event(None, started)
+
+
+def test_unknown_events_change_nothing() -> None:
+    started = envelope(BackupStarted(backup_id=BACKUP, environment_id=ENV, started_at=T0), 2)
     unknown = started.model_copy(update={"message_type": "backup.BackupTeleported"})
     assert apply_event({"status": "running"}, unknown) is None

@@ -43,14 +43,22 @@ def make_broker(
     )
 
 
-async def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = ALL_TOPICS) -> None:
-    """Create the registry's topics with their partition counts where they are missing."""
+async def ensure_topics(
+    bootstrap_servers: str, topics: Iterable[Topic] = ALL_TOPICS, replication_factor: int = 1
+) -> None:
+    """Create the registry's topics with their partition counts where they are missing.
+
+    On a real cluster set ``replication_factor`` to 3: with one replica, ``acks=all``
+    protects nothing, and the gateway deletes an outbox row once Kafka acknowledged it.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name=t.name, num_partitions=t.partitions, replication_factor=1)
+            NewTopic(
+                name=t.name, num_partitions=t.partitions, replication_factor=replication_factor
+            )
             for t in topics
             if t.name not in existing
         ]
@@ -63,13 +71,17 @@ async def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = ALL_TO
 
 
 async def start_when_reachable(
-    broker: KafkaBroker, bootstrap_servers: str, *, retry_seconds: float = 2.0
+    broker: KafkaBroker,
+    bootstrap_servers: str,
+    *,
+    replication_factor: int = 1,
+    retry_seconds: float = 2.0,
 ) -> None:
     """Start the broker, waiting for Kafka however long it takes (it may be down)."""
     attempt = 0
     while True:
         try:
-            await ensure_topics(bootstrap_servers)
+            await ensure_topics(bootstrap_servers, replication_factor=replication_factor)
             await broker.start()
             log.info("kafka_connected", bootstrap_servers=bootstrap_servers)
             return

@@ -72,6 +72,10 @@ class Relay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.healthy = True
 
+    async def is_healthy(self) -> bool:
+        """False while publishing fails (Kafka away, or an entry it cannot publish)."""
+        return self.healthy
+
     def wake(self) -> None:
         """Ask the relay to look for new entries now; safe to call from any thread."""
         if self._loop is None:

@@ -97,7 +97,11 @@ class ServiceRuntime:
 
     async def _connect(self) -> None:
         try:
-            await start_when_reachable(self.broker, self.settings.kafka_bootstrap_servers)
+            await start_when_reachable(
+                self.broker,
+                self.settings.kafka_bootstrap_servers,
+                replication_factor=self.settings.kafka_replication_factor,
+            )
         except Exception:
             # Not an outage (those are retried) but a defect in the wiring: stop loudly
             # rather than run on, never ready.

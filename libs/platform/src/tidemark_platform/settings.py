@@ -28,6 +28,14 @@ class ServiceSettings(BaseSettings):
             "KAFKA_BOOTSTRAP_SERVERS", "TIDEMARK_KAFKA_BOOTSTRAP_SERVERS"
         ),
     )
+    kafka_replication_factor: int = Field(
+        default=1,
+        ge=1,
+        validation_alias=AliasChoices(
+            "KAFKA_REPLICATION_FACTOR", "TIDEMARK_KAFKA_REPLICATION_FACTOR"
+        ),
+        description="Replicas of the topics this service creates (3 on a real cluster).",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     log_level: str = "INFO"

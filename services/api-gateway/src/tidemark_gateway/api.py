@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 import psycopg
 from litestar import Controller, Request, Response, delete, get, post
@@ -42,6 +42,24 @@ from tidemark_gateway.schemas import (
 PRODUCER = "api-gateway"
 
 Limit = Annotated[int | None, Parameter(ge=0, description="page size; clamped to its maximum")]
+StatusFilter = Annotated[
+    str | None, Parameter(description=f"one of {', '.join(get_args(BackupStatus))}; empty: all")
+]
+TypeFilter = Annotated[
+    str | None,
+    Parameter(query="type", description=f"one of {', '.join(get_args(BackupType))}; empty: all"),
+]
+
+
+def choice(field: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    """A filter's value: empty means "no filter" (``?status=&type=`` as API.md writes it)."""
+    if not value:
+        return None
+    if value not in allowed:
+        raise invalid(field, f"must be one of {', '.join(allowed)}")
+    return value
+
+
 Offset = Annotated[int, Parameter(ge=0)]
 
 
@@ -100,6 +118,14 @@ class ProjectController(Controller):
         )
         project = ProjectOut.model_validate(row)
         return created(project, f"/api/v1/projects/{project.id}")
+
+    @get("/{project_id:uuid}")
+    async def get_project(
+        self, request: Request[Principal, str, Any], project_id: uuid.UUID, pool: Pool
+    ) -> ProjectOut:
+        return ProjectOut.model_validate(
+            await queries.project(pool, request.user.organization_id, project_id)
+        )
 
     @get("/")
     async def list_projects(
@@ -370,8 +396,8 @@ class BackupController(Controller):
         request: Request[Principal, str, Any],
         env_id: uuid.UUID,
         pool: Pool,
-        status: BackupStatus | None = None,
-        backup_type: Annotated[BackupType | None, Parameter(query="type")] = None,
+        status: StatusFilter = None,
+        backup_type: TypeFilter = None,
         limit: Limit = None,
         offset: Offset = 0,
     ) -> Page[BackupOut]:
@@ -379,8 +405,8 @@ class BackupController(Controller):
         where, params = queries.backup_filters(
             "organization_id = %s AND environment_id = %s",
             [request.user.organization_id, env_id],
-            status,
-            backup_type,
+            choice("status", status, get_args(BackupStatus)),
+            choice("type", backup_type, get_args(BackupType)),
         )
         return await page_of(
             BackupOut,
@@ -399,7 +425,7 @@ class BackupController(Controller):
         request: Request[Principal, str, Any],
         project_id: uuid.UUID,
         pool: Pool,
-        status: BackupStatus | None = None,
+        status: StatusFilter = None,
         limit: Limit = None,
         offset: Offset = 0,
     ) -> Page[BackupOut]:
@@ -407,7 +433,7 @@ class BackupController(Controller):
         where, params = queries.backup_filters(
             "b.organization_id = %s AND b.project_id = %s",
             [request.user.organization_id, project_id],
-            status,
+            choice("status", status, get_args(BackupStatus)),
             None,
             alias="b.",
         )

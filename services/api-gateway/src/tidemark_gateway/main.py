@@ -58,6 +58,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
     subscribe_heartbeats(broker, registry)
     runtime.add_check("services", registry.all_reported)
     runtime.add_background(relay.run, needs_kafka=True)
+    runtime.add_check("relay", relay.is_healthy)
     runtime.on_shutdown(outbox.close)
     runtime.on_shutdown(pool.close)
 

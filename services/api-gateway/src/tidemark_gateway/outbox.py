@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
@@ -40,8 +41,14 @@ class OutboxSource:
         self._leader: AsyncConnection[DictRow] | None = None
 
     async def _is_leader(self) -> bool:
-        if self._leader is not None and not self._leader.closed:
-            return True
+        if self._leader is not None:
+            try:
+                # The lock lives as long as this session: check it is still there.
+                await self._leader.execute("SELECT 1")
+                return True
+            except psycopg.Error:
+                await self._leader.close()
+                self._leader = None
         conn = await AsyncConnection.connect(
             self._database_url, autocommit=True, row_factory=dict_row
         )

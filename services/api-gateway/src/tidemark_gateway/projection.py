@@ -57,6 +57,10 @@ def _destination(ref: Any) -> dict[str, Any]:
     }
 
 
+class OutOfOrder(Exception):
+    """A backup's later event arrived before its creation: retry, never drop it."""
+
+
 def apply_event(row: Row | None, envelope: Envelope) -> Row | None:
     """The row after the event, or None when the event changes nothing (unknown type)."""
     message_class = BACKUP_EVENTS.message_class(envelope.message_type)
@@ -79,7 +83,11 @@ def apply_event(row: Row | None, envelope: Envelope) -> Row | None:
         if not new.get("destinations"):
             new["destinations"] = [_destination(d) for d in event.destinations]
     elif row is None:
-        return None  # a later event cannot come before creation; wait for the redelivery
+        # Events of one backup share a partition and are relayed in order, so this should
+        # not happen; if it does, raising rolls the position back and the event is retried.
+        raise OutOfOrder(
+            f"{envelope.message_type} of backup {envelope.aggregate_id} before its creation"
+        )
     elif isinstance(event, BackupStarted):
         new.update(status="running", started_at=event.started_at)
     elif isinstance(event, BackupUploaded):

@@ -78,6 +78,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     register_handlers(broker, app, executor, relay.wake)
     runtime.add_background(relay.run, needs_kafka=True)
+    runtime.add_check("relay", relay.is_healthy)
     runtime.add_background(executor.run)
     runtime.on_shutdown(app.close)
     return build_service_app(runtime)
