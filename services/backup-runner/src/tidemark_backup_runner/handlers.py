@@ -10,7 +10,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 from tidemark_contracts import BACKUP_COMMANDS, Envelope
 from tidemark_contracts.backup import RequestBackup
-from tidemark_platform.consumer import subscribe_tracked
+from tidemark_platform.consumer import Handler, subscribe_tracked
 from tidemark_platform.logging import get_logger
 
 from tidemark_backup_runner.application import BackupRunnerApplication
@@ -23,7 +23,7 @@ CONSUMER_GROUP = "backup-runner"
 
 def make_command_handler(
     app: BackupRunnerApplication, executor: BackupExecutor, on_saved: Callable[[], None]
-) -> Callable[[Envelope, Tracking], asyncio.Future[None] | object]:
+) -> Handler:
     async def on_command(envelope: Envelope, tracking: Tracking) -> None:
         if envelope.message_type != RequestBackup.message_type:
             log.warning("unknown_command", message_type=envelope.message_type)
@@ -35,10 +35,17 @@ def make_command_handler(
             log.error("invalid_command", message_id=str(envelope.message_id), error=str(exc)[:500])
             return
         created = await asyncio.to_thread(app.request_backup, command, tracking)
-        if not created:
-            log.info("duplicate_command_ignored", backup_id=str(command.backup_id))
-            return
-        on_saved()
+        if created:
+            on_saved()
+        else:
+            redelivered = await asyncio.to_thread(app.has_processed, tracking)
+            log.info(
+                "redelivered_message_skipped" if redelivered else "duplicate_command_ignored",
+                backup_id=str(command.backup_id),
+            )
+        # Also when nothing new was recorded: the request may be stored while its work
+        # was never started (a retried commit whose first attempt had succeeded). The
+        # executor ignores backups that are finished or already under way.
         executor.submit(command.backup_id)
 
     return on_command
@@ -54,5 +61,5 @@ def register_handlers(
         broker,
         BACKUP_COMMANDS,
         CONSUMER_GROUP,
-        make_command_handler(app, executor, on_saved),  # type: ignore[arg-type]
+        make_command_handler(app, executor, on_saved),
     )

@@ -1,0 +1,90 @@
+"""The command handler: every valid request reaches the executor, which is idempotent."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import Tracking
+from tidemark_backup_runner.handlers import make_command_handler
+from tidemark_contracts import Envelope, utc_now
+from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
+
+
+class FakeApp:
+    def __init__(self, created: bool, processed: bool) -> None:
+        self.created, self.processed = created, processed
+
+    def request_backup(self, command: RequestBackup, tracking: Tracking) -> bool:
+        return self.created
+
+    def has_processed(self, tracking: Tracking) -> bool:
+        return self.processed
+
+
+class FakeExecutor:
+    def __init__(self) -> None:
+        self.submitted: list[uuid.UUID] = []
+
+    def submit(self, backup_id: uuid.UUID) -> None:
+        self.submitted.append(backup_id)
+
+
+def command_envelope() -> tuple[uuid.UUID, Envelope]:
+    command = RequestBackup(
+        backup_id=uuid.uuid4(),
+        organization_id=uuid.uuid4(),
+        project_id=uuid.uuid4(),
+        environment_id=uuid.uuid4(),
+        type="db",
+        trigger="manual",
+        requested_by="t",
+        requested_at=utc_now(),
+        database=DatabaseTarget(host="h", port=1, dbname="d", user="u"),
+        destinations=[
+            DestinationTarget.model_validate(
+                {
+                    "destinationId": str(uuid.uuid4()),
+                    "name": "n",
+                    "type": "local",
+                    "config": {"kind": "local", "path": "/x"},
+                }
+            )
+        ],
+    )
+    envelope = Envelope.wrap(
+        command,
+        producer="t",
+        organization_id=command.organization_id,
+        environment_id=command.environment_id,
+    )
+    return command.backup_id, envelope
+
+
+@pytest.mark.parametrize(("created", "processed"), [(True, False), (False, False), (False, True)])
+async def test_a_request_recorded_before_is_still_handed_to_the_executor(
+    created: bool, processed: bool
+) -> None:
+    # A commit that succeeded, then was retried, reports a collision: the work may never
+    # have started, so the (idempotent) executor must still see the backup.
+    executor = FakeExecutor()
+    saved: list[Any] = []
+    handler = make_command_handler(
+        FakeApp(created, processed),  # type: ignore[arg-type]
+        executor,  # type: ignore[arg-type]
+        lambda: saved.append(1),
+    )
+    backup_id, envelope = command_envelope()
+    await handler(envelope, Tracking("backup.commands:0", 1))
+    assert executor.submitted == [backup_id]
+    assert saved == ([1] if created else [])
+
+
+async def test_invalid_or_unknown_commands_are_skipped() -> None:
+    executor = FakeExecutor()
+    handler = make_command_handler(FakeApp(True, False), executor, lambda: None)  # type: ignore[arg-type]
+    _, envelope = command_envelope()
+    await handler(envelope.model_copy(update={"payload": {"backupId": "x"}}), Tracking("t:0", 1))
+    await handler(envelope.model_copy(update={"message_type": "backup.Other"}), Tracking("t:0", 2))
+    assert executor.submitted == []
