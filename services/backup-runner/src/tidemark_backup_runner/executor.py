@@ -108,18 +108,21 @@ class BackupExecutor:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run_one(self, backup_id: UUID, attempt: int = 1) -> None:
+    async def _run_one(self, backup_id: UUID) -> None:
         try:
-            async with self._slots:
-                await self.execute(backup_id)
-        except Exception:
-            # Not a backup failure (those are recorded) but the store being unreachable
-            # past every retry: try again later rather than leave the backup stuck.
-            log.exception("backup_execution_crashed", backup_id=str(backup_id), attempt=attempt)
-            self._active.discard(backup_id)
-            await asyncio.sleep(min(300.0, 5.0 * 2**attempt))
-            self._active.add(backup_id)
-            await self._run_one(backup_id, attempt + 1)
+            for attempt in itertools.count(1):
+                try:
+                    async with self._slots:
+                        await self.execute(backup_id)
+                    return
+                except Exception:
+                    # Not a backup failure (those are recorded) but the store unreachable
+                    # past every retry: try again later rather than leave it stuck. The
+                    # backup stays active meanwhile, so nothing else starts it twice.
+                    log.exception(
+                        "backup_execution_crashed", backup_id=str(backup_id), attempt=attempt
+                    )
+                    await asyncio.sleep(min(300.0, 5.0 * 2**attempt))
         finally:
             self._active.discard(backup_id)
 
