@@ -26,6 +26,7 @@ from tidemark_contracts.service import ServiceHeartbeat
 from tidemark_platform.database import can_reach
 from tidemark_platform.kafka import make_broker, start_when_reachable
 from tidemark_platform.logging import configure_logging, get_logger
+from tidemark_platform.relay import Outbound, Relay, RelaySource
 from tidemark_platform.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -64,6 +65,21 @@ class ServiceRuntime:
         to do before), otherwise at once (durable work goes on while Kafka is away).
         """
         self._background.append((run, needs_kafka))
+
+    def add_relay(self, source: RelaySource) -> Relay:
+        """Relay ``source`` to Kafka through this service's broker, once it is connected;
+        the service is not ready while the relay cannot publish."""
+
+        async def publish(entry: Outbound) -> None:
+            assert entry.topic is not None
+            await self.broker.publish(
+                entry.value, entry.topic, key=entry.key, headers=entry.headers
+            )
+
+        relay = Relay(source, publish)
+        self.add_background(relay.run, needs_kafka=True)
+        self.add_check("relay", relay.is_healthy)
+        return relay
 
     def on_shutdown(self, close: Callable[[], Any]) -> None:
         self._on_shutdown.append(close)

@@ -14,7 +14,6 @@ from psycopg_pool import AsyncConnectionPool
 from tidemark_contracts import BACKUP_EVENTS
 from tidemark_platform.consumer import subscribe_tracked
 from tidemark_platform.kafka import make_broker
-from tidemark_platform.relay import Outbound, Relay
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
 
 from tidemark_gateway.api import (
@@ -48,17 +47,11 @@ def create_app(settings: GatewaySettings) -> Litestar:
     runtime = ServiceRuntime(SERVICE, settings, broker)
     outbox = OutboxSource(pool, settings.database_url)
 
-    async def publish(entry: Outbound) -> None:
-        assert entry.topic is not None
-        await broker.publish(entry.value, entry.topic, key=entry.key, headers=entry.headers)
-
-    relay = Relay(outbox, publish)
+    relay = runtime.add_relay(outbox)
     registry = ServiceRegistry(settings.expected_services, settings.heartbeat_timeout_seconds)
     subscribe_tracked(broker, BACKUP_EVENTS, PROJECTION_GROUP, BackupProjection(pool).handle)
     subscribe_heartbeats(broker, registry)
     runtime.add_check("services", registry.all_reported)
-    runtime.add_background(relay.run, needs_kafka=True)
-    runtime.add_check("relay", relay.is_healthy)
     runtime.on_shutdown(outbox.close)
     runtime.on_shutdown(pool.close)
 

@@ -12,7 +12,6 @@ from tidemark_contracts import BACKUP_PROGRESS, Envelope
 from tidemark_contracts.backup import BackupProgress
 from tidemark_platform.kafka import make_broker
 from tidemark_platform.notification_log import NotificationLogSource
-from tidemark_platform.relay import Outbound, Relay
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
 from tidemark_platform.settings import ServiceSettings
 
@@ -46,11 +45,7 @@ def create_app(settings: Settings) -> Litestar:
     broker = make_broker(settings.kafka_bootstrap_servers, SERVICE)
     runtime = ServiceRuntime(SERVICE, settings, broker)
 
-    async def publish(entry: Outbound) -> None:
-        assert entry.topic is not None
-        await broker.publish(entry.value, entry.topic, key=entry.key, headers=entry.headers)
-
-    relay = Relay(NotificationLogSource(app, app.to_envelope, "kafka"), publish)
+    relay = runtime.add_relay(NotificationLogSource(app, app.to_envelope, "kafka"))
 
     async def publish_progress(tick: BackupProgress, organization_id: UUID) -> None:
         envelope = Envelope.wrap(
@@ -77,8 +72,6 @@ def create_app(settings: Settings) -> Litestar:
         ),
     )
     register_handlers(broker, app, executor, relay.wake)
-    runtime.add_background(relay.run, needs_kafka=True)
-    runtime.add_check("relay", relay.is_healthy)
     runtime.add_background(executor.run)
     runtime.on_shutdown(app.close)
     return build_service_app(runtime)
