@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar.exceptions import NotAuthorizedException
 from pydantic import ValidationError
-from tidemark_gateway.auth import TokenVerifier
-from tidemark_gateway.settings import GatewaySettings
+from tidemark_api_gateway.auth import TokenVerifier
+from tidemark_api_gateway.settings import GatewaySettings
 
 SECRET = "unit-test-secret-of-a-sensible-length-0123456789"
 
@@ -74,7 +74,7 @@ def test_rs256_tokens_verify_with_the_configured_public_key(tmp_path: Path) -> N
 
 
 def test_a_gateway_without_a_key_or_with_a_secret_for_rs256_does_not_start() -> None:
-    with pytest.raises(ValidationError, match="TIDEMARK_JWT_SECRET"):
+    with pytest.raises(ValidationError, match="TIDEMARK_API_GATEWAY_JWT_SECRET"):
         settings(jwt_secret=None)
     with pytest.raises(ValidationError, match="HMAC"):
         settings(jwt_algorithms=["RS256"])

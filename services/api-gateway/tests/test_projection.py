@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from tidemark_api_gateway.projection import OutOfOrder, apply_event
 from tidemark_contracts import Envelope
 from tidemark_contracts.backup import (
     BackupCompleted,
@@ -16,7 +17,6 @@ from tidemark_contracts.backup import (
     DestinationRef,
 )
 from tidemark_contracts.base import Message
-from tidemark_gateway.projection import OutOfOrder, apply_event
 
 ORG, ENV, BACKUP, DEST = (uuid.uuid4() for _ in range(4))
 T0 = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)

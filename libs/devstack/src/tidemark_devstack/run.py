@@ -29,8 +29,8 @@ from tidemark_devstack.stack import Stack
 
 DATABASE_ENV = "DATABASE_URL"
 KAFKA_ENV = "KAFKA_BOOTSTRAP_SERVERS"
-HTTP_PORT_ENV = "TIDEMARK_HTTP_PORT"
-JWT_SECRET_ENV = "TIDEMARK_JWT_SECRET"  # noqa: S105 (a variable name, not a secret)
+HTTP_PORT_ENV = "TIDEMARK_API_GATEWAY_HTTP_PORT"
+JWT_SECRET_ENV = "TIDEMARK_API_GATEWAY_JWT_SECRET"  # noqa: S105 (a variable name, not a secret)
 DEFAULT_HTTP_PORT = 8000
 
 # Fixed, so a token printed by one run keeps working after the next (same secret file).
@@ -220,7 +220,7 @@ def demo_database_password() -> str:
 
 
 def jwt_secret() -> str:
-    """``$TIDEMARK_JWT_SECRET``, else a random secret generated once and kept in the state."""
+    """``$TIDEMARK_API_GATEWAY_JWT_SECRET``, else a random secret made once and kept in state."""
     preset = os.environ.get(JWT_SECRET_ENV)
     if preset:
         if len(preset.encode()) < MIN_SECRET_BYTES:
@@ -241,8 +241,8 @@ def make_token(secret: str, now: datetime | None = None) -> tuple[str, datetime]
         "exp": int(expires.timestamp()),
     }
     # The gateway checks these only when configured; then the token must carry them.
-    issuer = os.environ.get("TIDEMARK_JWT_ISSUER")
-    audience = os.environ.get("TIDEMARK_JWT_AUDIENCE")
+    issuer = os.environ.get("TIDEMARK_API_GATEWAY_JWT_ISSUER")
+    audience = os.environ.get("TIDEMARK_API_GATEWAY_JWT_AUDIENCE")
     if issuer:
         claims["iss"] = issuer
     if audience:

@@ -12,24 +12,11 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+from tidemark_contracts.services import SERVICES, ServiceDescription
 
 from tidemark_devstack.paths import free_port
 
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    name: str
-    module: str
-    env_prefix: str
-
-
-SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("api-gateway", "tidemark_gateway.main", "TIDEMARK_"),
-    ServiceSpec("scheduler", "tidemark_scheduler.main", "TIDEMARK_SCHEDULER_"),
-    ServiceSpec("backup-runner", "tidemark_backup_runner.main", "TIDEMARK_BACKUP_RUNNER_"),
-    ServiceSpec("restore-runner", "tidemark_restore_runner.main", "TIDEMARK_RESTORE_RUNNER_"),
-    ServiceSpec("alerts", "tidemark_alerts.main", "TIDEMARK_ALERTS_"),
-)
+ServiceSpec = ServiceDescription  # what the stack starts: a service as the registry describes it
 
 
 @dataclass
@@ -67,12 +54,12 @@ class Stack:
             **self.extra_env,
             "DATABASE_URL": self.database_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
-            f"{spec.env_prefix}HTTP_PORT": str(port),
-            f"{spec.env_prefix}LOG_FORMAT": self.log_format,
+            f"{spec.settings_prefix}HTTP_PORT": str(port),
+            f"{spec.settings_prefix}LOG_FORMAT": self.log_format,
             "PYTHONUNBUFFERED": "1",
         }
         if spec.name == "api-gateway":
-            env["TIDEMARK_JWT_SECRET"] = self.jwt_secret
+            env["TIDEMARK_API_GATEWAY_JWT_SECRET"] = self.jwt_secret
         return env
 
     def start(self, only: str | None = None) -> None:

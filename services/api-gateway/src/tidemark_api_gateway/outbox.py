@@ -11,7 +11,7 @@ from psycopg.types.json import Jsonb
 from tidemark_contracts import Envelope, Topic
 from tidemark_platform.relay import Outbound
 
-from tidemark_gateway.readmodel import SCHEMA, Pool
+from tidemark_api_gateway.readmodel import SCHEMA, Pool
 
 RELAY_LOCK = 7350002
 

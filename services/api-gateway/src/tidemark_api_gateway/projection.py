@@ -20,7 +20,7 @@ from tidemark_contracts.backup import (
     BackupUploaded,
 )
 
-from tidemark_gateway.readmodel import SCHEMA, Pool
+from tidemark_api_gateway.readmodel import SCHEMA, Pool
 
 Row = dict[str, Any]
 

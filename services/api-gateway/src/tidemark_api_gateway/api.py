@@ -22,12 +22,12 @@ from tidemark_contracts.backup import (
     RequestBackup,
 )
 
-from tidemark_gateway import queries
-from tidemark_gateway.auth import Principal
-from tidemark_gateway.outbox import enqueue
-from tidemark_gateway.problems import Problem, invalid, not_found
-from tidemark_gateway.readmodel import SCHEMA, Pool
-from tidemark_gateway.schemas import (
+from tidemark_api_gateway import queries
+from tidemark_api_gateway.auth import Principal
+from tidemark_api_gateway.outbox import enqueue
+from tidemark_api_gateway.problems import Problem, invalid, not_found
+from tidemark_api_gateway.readmodel import SCHEMA, Pool
+from tidemark_api_gateway.schemas import (
     BackupOut,
     CreateBackup,
     CreateDestination,

@@ -14,7 +14,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.middleware.base import DefineMiddleware
 
-from tidemark_gateway.settings import GatewaySettings
+from tidemark_api_gateway.settings import GatewaySettings
 
 READ_SCOPE = "backups:read"
 WRITE_SCOPE = "backups:write"

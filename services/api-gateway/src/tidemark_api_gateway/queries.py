@@ -8,8 +8,8 @@ from typing import Any
 
 from psycopg.rows import DictRow
 
-from tidemark_gateway.problems import not_found
-from tidemark_gateway.readmodel import SCHEMA, Pool
+from tidemark_api_gateway.problems import not_found
+from tidemark_api_gateway.readmodel import SCHEMA, Pool
 
 
 async def one(pool: Pool, statement: str, params: Sequence[Any], what: str) -> DictRow:

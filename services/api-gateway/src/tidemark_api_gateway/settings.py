@@ -8,7 +8,7 @@ from tidemark_platform.settings import ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDEMARK_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_API_GATEWAY_", extra="ignore")
 
     http_port: int = 8000
     jwt_secret: str | None = Field(default=None, description="HS256 secret")
@@ -26,8 +26,8 @@ class GatewaySettings(ServiceSettings):
     def _one_key_source(self) -> GatewaySettings:
         if not (self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_url):
             raise ValueError(
-                "set TIDEMARK_JWT_SECRET (HS256), TIDEMARK_JWT_PUBLIC_KEY_FILE or "
-                "TIDEMARK_JWT_JWKS_URL"
+                "set TIDEMARK_API_GATEWAY_JWT_SECRET (HS256), "
+                "TIDEMARK_API_GATEWAY_JWT_PUBLIC_KEY_FILE or TIDEMARK_API_GATEWAY_JWT_JWKS_URL"
             )
         if self.jwt_secret and any(not a.startswith("HS") for a in self.jwt_algorithms):
             raise ValueError("an HMAC secret can only verify HS* algorithms")

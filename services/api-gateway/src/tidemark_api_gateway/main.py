@@ -16,19 +16,19 @@ from tidemark_platform.consumer import subscribe_tracked
 from tidemark_platform.kafka import make_broker
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
 
-from tidemark_gateway.api import (
+from tidemark_api_gateway.api import (
     BackupController,
     DestinationController,
     EnvironmentController,
     ProjectController,
 )
-from tidemark_gateway.auth import auth_middleware, scope_guard
-from tidemark_gateway.heartbeats import ServiceRegistry, subscribe_heartbeats
-from tidemark_gateway.outbox import OutboxSource
-from tidemark_gateway.problems import EXCEPTION_HANDLERS
-from tidemark_gateway.projection import BackupProjection
-from tidemark_gateway.readmodel import Pool, migrate
-from tidemark_gateway.settings import GatewaySettings
+from tidemark_api_gateway.auth import auth_middleware, scope_guard
+from tidemark_api_gateway.heartbeats import ServiceRegistry, subscribe_heartbeats
+from tidemark_api_gateway.outbox import OutboxSource
+from tidemark_api_gateway.problems import EXCEPTION_HANDLERS
+from tidemark_api_gateway.projection import BackupProjection
+from tidemark_api_gateway.readmodel import Pool, migrate
+from tidemark_api_gateway.settings import GatewaySettings
 
 SERVICE = "api-gateway"
 PROJECTION_GROUP = "gateway-projection"

@@ -1,0 +1,95 @@
+"""The services of Tidemark, declared once: everything that lists them derives from here.
+
+A service named ``backup-runner`` lives in ``services/backup-runner``, is the Python package
+``tidemark_backup_runner`` (``python -m tidemark_backup_runner.main``) and reads its settings
+with the prefix ``TIDEMARK_BACKUP_RUNNER_``: the three always agree, so adding a service is
+one entry here plus its package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tidemark_contracts.topics import (
+    BACKUP_COMMANDS,
+    BACKUP_EVENTS,
+    BACKUP_PROGRESS,
+    SERVICE_HEARTBEATS,
+    Topic,
+)
+
+
+@dataclass(frozen=True)
+class ServiceDescription:
+    name: str
+    description: str
+    default_port: int
+    consumes: tuple[Topic, ...] = ()
+    produces: tuple[Topic, ...] = ()
+
+    @property
+    def directory(self) -> str:
+        return f"services/{self.name}"
+
+    @property
+    def package(self) -> str:
+        return "tidemark_" + self.name.replace("-", "_")
+
+    @property
+    def module(self) -> str:
+        """What ``python -m`` runs to start one instance."""
+        return f"{self.package}.main"
+
+    @property
+    def settings_prefix(self) -> str:
+        return "TIDEMARK_" + self.name.replace("-", "_").upper() + "_"
+
+
+API_GATEWAY = ServiceDescription(
+    "api-gateway",
+    "The HTTP API: authenticates, validates, turns requests into commands (through its "
+    "outbox) and serves the read models it projects from domain events.",
+    8000,
+    consumes=(BACKUP_EVENTS, SERVICE_HEARTBEATS),
+    produces=(BACKUP_COMMANDS, SERVICE_HEARTBEATS),
+)
+SCHEDULER = ServiceDescription(
+    "scheduler",
+    "Owns schedules; fires backups on cron and applies retention.",
+    8101,
+    produces=(SERVICE_HEARTBEATS,),
+)
+BACKUP_RUNNER = ServiceDescription(
+    "backup-runner",
+    "Owns the Backup aggregate; runs pg_dump into every destination.",
+    8102,
+    consumes=(BACKUP_COMMANDS,),
+    produces=(BACKUP_EVENTS, BACKUP_PROGRESS, SERVICE_HEARTBEATS),
+)
+RESTORE_RUNNER = ServiceDescription(
+    "restore-runner",
+    "Owns the Restore aggregate; restores backups into environments.",
+    8103,
+    produces=(SERVICE_HEARTBEATS,),
+)
+ALERTS = ServiceDescription(
+    "alerts",
+    "Owns the Alert aggregate; derives alerts from domain events and delivers them.",
+    8104,
+    produces=(SERVICE_HEARTBEATS,),
+)
+
+SERVICES: tuple[ServiceDescription, ...] = (
+    API_GATEWAY,
+    SCHEDULER,
+    BACKUP_RUNNER,
+    RESTORE_RUNNER,
+    ALERTS,
+)
+
+
+def service(name: str) -> ServiceDescription:
+    for described in SERVICES:
+        if described.name == name:
+            return described
+    raise KeyError(f"no service named {name!r}")
