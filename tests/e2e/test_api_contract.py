@@ -108,7 +108,8 @@ def test_operational_endpoints_need_no_token(anonymous: httpx.Client) -> None:
         "postgres": True,
         "kafka": True,
         "services": True,
-        "relay": True,
+        "relay:gateway-outbox": True,
+        "relay:gateway-catalog": True,
     }
     metrics = anonymous.get("/metrics")
     assert metrics.status_code == 200

@@ -114,6 +114,7 @@ def test_the_committed_asyncapi_document_is_current() -> None:
         "backup_commands",
         "backup_events",
         "backup_progress",
+        "catalog_events",
         "service_heartbeats",
     }
     for message in document["components"]["messages"].values():

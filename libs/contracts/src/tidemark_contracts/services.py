@@ -14,6 +14,7 @@ from tidemark_contracts.topics import (
     BACKUP_COMMANDS,
     BACKUP_EVENTS,
     BACKUP_PROGRESS,
+    CATALOG_EVENTS,
     SERVICE_HEARTBEATS,
     Topic,
 )
@@ -50,8 +51,8 @@ API_GATEWAY = ServiceDescription(
     "The HTTP API: authenticates, validates, turns requests into commands (through its "
     "outbox) and serves the read models it projects from domain events.",
     8000,
-    consumes=(BACKUP_EVENTS, SERVICE_HEARTBEATS),
-    produces=(BACKUP_COMMANDS, SERVICE_HEARTBEATS),
+    consumes=(BACKUP_EVENTS, CATALOG_EVENTS, SERVICE_HEARTBEATS),
+    produces=(BACKUP_COMMANDS, CATALOG_EVENTS, SERVICE_HEARTBEATS),
 )
 SCHEDULER = ServiceDescription(
     "scheduler",

@@ -14,6 +14,12 @@ from tidemark_contracts.backup import (
     RequestBackup,
 )
 from tidemark_contracts.base import Message
+from tidemark_contracts.catalog import (
+    DestinationRegistered,
+    DestinationRemoved,
+    EnvironmentRegistered,
+    ProjectRegistered,
+)
 from tidemark_contracts.service import ServiceHeartbeat
 
 
@@ -44,6 +50,12 @@ BACKUP_PROGRESS = Topic(
     "Ephemeral progress ticks of running backups (not in any event store).",
     (BackupProgress,),
 )
+CATALOG_EVENTS = Topic(
+    "catalog.events",
+    "Registrations of projects, environments and destinations, relayed from the gateway's "
+    "catalog event store; every service that needs them keeps its own view.",
+    (ProjectRegistered, EnvironmentRegistered, DestinationRegistered, DestinationRemoved),
+)
 SERVICE_HEARTBEATS = Topic(
     "service.heartbeats",
     "Liveness of every service instance; the gateway's readiness reads it.",
@@ -56,6 +68,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     BACKUP_COMMANDS,
     BACKUP_EVENTS,
     BACKUP_PROGRESS,
+    CATALOG_EVENTS,
     SERVICE_HEARTBEATS,
 )
 

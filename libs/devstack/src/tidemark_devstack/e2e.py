@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import jwt
 import psycopg
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -155,3 +157,32 @@ def table_fingerprints(url: str) -> dict[str, tuple[int, str]]:
             digest = hashlib.sha256("\n".join(r[0] for r in rows).encode()).hexdigest()
             fingerprints[table] = (len(rows), digest)
     return fingerprints
+
+
+async def topic_records(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic``, read to the end offsets it had when the call began.
+
+    Reading to known end offsets (not "until nothing came for a while") is what makes
+    "this message is not there" a positive statement.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for tp, items in batch.items():
+                records.extend(r for r in items if r.offset < ends[tp])
+        return records
+    finally:
+        await consumer.stop()

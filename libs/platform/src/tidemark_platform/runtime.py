@@ -78,7 +78,7 @@ class ServiceRuntime:
 
         relay = Relay(source, publish)
         self.add_background(relay.run, needs_kafka=True)
-        self.add_check("relay", relay.is_healthy)
+        self.add_check(f"relay:{source.name}", relay.is_healthy)
         return relay
 
     def on_shutdown(self, close: Callable[[], Any]) -> None:

@@ -1,9 +1,10 @@
-"""Wiring of the gateway: database, outbox relay, projection, auth, API and OpenAPI."""
+"""Wiring of the gateway: database, catalog store, relays, projections, auth, API, OpenAPI."""
 
 from __future__ import annotations
 
-from litestar import Litestar, Router
-from litestar.datastructures import State
+from typing import Any
+
+from litestar import Litestar, Request, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -11,27 +12,28 @@ from litestar.plugins.pydantic import PydanticPlugin
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
-from tidemark_contracts import BACKUP_EVENTS
+from tidemark_contracts import BACKUP_EVENTS, CATALOG_EVENTS
+from tidemark_platform.catalog import CatalogView
 from tidemark_platform.consumer import subscribe_tracked
 from tidemark_platform.kafka import make_broker
+from tidemark_platform.notification_log import NotificationLogSource
+from tidemark_platform.projection import ProjectionRunner
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
 
-from tidemark_api_gateway.api import (
-    BackupController,
-    DestinationController,
-    EnvironmentController,
-    ProjectController,
-)
-from tidemark_api_gateway.auth import auth_middleware, scope_guard
+from tidemark_api_gateway.application import CATALOG_SCHEMA, CatalogApplication, Gateway
+from tidemark_api_gateway.auth import Principal, auth_middleware, scope_guard
+from tidemark_api_gateway.controllers import CONTROLLERS
 from tidemark_api_gateway.heartbeats import ServiceRegistry, subscribe_heartbeats
 from tidemark_api_gateway.outbox import OutboxSource
 from tidemark_api_gateway.problems import EXCEPTION_HANDLERS
-from tidemark_api_gateway.projection import BackupProjection
-from tidemark_api_gateway.readmodel import Pool, migrate
+from tidemark_api_gateway.projection import BackupsView
+from tidemark_api_gateway.readmodel import SCHEMA, Pool, migrate
+from tidemark_api_gateway.requests import answer_and_log, request_context_middleware
 from tidemark_api_gateway.settings import GatewaySettings
 
 SERVICE = "api-gateway"
 PROJECTION_GROUP = "gateway-projection"
+CATALOG_GROUP = "gateway-catalog"
 
 
 def create_app(settings: GatewaySettings) -> Litestar:
@@ -45,44 +47,58 @@ def create_app(settings: GatewaySettings) -> Litestar:
     )
     broker = make_broker(settings.kafka_bootstrap_servers, SERVICE)
     runtime = ServiceRuntime(SERVICE, settings, broker)
-    outbox = OutboxSource(pool, settings.database_url)
+    catalog = CatalogApplication.on_postgres(settings.database_url, CATALOG_SCHEMA)
+    catalog_view = ProjectionRunner(pool, SCHEMA, CatalogView())
+    backups_view = ProjectionRunner(pool, SCHEMA, BackupsView())
 
-    relay = runtime.add_relay(outbox)
+    outbox = OutboxSource(pool, settings.database_url)
+    relays = [
+        runtime.add_relay(outbox),
+        runtime.add_relay(NotificationLogSource(catalog, catalog.to_envelope, "gateway-catalog")),
+    ]
+
+    def wake_relays() -> None:
+        for relay in relays:
+            relay.wake()
+
+    gateway = Gateway(catalog, catalog_view, backups_view, wake_relays)
+
     registry = ServiceRegistry(settings.expected_services, settings.heartbeat_timeout_seconds)
-    subscribe_tracked(broker, BACKUP_EVENTS, PROJECTION_GROUP, BackupProjection(pool).handle)
+    subscribe_tracked(broker, BACKUP_EVENTS, PROJECTION_GROUP, backups_view.handle)
+    subscribe_tracked(broker, CATALOG_EVENTS, CATALOG_GROUP, catalog_view.handle)
     subscribe_heartbeats(broker, registry)
     runtime.add_check("services", registry.all_reported)
     runtime.on_shutdown(outbox.close)
     runtime.on_shutdown(pool.close)
+    runtime.on_shutdown(catalog.close)
 
     async def open_pool() -> None:
         await pool.open(wait=True, timeout=30)
         async with pool.connection() as conn:
-            await migrate(conn)
+            await migrate(conn, catalog_view, backups_view)
 
-    async def provide_pool() -> Pool:
-        return pool
+    def provide_principal(request: Request[Principal, Any, Any]) -> Principal:
+        return request.user
 
     api = Router(
         path="/api/v1",
-        route_handlers=[
-            ProjectController,
-            EnvironmentController,
-            DestinationController,
-            BackupController,
-        ],
+        route_handlers=CONTROLLERS,
         guards=[scope_guard],
-        dependencies={"pool": Provide(provide_pool)},
+        dependencies={
+            "pool": Provide(lambda: pool, sync_to_thread=False),
+            "gateway": Provide(lambda: gateway, sync_to_thread=False),
+            "principal": Provide(provide_principal, sync_to_thread=False),
+        },
         security=[{"bearer": []}],
     )
     return build_service_app(
         runtime,
         [api],
         on_startup=[open_pool],
-        middleware=[auth_middleware(settings)],
+        middleware=[request_context_middleware, auth_middleware(settings)],
+        before_send=[answer_and_log],
         exception_handlers=EXCEPTION_HANDLERS,
         plugins=[PydanticPlugin(prefer_alias=True)],
-        state=State({"relay": relay, "registry": registry}),
         openapi_config=OpenAPIConfig(
             title="Tidemark API",
             version="1.0.0",

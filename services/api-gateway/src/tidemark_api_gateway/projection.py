@@ -1,17 +1,16 @@
 """The backups read model, kept from the backup-runner's domain events on Kafka.
 
-``apply_event`` is the pure rule (row + event → row). ``BackupProjection`` applies it with
-the consumer's position in the same transaction, and guards on the aggregate version, so
-a redelivered or re-published event changes nothing.
+``next_row`` is the pure rule (row + event → row); ``BackupsView`` declares the table
+and applies the rule. Positions, version guards and rebuilds are the platform's
+(``tidemark_platform.projection``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from eventsourcing.persistence import Tracking
 from psycopg.types.json import Jsonb
-from tidemark_contracts import BACKUP_EVENTS, Envelope
+from tidemark_contracts import BACKUP_EVENTS, Envelope, Message, Topic
 from tidemark_contracts.backup import (
     BackupCompleted,
     BackupFailed,
@@ -19,8 +18,7 @@ from tidemark_contracts.backup import (
     BackupStarted,
     BackupUploaded,
 )
-
-from tidemark_api_gateway.readmodel import SCHEMA, Pool
+from tidemark_platform.projection import Connection, OutOfOrder
 
 Row = dict[str, Any]
 
@@ -41,7 +39,6 @@ COLUMNS = (
     "duration_ms",
     "error",
     "destinations",
-    "version",
 )
 
 
@@ -57,18 +54,9 @@ def _destination(ref: Any) -> dict[str, Any]:
     }
 
 
-class OutOfOrder(Exception):
-    """A backup's later event arrived before its creation: retry, never drop it."""
-
-
-def apply_event(row: Row | None, envelope: Envelope) -> Row | None:
-    """The row after the event, or None when the event changes nothing (unknown type)."""
-    message_class = BACKUP_EVENTS.message_class(envelope.message_type)
-    if message_class is None:
-        return None
-    event = message_class.model_validate(envelope.payload)
+def next_row(row: Row | None, event: Message) -> Row:
+    """The backup's row after ``event`` (one of ``backup.events``' messages)."""
     new: Row = dict(row or {})
-    new["version"] = envelope.aggregate_version or 0
     if isinstance(event, BackupRequested):
         new.setdefault("status", "pending")
         new.update(
@@ -85,9 +73,7 @@ def apply_event(row: Row | None, envelope: Envelope) -> Row | None:
     elif row is None:
         # Events of one backup share a partition and are relayed in order, so this should
         # not happen; if it does, raising rolls the position back and the event is retried.
-        raise OutOfOrder(
-            f"{envelope.message_type} of backup {envelope.aggregate_id} before its creation"
-        )
+        raise OutOfOrder(f"{event.message_type} of a backup before its creation")
     elif isinstance(event, BackupStarted):
         new.update(status="running", started_at=event.started_at)
     elif isinstance(event, BackupUploaded):
@@ -128,38 +114,55 @@ def apply_event(row: Row | None, envelope: Envelope) -> Row | None:
     return new
 
 
-class BackupProjection:
-    def __init__(self, pool: Pool, name: str = "gateway-projection") -> None:
-        self._pool = pool
-        self._name = name
+class BackupsView:
+    """The backups read model as a platform projection of ``backup.events``."""
 
-    async def handle(self, envelope: Envelope, tracking: Tracking) -> None:
-        if envelope.aggregate_id is None:
-            return
-        async with self._pool.connection() as conn, conn.transaction():
-            position = await conn.execute(
-                f"INSERT INTO {SCHEMA}.consumer_positions AS p (name, position) "
-                "VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET position = excluded.position "
-                "WHERE p.position < excluded.position RETURNING position",
-                (f"{self._name}:{tracking.application_name}", tracking.notification_id),
-            )
-            if await position.fetchone() is None:
-                return  # this offset was applied before: redelivery after a crash
-            cursor = await conn.execute(
-                f"SELECT * FROM {SCHEMA}.backups WHERE id = %s FOR UPDATE",
-                (envelope.aggregate_id,),
-            )
-            row = await cursor.fetchone()
-            if row is not None and row["version"] >= (envelope.aggregate_version or 0):
-                return  # already reflects this event (re-published by a relay)
-            new = apply_event(row, envelope)
-            if new is None:
-                return
-            values = [Jsonb(new.get(c)) if c == "destinations" else new.get(c) for c in COLUMNS]
-            await conn.execute(
-                f"INSERT INTO {SCHEMA}.backups (id, {', '.join(COLUMNS)}) "
-                f"VALUES (%s, {', '.join(['%s'] * len(COLUMNS))}) "
-                f"ON CONFLICT (id) DO UPDATE SET "
-                + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS),
-                [envelope.aggregate_id, *values],
-            )
+    name = "gateway-backups"
+    topic: Topic = BACKUP_EVENTS
+    tables: tuple[str, ...] = ("backups",)
+
+    def ddl(self, schema: str) -> str:
+        return f"""
+CREATE TABLE IF NOT EXISTS {schema}.backups (
+    id uuid PRIMARY KEY,
+    organization_id uuid NOT NULL,
+    project_id uuid NOT NULL,
+    environment_id uuid NOT NULL,
+    type text NOT NULL,
+    trigger text NOT NULL,
+    label text,
+    status text NOT NULL,
+    size_bytes bigint,
+    checksum text,
+    compression text,
+    created_at timestamptz NOT NULL,
+    started_at timestamptz,
+    completed_at timestamptz,
+    duration_ms bigint,
+    error text,
+    destinations jsonb NOT NULL DEFAULT '[]',
+    wal_start_lsn text,
+    wal_end_lsn text
+);
+-- Versions are the platform's (projection_versions) since the projection moved there.
+ALTER TABLE {schema}.backups DROP COLUMN IF EXISTS version;
+CREATE INDEX IF NOT EXISTS backups_by_environment
+    ON {schema}.backups (environment_id, created_at DESC, id);
+CREATE INDEX IF NOT EXISTS backups_by_project
+    ON {schema}.backups (organization_id, project_id, created_at DESC, id);
+"""
+
+    async def apply(
+        self, conn: Connection, schema: str, envelope: Envelope, message: Message
+    ) -> None:
+        cursor = await conn.execute(
+            f"SELECT * FROM {schema}.backups WHERE id = %s FOR UPDATE", (envelope.aggregate_id,)
+        )
+        new = next_row(await cursor.fetchone(), message)
+        values = [Jsonb(new.get(c)) if c == "destinations" else new.get(c) for c in COLUMNS]
+        await conn.execute(
+            f"INSERT INTO {schema}.backups (id, {', '.join(COLUMNS)}) "
+            f"VALUES (%s, {', '.join(['%s'] * len(COLUMNS))}) "
+            f"ON CONFLICT (id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS),
+            [envelope.aggregate_id, *values],
+        )

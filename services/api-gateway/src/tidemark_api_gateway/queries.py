@@ -1,4 +1,7 @@
-"""Read queries, always scoped to the caller's organization (foreign rows do not exist)."""
+"""Read queries, always scoped to the caller's organization (foreign rows do not exist).
+
+A query for one row answers ``None`` when there is none: the controller decides on 404.
+"""
 
 from __future__ import annotations
 
@@ -8,42 +11,35 @@ from typing import Any
 
 from psycopg.rows import DictRow
 
-from tidemark_api_gateway.problems import not_found
 from tidemark_api_gateway.readmodel import SCHEMA, Pool
 
 
-async def one(pool: Pool, statement: str, params: Sequence[Any], what: str) -> DictRow:
+async def one(pool: Pool, statement: str, params: Sequence[Any]) -> DictRow | None:
     async with pool.connection() as conn:
-        row = await (await conn.execute(statement, params)).fetchone()
-    if row is None:
-        raise not_found(what)
-    return row
+        return await (await conn.execute(statement, params)).fetchone()
 
 
-async def project(pool: Pool, organization_id: uuid.UUID, project_id: uuid.UUID) -> DictRow:
+async def project(pool: Pool, organization_id: uuid.UUID, project_id: uuid.UUID) -> DictRow | None:
     return await one(
         pool,
         f"SELECT * FROM {SCHEMA}.projects WHERE organization_id = %s AND id = %s",
         (organization_id, project_id),
-        "project",
     )
 
 
-async def environment(pool: Pool, organization_id: uuid.UUID, env_id: uuid.UUID) -> DictRow:
+async def environment(pool: Pool, organization_id: uuid.UUID, env_id: uuid.UUID) -> DictRow | None:
     return await one(
         pool,
         f"SELECT * FROM {SCHEMA}.environments WHERE organization_id = %s AND id = %s",
         (organization_id, env_id),
-        "environment",
     )
 
 
-async def backup(pool: Pool, organization_id: uuid.UUID, backup_id: uuid.UUID) -> DictRow:
+async def backup(pool: Pool, organization_id: uuid.UUID, backup_id: uuid.UUID) -> DictRow | None:
     return await one(
         pool,
         f"SELECT * FROM {SCHEMA}.backups WHERE organization_id = %s AND id = %s",
         (organization_id, backup_id),
-        "backup",
     )
 
 

@@ -1,0 +1,339 @@
+"""The gateway's application layer: requests become catalog events and backup commands.
+
+Registrations are recorded in the gateway's catalog event store (the source of truth,
+relayed to ``catalog.events``) and applied to the gateway's own catalog view at once, so
+the client reads its write; the relayed copy then changes nothing (version guard). A
+backup request becomes a ``RequestBackup`` command in the outbox, committed together with
+the pending read-model row, so ``202`` means durable even while Kafka is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
+from psycopg.rows import DictRow
+from pydantic import TypeAdapter
+from tidemark_contracts import BACKUP_COMMANDS, CATALOG_EVENTS, Envelope, Message, Topic, utc_now
+from tidemark_contracts import event_message_id as stable_message_id
+from tidemark_contracts.backup import (
+    BackupRequested,
+    BackupType,
+    DatabaseTarget,
+    DestinationConfig,
+    DestinationRef,
+    DestinationTarget,
+    RequestBackup,
+)
+from tidemark_contracts.catalog import (
+    ClusterSpec,
+    DestinationRegistered,
+    DestinationRemoved,
+    EnvironmentRegistered,
+    ProjectRegistered,
+)
+from tidemark_platform.eventstore import EventStoreApplication
+from tidemark_platform.projection import ProjectionRunner
+
+from tidemark_api_gateway.domain import (
+    CatalogError,
+    Destination,
+    DestinationType,
+    Environment,
+    NameClaim,
+    NameTaken,
+    Project,
+)
+from tidemark_api_gateway.outbox import enqueue
+
+PRODUCER = "api-gateway"
+CATALOG_SCHEMA = "gateway_catalog"
+DESTINATION_CONFIG: TypeAdapter[DestinationConfig] = TypeAdapter(DestinationConfig)
+
+
+class Conflict(Exception):
+    """The request collides with what exists (a name already taken)."""
+
+
+class Gone(Exception):
+    """The aggregate the request names does not exist (for this organization)."""
+
+
+class CatalogApplication(EventStoreApplication):
+    """The catalog event store, and the translation of its events into contracts."""
+
+    name = "gateway_catalog"
+
+    def register(self, *aggregates: Aggregate) -> list[Any]:
+        """Save the registrations atomically; ``Conflict`` when a name claim collides."""
+        events = [e for aggregate in aggregates for e in aggregate.collect_events()]
+        try:
+            self.save(*events)
+        except IntegrityError:
+            raise Conflict from None
+        return events
+
+    def claim(self, kind: str, scope: uuid.UUID, name: str, owner_id: uuid.UUID) -> NameClaim:
+        claim_id = NameClaim.id_for(kind, scope, name)
+        try:
+            existing: NameClaim = self.repository.get(claim_id)
+        except AggregateNotFoundError:
+            return NameClaim(owner_id=owner_id, claim_id=claim_id)
+        try:
+            existing.reclaim(owner_id)
+        except NameTaken:
+            raise Conflict from None
+        return existing
+
+    def remove_destination(
+        self, organization_id: uuid.UUID, destination_id: uuid.UUID, now: datetime
+    ) -> list[Any]:
+        try:
+            destination: Destination = self.repository.get(destination_id)
+        except AggregateNotFoundError:
+            raise Gone from None
+        if not isinstance(destination, Destination) or destination.organization_id != (
+            organization_id
+        ):
+            raise Gone
+        try:
+            destination.remove(now)
+        except CatalogError:
+            raise Gone from None
+        claim: NameClaim = self.repository.get(
+            NameClaim.id_for("destination", organization_id, destination.name)
+        )
+        claim.release()
+        return self.register(destination, claim)
+
+    def to_envelope(self, event: Any) -> tuple[Topic, Envelope] | None:
+        """The public contract message of a stored catalog event (claims stay private)."""
+        message: Message
+        environment_id: uuid.UUID | None = None
+        if isinstance(event, Project.Registered):
+            message = ProjectRegistered(
+                project_id=event.originator_id,
+                organization_id=event.organization_id,
+                name=event.name,
+                registered_at=event.registered_at,
+            )
+        elif isinstance(event, Environment.Registered):
+            environment_id = event.originator_id
+            message = EnvironmentRegistered(
+                environment_id=event.originator_id,
+                organization_id=event.organization_id,
+                project_id=event.project_id,
+                name=event.name,
+                database=DatabaseTarget.model_validate(event.database),
+                cluster=ClusterSpec.model_validate(event.cluster) if event.cluster else None,
+                files_path=event.files_path,
+                registered_at=event.registered_at,
+            )
+        elif isinstance(event, Destination.Registered):
+            message = DestinationRegistered(
+                destination_id=event.originator_id,
+                organization_id=event.organization_id,
+                name=event.name,
+                type=event.type,
+                config=DESTINATION_CONFIG.validate_python({"kind": event.type, **event.config}),
+                is_default=event.is_default,
+                registered_at=event.registered_at,
+            )
+        elif isinstance(event, Destination.Removed):
+            message = DestinationRemoved(
+                destination_id=event.originator_id,
+                organization_id=event.organization_id,
+                removed_at=event.removed_at,
+            )
+        else:
+            return None
+        return CATALOG_EVENTS, Envelope.wrap(
+            message,
+            producer=PRODUCER,
+            organization_id=message.organization_id,
+            environment_id=environment_id,
+            message_id=stable_message_id(event.originator_id, event.originator_version),
+            aggregate_id=event.originator_id,
+            aggregate_version=event.originator_version,
+            occurred_at=event.timestamp,
+        )
+
+
+class Gateway:
+    """What the controllers call: one method per thing a client can ask for."""
+
+    def __init__(
+        self,
+        catalog: CatalogApplication,
+        catalog_view: ProjectionRunner,
+        backups_view: ProjectionRunner,
+        wake_relays: Callable[[], None],
+    ) -> None:
+        self.catalog = catalog
+        self.catalog_view = catalog_view
+        self.backups_view = backups_view
+        self._wake_relays = wake_relays
+
+    async def _recorded(self, events: Sequence[Any]) -> None:
+        """Apply new catalog events to our view now, and have the relay publish them."""
+        for event in events:
+            mapped = self.catalog.to_envelope(event)
+            if mapped is not None:
+                await self.catalog_view.apply_now(mapped[1])
+        self._wake_relays()
+
+    async def register_project(self, organization_id: uuid.UUID, name: str) -> uuid.UUID:
+        project_id = uuid.uuid4()
+
+        def record() -> list[Any]:
+            project = Project(
+                project_id=project_id,
+                organization_id=organization_id,
+                name=name,
+                registered_at=utc_now(),
+            )
+            claim = self.catalog.claim("project", organization_id, name, project_id)
+            return self.catalog.register(project, claim)
+
+        await self._recorded(await asyncio.to_thread(record))
+        return project_id
+
+    async def register_environment(
+        self,
+        organization_id: uuid.UUID,
+        project_id: uuid.UUID,
+        name: str,
+        database: dict[str, Any],
+        cluster: dict[str, Any] | None,
+        files_path: str | None,
+    ) -> uuid.UUID:
+        environment_id = uuid.uuid4()
+
+        def record() -> list[Any]:
+            environment = Environment(
+                environment_id=environment_id,
+                organization_id=organization_id,
+                project_id=project_id,
+                name=name,
+                database=database,
+                cluster=cluster,
+                files_path=files_path,
+                registered_at=utc_now(),
+            )
+            claim = self.catalog.claim("environment", project_id, name, environment_id)
+            return self.catalog.register(environment, claim)
+
+        await self._recorded(await asyncio.to_thread(record))
+        return environment_id
+
+    async def register_destination(
+        self,
+        organization_id: uuid.UUID,
+        name: str,
+        destination_type: DestinationType,
+        config: dict[str, Any],
+        is_default: bool,
+    ) -> uuid.UUID:
+        destination_id = uuid.uuid4()
+
+        def record() -> list[Any]:
+            destination = Destination(
+                destination_id=destination_id,
+                organization_id=organization_id,
+                name=name,
+                type=destination_type,
+                config=config,
+                is_default=is_default,
+                registered_at=utc_now(),
+            )
+            claim = self.catalog.claim("destination", organization_id, name, destination_id)
+            return self.catalog.register(destination, claim)
+
+        await self._recorded(await asyncio.to_thread(record))
+        return destination_id
+
+    async def remove_destination(
+        self, organization_id: uuid.UUID, destination_id: uuid.UUID
+    ) -> None:
+        events = await asyncio.to_thread(
+            self.catalog.remove_destination, organization_id, destination_id, utc_now()
+        )
+        await self._recorded(events)
+
+    async def request_backup(
+        self,
+        *,
+        organization_id: uuid.UUID,
+        requested_by: str,
+        environment: DictRow,
+        destinations: Sequence[DictRow],
+        backup_type: BackupType,
+        label: str | None,
+        correlation_id: uuid.UUID | None,
+    ) -> uuid.UUID:
+        """Issue a ``RequestBackup``; the pending row and the command commit together."""
+        command = RequestBackup(
+            backup_id=uuid.uuid4(),
+            organization_id=organization_id,
+            project_id=environment["project_id"],
+            environment_id=environment["id"],
+            type=backup_type,
+            trigger="manual",
+            label=label,
+            requested_by=requested_by,
+            requested_at=utc_now(),
+            database=DatabaseTarget.model_validate(environment["database"]),
+            destinations=[
+                DestinationTarget.model_validate(
+                    {
+                        "destinationId": d["id"],
+                        "name": d["name"],
+                        "type": d["type"],
+                        "config": {"kind": d["type"], **d["config"]},
+                    }
+                )
+                for d in destinations
+            ],
+        )
+        envelope = Envelope.wrap(
+            command,
+            producer=PRODUCER,
+            organization_id=organization_id,
+            environment_id=command.environment_id,
+            aggregate_id=command.backup_id,
+            correlation_id=correlation_id or command.backup_id,
+        )
+        # The pending row is what the runner's BackupRequested will say: built by the
+        # projection's own rule from that event, unversioned, so the real one still applies.
+        pending = Envelope.wrap(
+            BackupRequested(
+                backup_id=command.backup_id,
+                organization_id=organization_id,
+                project_id=command.project_id,
+                environment_id=command.environment_id,
+                type=command.type,
+                trigger=command.trigger,
+                label=command.label,
+                requested_by=command.requested_by,
+                requested_at=command.requested_at,
+                destinations=[
+                    DestinationRef(destination_id=d.destination_id, name=d.name, type=d.type)
+                    for d in command.destinations
+                ],
+            ),
+            producer=PRODUCER,
+            organization_id=organization_id,
+            environment_id=command.environment_id,
+            aggregate_id=command.backup_id,
+        )
+        async with self.backups_view.pool.connection() as conn, conn.transaction():
+            await self.backups_view.apply_now(pending, conn)
+            await enqueue(conn, BACKUP_COMMANDS, envelope)
+        self._wake_relays()
+        return command.backup_id

@@ -1,0 +1,10 @@
+"""One controller per resource: each translates HTTP into a call of the application layer."""
+
+from tidemark_api_gateway.controllers.backups import BackupController
+from tidemark_api_gateway.controllers.destinations import DestinationController
+from tidemark_api_gateway.controllers.environments import EnvironmentController
+from tidemark_api_gateway.controllers.projects import ProjectController
+
+CONTROLLERS = [ProjectController, EnvironmentController, DestinationController, BackupController]
+
+__all__ = ["CONTROLLERS"]

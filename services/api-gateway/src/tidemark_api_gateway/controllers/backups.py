@@ -1,0 +1,175 @@
+"""Backups: request one, read one, list an environment's or a project's."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, get_args
+
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_202_ACCEPTED
+from psycopg.rows import DictRow
+from tidemark_contracts.backup import BackupStatus, BackupType
+
+from tidemark_api_gateway import queries
+from tidemark_api_gateway.application import Gateway
+from tidemark_api_gateway.auth import Principal
+from tidemark_api_gateway.controllers.common import Limit, Offset, page_of
+from tidemark_api_gateway.problems import Problem, invalid, not_found
+from tidemark_api_gateway.readmodel import SCHEMA, Pool
+from tidemark_api_gateway.requests import RequestContext
+from tidemark_api_gateway.schemas import BackupOut, CreateBackup, Page
+
+StatusFilter = Annotated[
+    str | None, Parameter(description=f"one of {', '.join(get_args(BackupStatus))}; empty: all")
+]
+TypeFilter = Annotated[
+    str | None,
+    Parameter(query="type", description=f"one of {', '.join(get_args(BackupType))}; empty: all"),
+]
+
+
+def choice(field: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    """A filter's value: empty means "no filter" (``?status=&type=`` as API.md writes it)."""
+    if not value:
+        return None
+    if value not in allowed:
+        raise invalid(field, f"must be one of {', '.join(allowed)}")
+    return value
+
+
+async def _environment(pool: Pool, principal: Principal, env_id: uuid.UUID) -> DictRow:
+    row = await queries.environment(pool, principal.organization_id, env_id)
+    if row is None:
+        raise not_found("environment")
+    return row
+
+
+async def _destinations(
+    pool: Pool, principal: Principal, ids: list[uuid.UUID] | None
+) -> list[DictRow]:
+    """The destinations named by the request, else the organization's defaults."""
+    if ids is not None:
+        found = await queries.destinations(pool, principal.organization_id, ids)
+        known = {row["id"] for row in found}
+        errors = [
+            {"field": f"destinationIds[{i}]", "message": "unknown destination"}
+            for i, destination_id in enumerate(ids)
+            if destination_id not in known
+        ]
+        if errors:
+            raise Problem(422, "unknown destination in destinationIds", errors)
+        by_id = {row["id"]: row for row in found}
+        return [by_id[i] for i in dict.fromkeys(ids)]
+    defaults = await queries.default_destinations(pool, principal.organization_id)
+    if not defaults:
+        raise invalid(
+            "destinationIds",
+            "no destinationIds given, and the environment has no schedule and the "
+            "organization no default destination",
+        )
+    return defaults
+
+
+class BackupController(Controller):
+    tags = ["backups"]
+
+    @post("/environments/{env_id:uuid}/backups", status_code=HTTP_202_ACCEPTED)
+    async def request_backup(
+        self,
+        request: Request[Principal, str, Any],
+        principal: Principal,
+        env_id: uuid.UUID,
+        data: CreateBackup,
+        gateway: Gateway,
+        pool: Pool,
+    ) -> Response[BackupOut]:
+        environment = await _environment(pool, principal, env_id)
+        if data.type == "full" and environment["cluster"] is None:
+            raise invalid(
+                "type", "a full backup needs the environment's cluster; this one has none"
+            )
+        destinations = await _destinations(pool, principal, data.destination_ids)
+        backup_id = await gateway.request_backup(
+            organization_id=principal.organization_id,
+            requested_by=principal.subject,
+            environment=environment,
+            destinations=destinations,
+            backup_type=data.type,
+            label=data.label,
+            correlation_id=RequestContext.of(request).correlation_id,
+        )
+        backup = await queries.backup(pool, principal.organization_id, backup_id)
+        return Response(
+            BackupOut.model_validate(backup),
+            status_code=HTTP_202_ACCEPTED,
+            headers={"Location": f"/api/v1/backups/{backup_id}"},
+        )
+
+    @get("/environments/{env_id:uuid}/backups")
+    async def list_environment_backups(
+        self,
+        principal: Principal,
+        env_id: uuid.UUID,
+        pool: Pool,
+        status: StatusFilter = None,
+        backup_type: TypeFilter = None,
+        limit: Limit = None,
+        offset: Offset = 0,
+    ) -> Page[BackupOut]:
+        await _environment(pool, principal, env_id)
+        where, params = queries.backup_filters(
+            "organization_id = %s AND environment_id = %s",
+            [principal.organization_id, env_id],
+            choice("status", status, get_args(BackupStatus)),
+            choice("type", backup_type, get_args(BackupType)),
+        )
+        return await page_of(
+            BackupOut,
+            pool,
+            f"FROM {SCHEMA}.backups WHERE {where}",
+            params,
+            "created_at DESC, id",
+            limit=limit,
+            offset=offset,
+            default=20,
+        )
+
+    @get("/projects/{project_id:uuid}/backups")
+    async def list_project_backups(
+        self,
+        principal: Principal,
+        project_id: uuid.UUID,
+        pool: Pool,
+        status: StatusFilter = None,
+        limit: Limit = None,
+        offset: Offset = 0,
+    ) -> Page[BackupOut]:
+        if await queries.project(pool, principal.organization_id, project_id) is None:
+            raise not_found("project")
+        where, params = queries.backup_filters(
+            "b.organization_id = %s AND b.project_id = %s",
+            [principal.organization_id, project_id],
+            choice("status", status, get_args(BackupStatus)),
+            None,
+            alias="b.",
+        )
+        return await page_of(
+            BackupOut,
+            pool,
+            f"FROM {SCHEMA}.backups b JOIN {SCHEMA}.environments e ON e.id = b.environment_id "
+            f"WHERE {where}",
+            params,
+            "b.created_at DESC, b.id",
+            limit=limit,
+            offset=offset,
+            default=50,
+            columns="b.*, json_build_object('id', e.id, 'name', e.name) AS environment",
+        )
+
+    @get("/backups/{backup_id:uuid}")
+    async def get_backup(self, principal: Principal, backup_id: uuid.UUID, pool: Pool) -> BackupOut:
+        row = await queries.backup(pool, principal.organization_id, backup_id)
+        if row is None:
+            raise not_found("backup")
+        return BackupOut.model_validate(row)

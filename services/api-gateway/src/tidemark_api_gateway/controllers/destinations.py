@@ -1,0 +1,74 @@
+"""``/destinations``: where an organization's backups are stored."""
+
+from __future__ import annotations
+
+import uuid
+
+from litestar import Controller, Response, delete, get, post
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from tidemark_api_gateway import queries
+from tidemark_api_gateway.application import Conflict, Gateway, Gone
+from tidemark_api_gateway.auth import Principal
+from tidemark_api_gateway.controllers.common import Limit, Offset, created, page_of
+from tidemark_api_gateway.problems import Problem, not_found
+from tidemark_api_gateway.readmodel import SCHEMA, Pool
+from tidemark_api_gateway.schemas import CreateDestination, DestinationOut, Page
+
+
+class DestinationController(Controller):
+    path = "/destinations"
+    tags = ["destinations"]
+
+    @post("/", status_code=HTTP_201_CREATED)
+    async def create_destination(
+        self, principal: Principal, data: CreateDestination, gateway: Gateway, pool: Pool
+    ) -> Response[DestinationOut]:
+        spec = data.root
+        try:
+            destination_id = await gateway.register_destination(
+                principal.organization_id,
+                spec.name,
+                spec.type,
+                spec.config.model_dump(by_alias=True),
+                spec.is_default,
+            )
+        except Conflict:
+            raise Problem(409, f"a destination named {spec.name!r} already exists") from None
+        rows = await queries.destinations(pool, principal.organization_id, [destination_id])
+        return created(
+            DestinationOut.model_validate(rows[0]), f"/api/v1/destinations/{destination_id}"
+        )
+
+    @get("/")
+    async def list_destinations(
+        self, principal: Principal, pool: Pool, limit: Limit = None, offset: Offset = 0
+    ) -> Page[DestinationOut]:
+        return await page_of(
+            DestinationOut,
+            pool,
+            f"FROM {SCHEMA}.destinations WHERE organization_id = %s",
+            (principal.organization_id,),
+            "created_at DESC, id",
+            limit=limit,
+            offset=offset,
+            default=50,
+        )
+
+    @get("/{destination_id:uuid}")
+    async def get_destination(
+        self, principal: Principal, destination_id: uuid.UUID, pool: Pool
+    ) -> DestinationOut:
+        rows = await queries.destinations(pool, principal.organization_id, [destination_id])
+        if not rows:
+            raise not_found("destination")
+        return DestinationOut.model_validate(rows[0])
+
+    @delete("/{destination_id:uuid}", status_code=HTTP_204_NO_CONTENT)
+    async def delete_destination(
+        self, principal: Principal, destination_id: uuid.UUID, gateway: Gateway
+    ) -> None:
+        try:
+            await gateway.remove_destination(principal.organization_id, destination_id)
+        except Gone:
+            raise not_found("destination") from None
