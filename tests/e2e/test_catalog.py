@@ -19,7 +19,13 @@ from tidemark_api_gateway.application import CATALOG_SCHEMA, CatalogApplication
 from tidemark_contracts import CATALOG_EVENTS, Envelope
 from tidemark_devstack.e2e import Api, topic_records
 from tidemark_platform.catalog import CatalogView
-from tidemark_platform.projection import Pool, ProjectionRunner, compare, rebuild
+from tidemark_platform.projection import (
+    Pool,
+    ProjectionRunner,
+    compare,
+    rebuild,
+    stored_envelopes,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -118,12 +124,11 @@ async def _views_match(database_url: str, bootstrap: str) -> None:
         # And a rebuild from the gateway's catalog event store.
         store = CatalogApplication.on_postgres(database_url, CATALOG_SCHEMA)
         try:
-            notifications = store.recorder.select_notifications(start=1, limit=1_000_000)
-            events = [store.to_envelope(store.mapper.to_domain_event(n)) for n in notifications]
+            events = list(stored_envelopes(store, store.to_envelope))
         finally:
             store.close()
         async with pool.connection() as conn:
-            await rebuild(conn, CatalogView(), "e2e_rebuilt", [e[1] for e in events if e])
+            await rebuild(conn, CatalogView(), "e2e_rebuilt", events)
             assert await compare(conn, CatalogView(), "gateway", "e2e_rebuilt") == []
             assert await compare(conn, CatalogView(), "gateway", "e2e_follower") == []
     finally:

@@ -15,7 +15,7 @@ lists every row in which the live read model and the rebuilt one differ.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +24,9 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 from tidemark_contracts import Envelope, Message, Topic
+
+from tidemark_platform.eventstore import EventStoreApplication
+from tidemark_platform.notification_log import ToEnvelope
 
 Connection = AsyncConnection[DictRow]
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
@@ -164,6 +167,20 @@ class ProjectionRunner:
             return await apply_event(conn, self.schema, self.projection, envelope)
         async with self.pool.connection() as own, own.transaction():
             return await apply_event(own, self.schema, self.projection, envelope)
+
+
+def stored_envelopes(
+    app: EventStoreApplication, to_envelope: ToEnvelope, batch_size: int = 1000
+) -> Iterator[Envelope]:
+    """Every event of an event store as the contract envelope its relay publishes, in the
+    store's order: what a rebuild replays, without Kafka (whose retention is limited)."""
+    start = 1
+    while notifications := app.recorder.select_notifications(start=start, limit=batch_size):
+        for notification in notifications:
+            mapped = to_envelope(app.mapper.to_domain_event(notification))
+            if mapped is not None:
+                yield mapped[1]
+        start = notifications[-1].id + 1
 
 
 async def rebuild(
