@@ -7,9 +7,11 @@ from tidemark_contracts.topics import (
     BACKUP_COMMANDS,
     BACKUP_EVENTS,
     BACKUP_PROGRESS,
+    DEAD_LETTER_TOPICS,
     SERVICE_HEARTBEATS,
     Topic,
     all_messages,
+    dlq_topic,
 )
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "BACKUP_COMMANDS",
     "BACKUP_EVENTS",
     "BACKUP_PROGRESS",
+    "DEAD_LETTER_TOPICS",
     "SERVICE_HEARTBEATS",
     "Envelope",
     "Message",
@@ -24,6 +27,7 @@ __all__ = [
     "UtcDatetime",
     "WireModel",
     "all_messages",
+    "dlq_topic",
     "event_message_id",
     "format_utc",
     "utc_now",

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from tidemark_contracts import SERVICE_HEARTBEATS, Envelope, utc_now
 from tidemark_contracts.service import ServiceHeartbeat
 
 from tidemark_platform.database import can_reach
-from tidemark_platform.kafka import make_broker, start_when_reachable
+from tidemark_platform.kafka import UnsafeTopicsError, make_broker, start_when_reachable
 from tidemark_platform.logging import configure_logging, get_logger
 from tidemark_platform.relay import Outbound, Relay, RelaySource
 from tidemark_platform.settings import ServiceSettings
@@ -32,6 +33,9 @@ from tidemark_platform.settings import ServiceSettings
 log = get_logger(__name__)
 
 Check = Callable[[], Awaitable[bool]]
+# Exit status of a service that refused to run on unsafe topics (EX_CONFIG).
+EXIT_UNSAFE_TOPICS = 78
+_exit_status: list[int] = []
 SYSTEM_ORGANIZATION = uuid.UUID(int=0)
 
 
@@ -76,7 +80,10 @@ class ServiceRuntime:
                 entry.value, entry.topic, key=entry.key, headers=entry.headers
             )
 
-        relay = Relay(source, publish)
+        async def reachable() -> bool:
+            return await self.broker.ping(timeout=2.0)
+
+        relay = Relay(source, publish, service=self.name, reachable=reachable)
         self.add_background(relay.run, needs_kafka=True)
         self.add_check("relay", relay.is_healthy)
         return relay
@@ -118,6 +125,13 @@ class ServiceRuntime:
                 self.settings.kafka_bootstrap_servers,
                 replication_factor=self.settings.kafka_replication_factor,
             )
+        except UnsafeTopicsError as exc:
+            # Running on would risk losing acknowledged messages: refuse, say why, and
+            # exit non-zero (see run_service).
+            log.error("kafka_topics_unsafe", problems=[str(p) for p in exc.problems])
+            _exit_status.append(EXIT_UNSAFE_TOPICS)
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise
         except Exception:
             # Not an outage (those are retried) but a defect in the wiring: stop loudly
             # rather than run on, never ready.
@@ -242,6 +256,8 @@ def run_service(name: str, settings: ServiceSettings, app: Callable[[], Litestar
     """A service's ``main``: structured logs first, then the app under uvicorn."""
     configure_logging(name, settings.log_level, settings.log_format)
     serve(app(), settings)
+    if _exit_status:
+        sys.exit(_exit_status[0])
 
 
 def bare_service_app(name: str, settings: ServiceSettings) -> Litestar:

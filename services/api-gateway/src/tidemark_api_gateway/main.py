@@ -49,7 +49,14 @@ def create_app(settings: GatewaySettings) -> Litestar:
 
     relay = runtime.add_relay(outbox)
     registry = ServiceRegistry(settings.expected_services, settings.heartbeat_timeout_seconds)
-    subscribe_tracked(broker, BACKUP_EVENTS, PROJECTION_GROUP, BackupProjection(pool).handle)
+    projection = BackupProjection(pool)
+    subscribe_tracked(
+        broker,
+        BACKUP_EVENTS,
+        PROJECTION_GROUP,
+        dict.fromkeys(BACKUP_EVENTS.messages, projection.handle),
+        service=SERVICE,
+    )
     subscribe_heartbeats(broker, registry)
     runtime.add_check("services", registry.all_reported)
     runtime.on_shutdown(outbox.close)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventsourcing.persistence import Tracking
 from psycopg.types.json import Jsonb
-from tidemark_contracts import BACKUP_EVENTS, Envelope
+from tidemark_contracts import BACKUP_EVENTS, Envelope, Message
 from tidemark_contracts.backup import (
     BackupCompleted,
     BackupFailed,
@@ -19,6 +18,7 @@ from tidemark_contracts.backup import (
     BackupStarted,
     BackupUploaded,
 )
+from tidemark_platform.consumer import Delivery
 
 from tidemark_api_gateway.readmodel import SCHEMA, Pool
 
@@ -133,7 +133,9 @@ class BackupProjection:
         self._pool = pool
         self._name = name
 
-    async def handle(self, envelope: Envelope, tracking: Tracking) -> None:
+    async def handle(self, event: Message, delivery: Delivery) -> None:
+        # The platform validated the payload as ``event``; apply_event reads the envelope.
+        envelope, tracking = delivery.envelope, delivery.tracking
         if envelope.aggregate_id is None:
             return
         async with self._pool.connection() as conn, conn.transaction():
