@@ -70,10 +70,10 @@ DEAD_LETTERS = Counter(
 )
 
 _SECRET_PATTERNS = (
-    # key=value or key: value for anything that names a secret
+    # key=value, key: value or "key": "value" for anything that names a secret
     re.compile(
-        r"(?i)\b([\w-]*(?:password|passwd|secret|token|authorization)[\w-]*)(\s*[=:]\s*)"
-        r"(\"[^\"]*\"|'[^']*'|\S+)"
+        r"(?i)\b([\w-]*(?:password|passwd|secret|token|authorization)[\w-]*)"
+        r"([\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;}]+)"
     ),
     # credentials inside a URL: scheme://user:password@host
     re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)([^@\s]+)(@)"),

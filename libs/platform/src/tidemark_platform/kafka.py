@@ -26,7 +26,15 @@ from typing import Any, cast
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -222,6 +230,36 @@ def _aiokafka_producer(broker: KafkaBroker) -> AIOKafkaProducer | None:
     return producer if isinstance(producer, AIOKafkaProducer) else None
 
 
+# Kafka's answers that blame the record itself: sending it again cannot succeed.
+RECORD_REFUSED: tuple[type[Exception], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTopicError,
+)
+RECORD_TOO_LARGE: tuple[type[Exception], ...] = RECORD_REFUSED[:3]
+
+
+async def renew_producer(broker: KafkaBroker) -> None:
+    """Replace the broker's producer with a new one (a new idempotent producer id).
+
+    aiokafka counts a record Kafka refused as sent: the partition's sequence number moves
+    on, the next record to that partition fails with OutOfOrderSequenceNumber, and that
+    error stops the producer for good (every later send fails). A new producer starts
+    its sequences afresh. Called after Kafka refused a record.
+    """
+    fast: Any = cast(Any, broker.config).producer
+    connection_kwargs: dict[str, Any] = cast(Any, broker)._connection_kwargs
+    previous = fast._producer
+    await fast.connect(
+        AIOKafkaProducer(**connection_kwargs), serializer=fast.serializer, codec=fast.codec
+    )
+    with contextlib.suppress(Exception):
+        await previous.stop()
+    log.warning("kafka_producer_renewed", reason="a record was refused")
+
+
 async def send_record(
     broker: KafkaBroker,
     topic: str,
@@ -239,7 +277,11 @@ async def send_record(
             headers={k: v.decode(errors="replace") for k, v in headers},
         )
         return
-    await producer.send_and_wait(topic, value, key=key, headers=list(headers))
+    try:
+        await producer.send_and_wait(topic, value, key=key, headers=list(headers))
+    except RECORD_REFUSED:
+        await renew_producer(broker)
+        raise
 
 
 async def start_when_reachable(
@@ -248,6 +290,7 @@ async def start_when_reachable(
     *,
     replication_factor: int = 1,
     retry_seconds: float = 2.0,
+    topics: Sequence[Topic] = ALL_TOPICS,
 ) -> None:
     """Start the broker, waiting for Kafka however long it takes (it may be down).
 
@@ -257,8 +300,8 @@ async def start_when_reachable(
     attempt = 0
     while True:
         try:
-            await ensure_topics(bootstrap_servers, replication_factor=replication_factor)
-            problems = await check_topics(bootstrap_servers, replication_factor=replication_factor)
+            await ensure_topics(bootstrap_servers, topics, replication_factor)
+            problems = await check_topics(bootstrap_servers, topics, replication_factor)
             if problems:
                 raise UnsafeTopicsError(problems)
             await broker.start()

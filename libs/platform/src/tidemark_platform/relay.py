@@ -21,16 +21,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from aiokafka.errors import (
-    CorruptRecordException,
-    InvalidTopicError,
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-    RecordTooLargeError,
-)
 from prometheus_client import Counter, Gauge
 
 from tidemark_platform import dead_letters
+from tidemark_platform.kafka import RECORD_REFUSED, RECORD_TOO_LARGE
 from tidemark_platform.logging import get_logger
 
 log = get_logger(__name__)
@@ -40,10 +34,6 @@ RELAY_PUBLISHED = Counter(
 )
 RELAY_FAILURES = Counter("tidemark_relay_failures_total", "Failed relay rounds", ["relay"])
 RELAY_POSITION = Gauge("tidemark_relay_position", "Last position published", ["relay"])
-
-# Kafka's answers that blame the record itself: publishing it again cannot succeed.
-TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
-REFUSED = (*TOO_LARGE, CorruptRecordException, InvalidTopicError)
 
 
 @dataclass(frozen=True)
@@ -163,7 +153,7 @@ class Relay:
 
     async def _refused(self, exc: Exception, attempts: int) -> bool:
         """Whether Kafka refuses this entry itself, rather than being away."""
-        if isinstance(exc, REFUSED):
+        if isinstance(exc, RECORD_REFUSED):
             return True
         if attempts < self._max_entry_attempts or self._reachable is None:
             return False
@@ -191,7 +181,7 @@ class Relay:
         )
         try:
             await self._publish(parked)
-        except TOO_LARGE:
+        except RECORD_TOO_LARGE:
             # Too large for the dead-letter topic as well: park what says what it was, so
             # the entry is visible and the log goes on; its value stays in the source's
             # backups (an event store) or is lost with an outbox row.

@@ -25,7 +25,13 @@ from tidemark_contracts import SERVICE_HEARTBEATS, Envelope, utc_now
 from tidemark_contracts.service import ServiceHeartbeat
 
 from tidemark_platform.database import can_reach
-from tidemark_platform.kafka import UnsafeTopicsError, make_broker, start_when_reachable
+from tidemark_platform.kafka import (
+    RECORD_REFUSED,
+    UnsafeTopicsError,
+    make_broker,
+    renew_producer,
+    start_when_reachable,
+)
 from tidemark_platform.logging import configure_logging, get_logger
 from tidemark_platform.relay import Outbound, Relay, RelaySource
 from tidemark_platform.settings import ServiceSettings
@@ -76,9 +82,13 @@ class ServiceRuntime:
 
         async def publish(entry: Outbound) -> None:
             assert entry.topic is not None
-            await self.broker.publish(
-                entry.value, entry.topic, key=entry.key, headers=entry.headers
-            )
+            try:
+                await self.broker.publish(
+                    entry.value, entry.topic, key=entry.key, headers=entry.headers
+                )
+            except RECORD_REFUSED:
+                await renew_producer(self.broker)  # or the next record stops the producer
+                raise
 
         async def reachable() -> bool:
             return await self.broker.ping(timeout=2.0)
