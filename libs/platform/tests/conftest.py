@@ -60,7 +60,7 @@ class KafkaTools:
             await producer.stop()
 
     async def read_until(
-        self, topic: str, done: Callable[[list[Record]], bool], timeout: float = 60.0
+        self, topic: str, done: Callable[[list[Record]], bool], within: float = 60.0
     ) -> list[Record]:
         """Every record of ``topic`` from its start, read until ``done(records)`` holds."""
         # No group: the consumer takes every partition, from the start.
@@ -70,10 +70,10 @@ class KafkaTools:
         await consumer.start()
         records: list[Record] = []
         try:
-            deadline = asyncio.get_running_loop().time() + timeout
+            deadline = asyncio.get_running_loop().time() + within
             while not done(records):
                 assert asyncio.get_running_loop().time() < deadline, (
-                    f"{topic}: condition not met in {timeout}s; read {len(records)} record(s)"
+                    f"{topic}: condition not met in {within}s; read {len(records)} record(s)"
                 )
                 batch = await consumer.getmany(timeout_ms=500)
                 for part in batch.values():
@@ -92,8 +92,8 @@ class KafkaTools:
             await consumer.stop()
 
     @staticmethod
-    async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait_for(condition: Callable[[], bool], what: str, within: float = 60.0) -> None:
+        deadline = asyncio.get_running_loop().time() + within
         while not condition():
             assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
             await asyncio.sleep(0.05)
