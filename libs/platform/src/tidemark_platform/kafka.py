@@ -119,7 +119,15 @@ async def ensure_topics(
         if missing:
             # Another service may create them in between.
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
+                for error in response.to_object()["topic_errors"]:
+                    if error["error_code"] not in (0, TopicAlreadyExistsError.errno):
+                        # check_topics reports it missing; say why here.
+                        log.error(
+                            "kafka_topic_not_created",
+                            topic=error["topic"],
+                            error=error.get("error_message") or str(error["error_code"]),
+                        )
     finally:
         await admin.close()
 
@@ -162,7 +170,9 @@ async def check_topics(
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     await admin.start()
     try:
-        described = {t["topic"]: t for t in await admin.describe_topics([t.name for t in wanted])}
+        # Every topic, not the wanted ones by name: a metadata request naming a missing
+        # topic makes Kafka auto-create it (auto.create.topics.enable) with its defaults.
+        described = {t["topic"]: t for t in await admin.describe_topics()}
         responses = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, t.name) for t in wanted]
         )

@@ -42,6 +42,22 @@ Check = Callable[[], Awaitable[bool]]
 # Exit status of a service that refused to run on unsafe topics (EX_CONFIG).
 EXIT_UNSAFE_TOPICS = 78
 _exit_status: list[int] = []
+_servers: list[uvicorn.Server] = []
+
+
+def _stop_serving(status: int) -> None:
+    """Shut the server down and make the process exit with ``status`` (see run_service).
+
+    Not by SIGTERM: uvicorn re-raises a signal it caught once it has shut down, so the
+    process would die of the signal instead of exiting with ``status``.
+    """
+    _exit_status.append(status)
+    for server in _servers:
+        server.should_exit = True
+    if not _servers:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 SYSTEM_ORGANIZATION = uuid.UUID(int=0)
 
 
@@ -139,8 +155,7 @@ class ServiceRuntime:
             # Running on would risk losing acknowledged messages: refuse, say why, and
             # exit non-zero (see run_service).
             log.error("kafka_topics_unsafe", problems=[str(p) for p in exc.problems])
-            _exit_status.append(EXIT_UNSAFE_TOPICS)
-            os.kill(os.getpid(), signal.SIGTERM)
+            _stop_serving(EXIT_UNSAFE_TOPICS)
             raise
         except Exception:
             # Not an outage (those are retried) but a defect in the wiring: stop loudly
@@ -252,14 +267,21 @@ def build_service_app(
 
 
 def serve(app: Litestar, settings: ServiceSettings) -> None:
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
     )
+    _servers.append(server)
+    try:
+        server.run()
+    finally:
+        _servers.remove(server)
 
 
 def run_service(name: str, settings: ServiceSettings, app: Callable[[], Litestar]) -> None:
