@@ -182,24 +182,28 @@ async def test_positions_name_the_cluster_and_one_from_another_cluster_is_report
     async def positions(suffix: str) -> dict[str, int]:
         return await asyncio.to_thread(app.tracking_positions, suffix)
 
-    broker = make_broker(kafka_bootstrap, f"cluster-test-{suffix}")
-    subscribe_tracked(
-        broker,
-        topic,
-        group,
-        {ServiceHeartbeat: on_heartbeat},
-        service="cluster-test",
-        positions=positions,
-    )
-    await kafka_tools.send_raw(topic.name, [(b"k", kafka_tools.heartbeat("s").to_bytes())])
-    with structlog.testing.capture_logs() as logs:
-        await broker.start()
-        try:
-            await kafka_tools.wait_for(lambda: bool(recorded), "the message")
-        finally:
-            await broker.stop()
-            app.close()
+    async def consume_one_more() -> list[Any]:
+        """Send a message and run a consumer (one process's life) until it is handled."""
+        broker = make_broker(kafka_bootstrap, f"cluster-test-{suffix}")
+        subscribe_tracked(
+            broker,
+            topic,
+            group,
+            {ServiceHeartbeat: on_heartbeat},
+            service="cluster-test",
+            positions=positions,
+        )
+        expected = len(recorded) + 1
+        await kafka_tools.send_raw(topic.name, [(b"k", kafka_tools.heartbeat("s").to_bytes())])
+        with structlog.testing.capture_logs() as logs:
+            await broker.start()
+            try:
+                await kafka_tools.wait_for(lambda: len(recorded) >= expected, "the message")
+            finally:
+                await broker.stop()
+        return logs
 
+    logs = await consume_one_more()
     current = await cluster_id(kafka_bootstrap)
     [(delivery, saved)] = recorded
     assert delivery.tracking == Tracking(f"{current}/{topic.name}:0", 1)
@@ -209,6 +213,18 @@ async def test_positions_name_the_cluster_and_one_from_another_cluster_is_report
     assert (changed["topic"], changed["partition"]) == (topic.name, 0)
     assert (changed["previous_cluster_id"], changed["cluster_id"]) == ("old-cluster", current)
     assert changed["previous_position"] == 42
+    assert (
+        REGISTRY.get_sample_value(
+            "tidemark_kafka_cluster_changes_total", {"topic": topic.name, "group": group}
+        )
+        == 1
+    )
+
+    # Consumed on this cluster since: the old positions are history, not reported again.
+    logs = await consume_one_more()
+    app.close()
+    assert recorded[1][0].tracking == Tracking(f"{current}/{topic.name}:0", 2)
+    assert not [e for e in logs if e["event"] == "kafka_cluster_changed"]
     assert (
         REGISTRY.get_sample_value(
             "tidemark_kafka_cluster_changes_total", {"topic": topic.name, "group": group}

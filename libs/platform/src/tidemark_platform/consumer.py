@@ -22,10 +22,12 @@ Tracking names carry the Kafka cluster id: ``"<cluster id>/<topic>:<partition>"`
 mean something only within one cluster; a recreated cluster starts them at 0 again, and a
 position recorded under the old cluster (say 5000) would make a tracking store reject, as
 "already processed", every new message below it. Under a name of its own the new cluster's
-positions start afresh, and when the service's store still holds positions for the same
-topic and partition under another cluster id (``positions``), the consumer reports
-``kafka_cluster_changed`` (an error log and ``tidemark_kafka_cluster_changes_total``) on
-assignment, so an operator learns that the old cluster's unconsumed tail may be lost.
+positions start afresh. When the service's store holds positions for the same topic and
+partition under another cluster id and none yet under this one (``positions``), the
+consumer reports ``kafka_cluster_changed`` (an error log and
+``tidemark_kafka_cluster_changes_total``) on assignment, so an operator learns that what
+the old cluster held beyond those positions was never consumed. Once the partition is
+consumed on the new cluster, the old positions are history and no longer reported.
 """
 
 from __future__ import annotations
@@ -171,9 +173,14 @@ class _TrackedSubscription:
         cluster_id = self._cluster_id or await self._refresh_cluster_id()
         suffix = f"{topic}:{partition}"
         stored = await self._positions(suffix) if self._positions is not None else {}
+        clusters = {split_tracking_name(name) for name in stored}
+        if (cluster_id, suffix) in clusters:
+            # Already consumed here on this cluster: a change, if any, was reported then.
+            self._checked.add((topic, partition))
+            return
         for name, position in stored.items():
             previous, rest = split_tracking_name(name)
-            if rest != suffix or previous == cluster_id:
+            if rest != suffix:
                 continue
             if previous is None:
                 log.warning(
@@ -203,7 +210,11 @@ class _TrackedSubscription:
 
     async def consume(self, message: KafkaMessage) -> None:
         record: Any = message.raw_message  # aiokafka's ConsumerRecord
-        await self._check_positions(record.topic, record.partition)
+        try:
+            await self._check_positions(record.topic, record.partition)
+        except Exception as exc:
+            # A diagnosis, not a condition of handling: tried again on the next record.
+            log.warning("position_check_failed", topic=record.topic, error=repr(exc))
         cluster_id = self._cluster_id or await self._refresh_cluster_id()
         tracking = Tracking(
             tracking_name(cluster_id, record.topic, record.partition), record.offset + 1
@@ -265,7 +276,9 @@ class _TrackedSubscription:
                 max_attempts=self.max_attempts,
                 error=error,
             )
-            await asyncio.sleep(self.retry_delay_seconds)
+            # Doubling delays: an outage of the handler's database gets time to pass
+            # before the message is parked (1 + 2 + 4 + 8 s with the defaults).
+            await asyncio.sleep(min(self.retry_delay_seconds * 2 ** (attempt - 1), 30.0))
             raise  # NACK: FastStream seeks back to this record
         self._failures.pop(key, None)
         CONSUMED.labels(self.topic.name, self.group_id, "handled").inc()
@@ -326,8 +339,9 @@ def subscribe_tracked(
 ) -> None:
     """Consume ``topic`` in consumer group ``group_id``, calling ``handlers`` by message type.
 
-    A handler that raises is retried, ``retry_delay_seconds`` apart, up to ``max_attempts``
-    attempts in all; then its message is parked on ``<topic>.dlq``. ``positions`` lets the
+    A handler that raises is retried after ``retry_delay_seconds``, doubling each time (at
+    most 30 s), up to ``max_attempts`` attempts in all; then its message is parked on
+    ``<topic>.dlq``. ``positions`` lets the
     consumer find positions its store recorded under another Kafka cluster (see the module
     docstring). ``cluster_id`` pins the cluster id instead of asking Kafka (for FastStream's
     in-memory test broker, which has none).
