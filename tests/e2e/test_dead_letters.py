@@ -7,10 +7,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tidemark_contracts import BACKUP_COMMANDS, Envelope
 from tidemark_devstack.e2e import Api, backup_command
+from tidemark_devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +61,23 @@ async def parked_records(
         await consumer.stop()
 
 
+def dead_letters_counted(metrics: str, reason: str) -> float:
+    """tidemark_dead_letters_total for backup.commands in a Prometheus text exposition."""
+    labels = f'reason="{reason}",service="backup-runner",topic="backup.commands"'
+    for line in metrics.splitlines():
+        if line.startswith(f"tidemark_dead_letters_total{{{labels}}}"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_undecodable_and_invalid_commands_are_parked_and_later_work_completes(
-    api: Api, source_database: str, tmp_path: Path, kafka_bootstrap: str
+    api: Api, source_database: str, tmp_path: Path, kafka_bootstrap: str, stack: Stack
 ) -> None:
+    runner_metrics = f"{stack.services['backup-runner'].url}/metrics"
+    counted_before = {
+        reason: dead_letters_counted(httpx.get(runner_metrics).text, reason)
+        for reason in ("undecodable", "invalid_payload")
+    }
     environment = api.environment(source_database)
     destination = api.destination(tmp_path)
     command = backup_command(api.org_id, environment, destination, source_database, tmp_path)
@@ -109,3 +125,6 @@ def test_undecodable_and_invalid_commands_are_parked_and_later_work_completes(
     invalid_error = dict(parked[positions[1]].headers)["dlq.error"].decode()
     assert "type" in invalid_error
     assert "backupId" in invalid_error
+    metrics = httpx.get(runner_metrics).text
+    for reason, before in counted_before.items():
+        assert dead_letters_counted(metrics, reason) == before + 1, reason
