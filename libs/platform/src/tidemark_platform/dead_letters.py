@@ -233,37 +233,47 @@ class _DeadLetterReader:
         self.bootstrap_servers = bootstrap_servers
         self.dlq_topic = dlq_topic
         self.partition = TopicPartition(dlq_topic, 0)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=redrive_group(dlq_topic),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            client_id="tidemark-dlq",
-        )
 
     async def __aenter__(self) -> _DeadLetterReader:
-        await self.consumer.start()
-        if self.dlq_topic not in await self.consumer.topics():
-            await self.consumer.stop()
-            raise LookupError(f"no dead-letter topic {self.dlq_topic}")
+        # The admin client answers with the commit's metadata (the consumer does not).
+        self.admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, client_id="tidemark-dlq"
+        )
+        await self.admin.start()
+        try:
+            # All topics, not this one by name: naming a missing topic auto-creates it.
+            described = {t["topic"]: t for t in await self.admin.describe_topics()}
+            topic = described.get(self.dlq_topic)
+            if topic is None:
+                raise LookupError(f"no dead-letter topic {self.dlq_topic}")
+            if len(topic["partitions"]) != 1:
+                # Offsets name records only within one partition; ours are made with one.
+                raise ValueError(
+                    f"{self.dlq_topic} has {len(topic['partitions'])} partitions; dead-letter "
+                    "topics are created with one and re-driven by its offsets"
+                )
+            self.consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=redrive_group(self.dlq_topic),
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                client_id="tidemark-dlq",
+            )
+            await self.consumer.start()
+        except BaseException:
+            await self.admin.close()
+            raise
         self.consumer.assign([self.partition])
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.consumer.stop()
+        await self.admin.close()
 
     async def state(self) -> RedriveState:
-        # The admin API returns the commit's metadata too (the consumer's does not).
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap_servers, client_id="tidemark-dlq"
+        committed = await self.admin.list_consumer_group_offsets(
+            redrive_group(self.dlq_topic), partitions=[self.partition]
         )
-        await admin.start()
-        try:
-            committed = await admin.list_consumer_group_offsets(
-                redrive_group(self.dlq_topic), partitions=[self.partition]
-            )
-        finally:
-            await admin.close()
         return RedriveState.from_commit(committed.get(self.partition))
 
     async def records(self) -> list[ParkedRecord]:
