@@ -15,7 +15,7 @@ STATE_DIR ?= $(or $(TIDEMARK_STATE_DIR),$(CURDIR)/.state)
 
 .DEFAULT_GOAL := help
 .PHONY: help bootstrap sync run test lint format schemas bench \
-	kafka-start kafka-stop postgres-start postgres-stop clean-state
+	kafka-start kafka-stop postgres-start postgres-stop clean-state dlq-list dlq-redrive
 
 help:
 	@echo "make run            start PostgreSQL, Kafka, every service and a demo (Ctrl-C stops)"
@@ -26,6 +26,8 @@ help:
 	@echo "make bench          measure the backup overhead"
 	@echo "make sync           install the locked dependencies into .venv"
 	@echo "make kafka-start | kafka-stop | postgres-start | postgres-stop"
+	@echo "make dlq-list [TOPIC=t]       list parked (dead-letter) messages as JSON lines"
+	@echo "make dlq-redrive TOPIC=t [OFFSET=n]  re-drive every parked message of t (or one)"
 	@echo "make clean-state    stop the local servers and delete $(STATE_DIR)"
 
 bootstrap:
@@ -75,6 +77,16 @@ postgres-start: sync
 
 postgres-stop: sync
 	$(UV_RUN) tidemark-dev postgres stop
+
+# Dead letters: messages parked on <topic>.dlq (see README, Operations).
+TOPIC ?=
+OFFSET ?=
+dlq-list: sync
+	$(UV_RUN) tidemark-dev dlq list $(if $(TOPIC),--topic $(TOPIC),)
+
+dlq-redrive: sync
+	@if [ -z "$(TOPIC)" ]; then echo "usage: make dlq-redrive TOPIC=backup.commands [OFFSET=n]"; exit 2; fi
+	$(UV_RUN) tidemark-dev dlq redrive --topic $(TOPIC) $(if $(OFFSET),--offset $(OFFSET),--all)
 
 # The test fixtures keep their servers under <state>/test; they are stopped too, since
 # deleting a running server's directory leaves it running without its files.

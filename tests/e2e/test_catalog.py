@@ -120,7 +120,7 @@ async def _views_match(database_url: str, bootstrap: str) -> None:
             await conn.execute("DROP SCHEMA IF EXISTS e2e_follower CASCADE")
             await follower.migrate(conn)
         for envelope, tracking in await read_topic(bootstrap, CATALOG_EVENTS.name):
-            await follower.handle(envelope, tracking)
+            await follower.apply_at(envelope, tracking)
         # And a rebuild from the gateway's catalog event store.
         store = CatalogApplication.on_postgres(database_url, CATALOG_SCHEMA)
         try:

@@ -102,9 +102,9 @@ async def rows(pool: Pool, schema: str, table: str) -> list[dict[str, object]]:
 async def test_a_redelivered_position_changes_nothing(pool: Pool) -> None:
     runner = await runner_in(pool, "view_a")
     first = uuid.uuid4()
-    await runner.handle(project(first, "alpha"), Tracking("catalog.events:0", 10))
+    await runner.apply_at(project(first, "alpha"), Tracking("catalog.events:0", 10))
     # The same offset again, now carrying another event: the position says "done".
-    await runner.handle(project(uuid.uuid4(), "beta"), Tracking("catalog.events:0", 10))
+    await runner.apply_at(project(uuid.uuid4(), "beta"), Tracking("catalog.events:0", 10))
     assert [r["id"] for r in await rows(pool, "view_a", "projects")] == [first]
 
 
@@ -112,10 +112,10 @@ async def test_a_republished_event_changes_nothing(pool: Pool) -> None:
     runner = await runner_in(pool, "view_b")
     destination_id = uuid.uuid4()
     registered, removed = destination_events(destination_id)
-    await runner.handle(registered, Tracking("catalog.events:1", 1))
-    await runner.handle(removed, Tracking("catalog.events:1", 2))
+    await runner.apply_at(registered, Tracking("catalog.events:1", 1))
+    await runner.apply_at(removed, Tracking("catalog.events:1", 2))
     # A relay re-publishes its tail: the same events at new offsets.
-    await runner.handle(registered, Tracking("catalog.events:1", 3))
+    await runner.apply_at(registered, Tracking("catalog.events:1", 3))
     assert await rows(pool, "view_b", "destinations") == []
 
 
@@ -124,14 +124,14 @@ async def test_a_gap_in_versions_is_refused_until_it_is_filled(pool: Pool) -> No
     destination_id = uuid.uuid4()
     registered, removed = destination_events(destination_id)
     with pytest.raises(OutOfOrder):
-        await runner.handle(removed, Tracking("catalog.events:2", 1))
+        await runner.apply_at(removed, Tracking("catalog.events:2", 1))
     # Nothing of the refused event stayed, not even its position: it will be retried.
     async with pool.connection() as conn:
         cursor = await conn.execute("SELECT count(*) AS n FROM view_c.projection_positions")
         assert (await cursor.fetchone())["n"] == 0  # type: ignore[index]
-    await runner.handle(registered, Tracking("catalog.events:2", 2))
+    await runner.apply_at(registered, Tracking("catalog.events:2", 2))
     assert len(await rows(pool, "view_c", "destinations")) == 1
-    await runner.handle(removed, Tracking("catalog.events:2", 3))
+    await runner.apply_at(removed, Tracking("catalog.events:2", 3))
     assert await rows(pool, "view_c", "destinations") == []
 
 
@@ -152,7 +152,7 @@ async def test_an_event_applied_ahead_of_kafka_is_not_applied_again(pool: Pool) 
     )
     assert await runner.apply_now(registered) is True
     assert await runner.apply_now(registered) is False
-    await runner.handle(registered, Tracking("catalog.events:3", 1))
+    await runner.apply_at(registered, Tracking("catalog.events:3", 1))
     (row,) = await rows(pool, "view_d", "environments")
     assert row["database"] == {
         "host": "db",
@@ -170,7 +170,7 @@ async def test_a_rebuild_equals_the_live_view_and_finds_a_row_altered_by_hand(
     history = [project(uuid.uuid4(), f"p{i}") for i in range(5)]
     history += destination_events(uuid.uuid4())
     for offset, event in enumerate(history):
-        await runner.handle(event, Tracking("catalog.events:0", offset + 1))
+        await runner.apply_at(event, Tracking("catalog.events:0", offset + 1))
     async with pool.connection() as conn:
         assert await rebuild(conn, CatalogView(), "rebuilt", history) == len(history)
         assert await compare(conn, CatalogView(), "live", "rebuilt") == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from tidemark_platform.relay import Outbound, Relay
 
@@ -75,3 +76,79 @@ async def test_a_failed_publish_is_retried_and_nothing_is_lost() -> None:
     # Entry 1 was published before the failure and again after: at-least-once, in order.
     assert published == [1, 1, 2, 3]
     assert relay.healthy
+
+
+async def run_until(relay: Relay, condition: Any, rounds: int = 400) -> None:
+    task = asyncio.create_task(relay.run())
+    try:
+        for _ in range(rounds):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+
+
+async def test_an_entry_that_keeps_failing_while_kafka_answers_is_parked() -> None:
+    source = ListSource(entries(3))
+    published: list[tuple[int, str]] = []
+    parked: list[Outbound] = []
+
+    async def publish(entry: Outbound) -> None:
+        if entry.topic == "topic.dlq":
+            parked.append(entry)
+            return
+        if entry.position == 2:
+            raise TimeoutError("this one never gets through")
+        published.append((entry.position, entry.value.decode()))
+
+    async def reachable() -> bool:
+        return True
+
+    relay = Relay(
+        source,
+        publish,
+        idle_seconds=0.01,
+        max_backoff_seconds=0.01,
+        service="unit",
+        reachable=reachable,
+        max_entry_attempts=3,
+    )
+    await run_until(relay, lambda: source.acknowledged[-1:] == [3])
+    assert source.acknowledged[-1:] == [3]
+    assert (3, "v3") in published
+    assert 2 not in [position for position, _ in published]
+    [dead] = parked
+    assert (dead.position, dead.key, dead.value) == (2, b"k", b"v2")
+    assert dead.headers["dlq.reason"] == "refused_by_kafka"
+    assert dead.headers["dlq.attempts"] == "3"
+    assert dead.headers["dlq.error"] == "TimeoutError: this one never gets through"
+    assert dead.headers["dlq.relay-position"] == "2"
+    assert dead.headers["dlq.service"] == "unit"
+    assert relay.healthy
+
+
+async def test_nothing_is_parked_while_kafka_is_away() -> None:
+    source = ListSource(entries(2))
+    attempts: list[int] = []
+
+    async def publish(entry: Outbound) -> None:
+        attempts.append(entry.position)
+        raise ConnectionError("kafka is down")
+
+    async def reachable() -> bool:
+        return False
+
+    relay = Relay(
+        source,
+        publish,
+        idle_seconds=0.01,
+        max_backoff_seconds=0.01,
+        reachable=reachable,
+        max_entry_attempts=2,
+    )
+    await run_until(relay, lambda: len(attempts) >= 20)
+    assert len(attempts) >= 20, "retried again and again"
+    assert set(attempts) == {1}, "never past the first entry, never to a dead-letter topic"
+    assert source.acknowledged == []
+    assert not relay.healthy

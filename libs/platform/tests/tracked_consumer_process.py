@@ -13,9 +13,9 @@ import os
 import sys
 
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import Tracking
-from tidemark_contracts import Envelope, Topic
-from tidemark_platform.consumer import subscribe_tracked
+from tidemark_contracts import Topic
+from tidemark_contracts.service import ServiceHeartbeat
+from tidemark_platform.consumer import Delivery, subscribe_tracked
 from tidemark_platform.eventstore import EventStoreApplication
 from tidemark_platform.kafka import make_broker
 
@@ -36,17 +36,23 @@ async def main(
     broker = make_broker(bootstrap, "tracked-consumer-test")
     handled = asyncio.Event()
 
-    async def handle(envelope: Envelope, tracking: Tracking) -> None:
+    async def handle(beat: ServiceHeartbeat, delivery: Delivery) -> None:
         # A new aggregate id on every delivery: only the tracking record can stop a
         # redelivered message from having its effect twice.
-        effect = Effect(message_id=str(envelope.message_id))
-        recorded = await asyncio.to_thread(app.save_tracked, tracking, effect)
+        effect = Effect(message_id=str(delivery.envelope.message_id))
+        recorded = await asyncio.to_thread(app.save_tracked, delivery.tracking, effect)
         print("recorded" if recorded else "skipped", flush=True)
         if recorded and crash:
             os._exit(17)
         handled.set()
 
-    subscribe_tracked(broker, Topic(topic, "crash test", ()), group, handle)
+    subscribe_tracked(
+        broker,
+        Topic(topic, "crash test", (ServiceHeartbeat,), partitions=1),
+        group,
+        {ServiceHeartbeat: handle},
+        service="tracked-consumer-test",
+    )
     await broker.start()
     try:
         await asyncio.wait_for(handled.wait(), 20)

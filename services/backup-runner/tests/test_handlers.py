@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 from eventsourcing.persistence import Tracking
-from tidemark_backup_runner.handlers import make_command_handler
+from tidemark_backup_runner.handlers import make_handlers
 from tidemark_contracts import Envelope, utc_now
 from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
+from tidemark_platform.consumer import Delivery
 
 
 class FakeApp:
@@ -31,7 +32,7 @@ class FakeExecutor:
         self.submitted.append(backup_id)
 
 
-def command_envelope() -> tuple[uuid.UUID, Envelope]:
+def command_envelope() -> tuple[RequestBackup, Envelope]:
     command = RequestBackup(
         backup_id=uuid.uuid4(),
         organization_id=uuid.uuid4(),
@@ -59,7 +60,7 @@ def command_envelope() -> tuple[uuid.UUID, Envelope]:
         organization_id=command.organization_id,
         environment_id=command.environment_id,
     )
-    return command.backup_id, envelope
+    return command, envelope
 
 
 @pytest.mark.parametrize(("created", "processed"), [(True, False), (False, False), (False, True)])
@@ -70,24 +71,21 @@ async def test_a_request_recorded_before_is_still_handed_to_the_executor(
     # have started, so the (idempotent) executor must still see the backup.
     executor = FakeExecutor()
     saved: list[Any] = []
-    handler = make_command_handler(
+    handlers = make_handlers(
         FakeApp(created, processed),  # type: ignore[arg-type]
         executor,  # type: ignore[arg-type]
         lambda: saved.append(1),
     )
-    backup_id, envelope = command_envelope()
-    await handler(envelope, Tracking("backup.commands:0", 1))
-    assert executor.submitted == [backup_id]
+    command, envelope = command_envelope()
+    delivery = Delivery(envelope, Tracking("cluster/backup.commands:0", 1), attempt=1)
+    await handlers[RequestBackup](command, delivery)
+    assert executor.submitted == [command.backup_id]
     assert saved == ([1] if created else [])
 
 
-async def test_invalid_or_unknown_commands_are_skipped() -> None:
-    executor = FakeExecutor()
-    handler = make_command_handler(FakeApp(True, False), executor, lambda: None)  # type: ignore[arg-type]
-    _, envelope = command_envelope()
-    await handler(envelope.model_copy(update={"payload": {"backupId": "x"}}), Tracking("t:0", 1))
-    await handler(envelope.model_copy(update={"message_type": "backup.Other"}), Tracking("t:0", 2))
-    assert executor.submitted == []
+def test_the_runner_handles_backup_requests_and_nothing_else() -> None:
+    handlers = make_handlers(FakeApp(True, False), FakeExecutor(), lambda: None)  # type: ignore[arg-type]
+    assert set(handlers) == {RequestBackup}
 
 
 async def test_an_execution_that_crashes_is_retried_not_dropped(

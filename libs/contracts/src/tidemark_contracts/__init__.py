@@ -8,9 +8,11 @@ from tidemark_contracts.topics import (
     BACKUP_EVENTS,
     BACKUP_PROGRESS,
     CATALOG_EVENTS,
+    DEAD_LETTER_TOPICS,
     SERVICE_HEARTBEATS,
     Topic,
     all_messages,
+    dlq_topic,
 )
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "BACKUP_EVENTS",
     "BACKUP_PROGRESS",
     "CATALOG_EVENTS",
+    "DEAD_LETTER_TOPICS",
     "SERVICE_HEARTBEATS",
     "Envelope",
     "Message",
@@ -26,6 +29,7 @@ __all__ = [
     "UtcDatetime",
     "WireModel",
     "all_messages",
+    "dlq_topic",
     "event_message_id",
     "format_utc",
     "utc_now",

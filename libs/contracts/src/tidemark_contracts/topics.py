@@ -34,6 +34,31 @@ class Topic:
     def message_class(self, message_type: str) -> type[Message] | None:
         return next((m for m in self.messages if m.message_type == message_type), None)
 
+    @property
+    def dlq_name(self) -> str:
+        """Where this topic's messages that can never be handled are parked."""
+        return f"{self.name}{DLQ_SUFFIX}"
+
+
+DLQ_SUFFIX = ".dlq"
+
+
+def dlq_topic(topic: Topic) -> Topic:
+    """The dead-letter topic of ``topic``.
+
+    It carries the original records unchanged (key, value, headers) plus headers that say
+    why they were parked, so it is not a message topic of its own: no contract, no
+    schema. One partition: parked records are few, and one partition gives every one of
+    them a single offset an operator can name when re-driving it.
+    """
+    return Topic(
+        topic.dlq_name,
+        f"Dead letters of {topic.name}: records parked with the reason in their headers.",
+        (),
+        partitions=1,
+        key=topic.key,
+    )
+
 
 BACKUP_COMMANDS = Topic(
     "backup.commands",
@@ -71,6 +96,9 @@ ALL_TOPICS: tuple[Topic, ...] = (
     CATALOG_EVENTS,
     SERVICE_HEARTBEATS,
 )
+
+
+DEAD_LETTER_TOPICS: tuple[Topic, ...] = tuple(dlq_topic(t) for t in ALL_TOPICS)
 
 
 def all_messages() -> list[type[Message]]:

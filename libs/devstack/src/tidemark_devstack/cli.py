@@ -1,8 +1,11 @@
-"""The ``tidemark-dev`` command: the local Kafka and PostgreSQL, and ``run`` (``make run``)."""
+"""The ``tidemark-dev`` command: the local Kafka and PostgreSQL, ``run`` (``make run``), and
+``dlq`` (list and re-drive parked messages)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -71,6 +74,46 @@ def _run(name: str, action: str) -> int:
     return 0
 
 
+def _kafka_bootstrap() -> str:
+    """$KAFKA_BOOTSTRAP_SERVERS, else the local Kafka when it runs."""
+    preset = os.environ.get(KAFKA_ENV)
+    if preset:
+        return preset
+    running = LocalKafka(state_dir() / "kafka").running_bootstrap()
+    if running is None:
+        raise RuntimeError(f"{KAFKA_ENV} is not set and the local Kafka is not running")
+    return running
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from tidemark_platform import dead_letters
+
+    bootstrap = _kafka_bootstrap()
+    if args.action == "list":
+        topics = (
+            [dead_letters.dlq_name(args.topic)]
+            if args.topic
+            else asyncio.run(dead_letters.dead_letter_topics(bootstrap))
+        )
+        for topic in topics:
+            for record in asyncio.run(dead_letters.list_parked(bootstrap, topic)):
+                print(json.dumps(record.summary(), separators=(",", ":")))
+        return 0
+    if not args.all and not args.offset:
+        print("tidemark-dev: dlq redrive needs --offset N (repeatable) or --all", file=sys.stderr)
+        return 2
+    topic = dead_letters.dlq_name(args.topic)
+    offsets = None if args.all else args.offset
+    redriven = asyncio.run(dead_letters.redrive(bootstrap, topic, offsets))
+    for record in redriven:
+        print(
+            f"re-drove {topic} offset {record.offset} to {record.original_topic}",
+            file=sys.stderr,
+        )
+    print(f"{len(redriven)} record(s) re-driven from {topic}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tidemark-dev",
@@ -95,6 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
             "directory) configure the gateway."
         ),
     )
+    dlq = services.add_parser(
+        "dlq",
+        help="list and re-drive parked (dead-letter) messages",
+        description=(
+            "Messages that could never be handled are parked on <topic>.dlq with the "
+            "reason in their headers. 'list' prints one JSON line per parked record "
+            "(reason, error, service, attempts, original topic/partition/offset, and "
+            "whether it was re-driven; never the value). 'redrive' publishes records "
+            "back to their original topic with their original key, value and headers, "
+            "and records that it did: re-driving the same records again does nothing. "
+            "Kafka is $KAFKA_BOOTSTRAP_SERVERS, else the local one."
+        ),
+    )
+    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="print the parked records as JSON lines")
+    listing.add_argument("--topic", help="a topic (or its .dlq); default: every dlq topic")
+    redrive = actions.add_parser("redrive", help="publish parked records back")
+    redrive.add_argument("--topic", required=True, help="the topic (or its .dlq)")
+    which = redrive.add_mutually_exclusive_group()
+    which.add_argument(
+        "--offset", type=int, action="append", help="the dlq offset to re-drive (repeatable)"
+    )
+    which.add_argument("--all", action="store_true", help="every record not re-driven yet")
     return parser
 
 
@@ -103,8 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.service == "run":
         return run.main()
     try:
+        if args.service == "dlq":
+            return _dlq(args)
         return _run(args.service, args.action)
-    except RuntimeError as exc:
+    except (RuntimeError, LookupError, ValueError) as exc:
         print(f"tidemark-dev: {exc}", file=sys.stderr)
         return 1
 

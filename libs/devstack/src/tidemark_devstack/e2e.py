@@ -16,10 +16,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from tidemark_contracts import utc_now
+from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
 
 JWT_SECRET = "e2e-secret-that-is-long-enough-for-hs256-0123456789"
 SOURCE_PASSWORD = "s3cret-source-Pa55word"
 WRONG_PASSWORD_ENV = "TIDEMARK_SECRET_E2E_WRONG"
+SOURCE_PASSWORD_REF = "env:TIDEMARK_SECRET_E2E_SOURCE"  # the stack sets it to SOURCE_PASSWORD
 TERMINAL = ("completed", "failed")
 
 
@@ -122,6 +125,45 @@ class Api:
                 return backup
             assert time.monotonic() < deadline, f"backup still {backup['status']}: {backup}"
             time.sleep(0.2)
+
+
+def backup_command(
+    org_id: uuid.UUID,
+    environment: dict[str, Any],
+    destination: dict[str, Any],
+    source_database: str,
+    destination_path: Path,
+) -> RequestBackup:
+    """A valid backup request for ``environment``, as the gateway would issue it; for
+    tests that write commands to Kafka themselves."""
+    info = conninfo_to_dict(source_database)
+    return RequestBackup(
+        backup_id=uuid.uuid4(),
+        organization_id=org_id,
+        project_id=uuid.UUID(environment["projectId"]),
+        environment_id=uuid.UUID(environment["id"]),
+        type="db",
+        trigger="manual",
+        requested_by="e2e",
+        requested_at=utc_now(),
+        database=DatabaseTarget(
+            host=str(info["host"]),
+            port=int(str(info["port"])),
+            dbname=str(info["dbname"]),
+            user=str(info["user"]),
+            password_ref=SOURCE_PASSWORD_REF,
+        ),
+        destinations=[
+            DestinationTarget.model_validate(
+                {
+                    "destinationId": destination["id"],
+                    "name": destination["name"],
+                    "type": "local",
+                    "config": {"kind": "local", "path": str(destination_path)},
+                }
+            )
+        ],
+    )
 
 
 SOURCE_SCHEMA = """

@@ -13,6 +13,7 @@ from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
+from psycopg import sql
 
 from tidemark_platform.database import ensure_schema, eventstore_env
 
@@ -36,6 +37,23 @@ class EventStoreApplication(Application[UUID]):
         return self.process_recorder.has_tracking_id(
             tracking.application_name, tracking.notification_id
         )
+
+    def tracking_positions(self, suffix: str) -> dict[str, int]:
+        """Tracking names ending in ``suffix`` (``"<topic>:<partition>"``) and their
+        positions, whichever Kafka cluster they were recorded on."""
+        recorder: Any = self.process_recorder
+        datastore = getattr(recorder, "datastore", None)
+        if datastore is None:  # an in-memory recorder: nothing kept between processes
+            return {}
+        query = sql.SQL(
+            "SELECT application_name, notification_id FROM {}.{} "
+            "WHERE application_name = %(suffix)s OR right(application_name, %(length)s) = "
+            "%(slashed)s"
+        ).format(sql.Identifier(datastore.schema), sql.Identifier(recorder.tracking_table_name))
+        params = {"suffix": suffix, "slashed": "/" + suffix, "length": len(suffix) + 1}
+        with datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(query, params)
+            return {row["application_name"]: row["notification_id"] for row in cursor.fetchall()}
 
     def save_tracked(self, tracking: Tracking, *aggregates: Any) -> bool:
         """Save the aggregates' new events together with ``tracking``, atomically.

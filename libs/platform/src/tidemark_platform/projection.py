@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from eventsourcing.persistence import Tracking
+from faststream.kafka import KafkaBroker
 from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 from tidemark_contracts import Envelope, Message, Topic
 
+from tidemark_platform.consumer import Delivery, subscribe_tracked
 from tidemark_platform.eventstore import EventStoreApplication
 from tidemark_platform.notification_log import ToEnvelope
 
@@ -125,17 +127,20 @@ async def apply_event(
     projection: Projection,
     envelope: Envelope,
     tracking: Tracking | None = None,
+    message: Message | None = None,
 ) -> bool:
     """Apply one event inside the caller's transaction; False when it changed nothing.
 
     Without ``tracking`` (a service applying its own fresh events, or a rebuild) only the
     version guard applies. An event without an aggregate version is applied unguarded:
     that is how a service writes a row it knows ahead of the event (a pending request).
+    ``message`` is the validated payload when the caller has it already.
     """
-    message_class = projection.topic.message_class(envelope.message_type)
-    if message_class is None:
-        return False  # a message type newer than this reader: nothing of ours changes
-    message = message_class.model_validate(envelope.payload)
+    if message is None:
+        message_class = projection.topic.message_class(envelope.message_type)
+        if message_class is None:
+            return False  # a message type newer than this reader: nothing of ours changes
+        message = message_class.model_validate(envelope.payload)
     if tracking is not None and not await _advance(conn, schema, projection, tracking):
         return False  # this position was applied before: redelivery after a crash
     versioned = envelope.aggregate_id is not None and envelope.aggregate_version is not None
@@ -156,10 +161,40 @@ class ProjectionRunner:
     async def migrate(self, conn: Connection) -> None:
         await conn.execute(schema_ddl(self.projection, self.schema))
 
-    async def handle(self, envelope: Envelope, tracking: Tracking) -> None:
-        """A tracked consumer's handler: apply with the position, in one transaction."""
+    def subscribe(self, broker: KafkaBroker, group_id: str, *, service: str) -> None:
+        """Follow the projection's topic in consumer group ``group_id``."""
+        subscribe_tracked(
+            broker,
+            self.projection.topic,
+            group_id,
+            dict.fromkeys(self.projection.topic.messages, self.handle),
+            service=service,
+            positions=self.positions,
+        )
+
+    async def handle(self, message: Message, delivery: Delivery) -> None:
+        """The tracked consumer's handler for every message type of the topic."""
+        await self.apply_at(delivery.envelope, delivery.tracking, message)
+
+    async def apply_at(
+        self, envelope: Envelope, tracking: Tracking, message: Message | None = None
+    ) -> bool:
+        """Apply an event read at ``tracking``, with that position, in one transaction."""
         async with self.pool.connection() as conn, conn.transaction():
-            await apply_event(conn, self.schema, self.projection, envelope, tracking)
+            return await apply_event(
+                conn, self.schema, self.projection, envelope, tracking, message
+            )
+
+    async def positions(self, stream_suffix: str) -> dict[str, int]:
+        """The positions kept for ``"<topic>:<partition>"``, under any Kafka cluster id
+        (the consumer reports positions left under another cluster)."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT stream, position FROM {self.schema}.projection_positions "
+                "WHERE projection = %s AND (stream = %s OR right(stream, %s) = %s)",
+                (self.projection.name, stream_suffix, len(stream_suffix) + 1, "/" + stream_suffix),
+            )
+            return {row["stream"]: row["position"] for row in await cursor.fetchall()}
 
     async def apply_now(self, envelope: Envelope, conn: Connection | None = None) -> bool:
         """Apply an event this service just recorded, before Kafka brings it back."""

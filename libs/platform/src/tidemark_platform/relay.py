@@ -4,6 +4,13 @@ A relay reads what its source holds after the last acknowledged position, publis
 in order through the idempotent producer, and only then records the new position. A
 crash between the two re-publishes a tail of the log: delivery is at-least-once and
 consumers are idempotent (envelopes carry stable message ids, aggregates carry versions).
+
+Kafka being away and Kafka refusing one entry are told apart. While Kafka is away the
+relay retries for ever and is not healthy: nothing is skipped. An entry Kafka refuses
+while it is reachable (too large for the topic, say) would stop the log for ever, so it
+is parked on ``<topic>.dlq`` (see ``dead_letters``) and the relay goes on: at once for
+an error that says the record itself is at fault, or when the same entry has failed
+``max_entry_attempts`` times while Kafka answers other requests (``reachable``).
 """
 
 from __future__ import annotations
@@ -11,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from prometheus_client import Counter, Gauge
 
+from tidemark_platform import dead_letters
+from tidemark_platform.kafka import RECORD_REFUSED, RECORD_TOO_LARGE
 from tidemark_platform.logging import get_logger
 
 log = get_logger(__name__)
@@ -62,9 +71,16 @@ class Relay:
         batch_size: int = 200,
         idle_seconds: float = 0.5,
         max_backoff_seconds: float = 5.0,
+        service: str = "",
+        reachable: Callable[[], Awaitable[bool]] | None = None,
+        max_entry_attempts: int = 5,
     ) -> None:
         self.source = source
         self._publish = publish
+        self._service = service or source.name
+        self._reachable = reachable
+        self._max_entry_attempts = max_entry_attempts
+        self._entry_failures: dict[int, int] = {}
         self._batch_size = batch_size
         self._idle_seconds = idle_seconds
         self._max_backoff = max_backoff_seconds
@@ -113,9 +129,76 @@ class Relay:
         entries = await self.source.pending(self._batch_size)
         for entry in entries:
             if entry.topic is not None:
-                await self._publish(entry)
-                RELAY_PUBLISHED.labels(self.source.name, entry.topic).inc()
+                await self._publish_or_park(entry, entry.topic)
         if entries:
             await self.source.acknowledge(entries)
             RELAY_POSITION.labels(self.source.name).set(entries[-1].position)
         return len(entries)
+
+    async def _publish_or_park(self, entry: Outbound, topic: str) -> None:
+        try:
+            await self._publish(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            attempts = self._entry_failures.get(entry.position, 0) + 1
+            self._entry_failures[entry.position] = attempts
+            if not await self._refused(exc, attempts):
+                raise  # Kafka away (or not yet sure): retried by run(), nothing skipped
+            await self._park(entry, topic, exc, attempts)
+            self._entry_failures.pop(entry.position, None)
+            return
+        self._entry_failures.pop(entry.position, None)
+        RELAY_PUBLISHED.labels(self.source.name, topic).inc()
+
+    async def _refused(self, exc: Exception, attempts: int) -> bool:
+        """Whether Kafka refuses this entry itself, rather than being away."""
+        if isinstance(exc, RECORD_REFUSED):
+            return True
+        if attempts < self._max_entry_attempts or self._reachable is None:
+            return False
+        try:
+            return await self._reachable()
+        except Exception:
+            return False
+
+    async def _park(self, entry: Outbound, topic: str, exc: Exception, attempts: int) -> None:
+        error = dead_letters.describe_error(exc)
+        headers = dead_letters.dead_letter_headers(
+            [(k, v.encode()) for k, v in entry.headers.items()],
+            reason=dead_letters.Reason.REFUSED_BY_KAFKA,
+            error=error,
+            service=self._service,
+            attempts=attempts,
+            original_topic=topic,
+            extra={
+                dead_letters.RELAY: self.source.name,
+                dead_letters.RELAY_POSITION: str(entry.position),
+            },
+        )
+        parked = replace(
+            entry, topic=dead_letters.dlq_name(topic), headers={k: v.decode() for k, v in headers}
+        )
+        try:
+            await self._publish(parked)
+        except RECORD_TOO_LARGE:
+            # Too large for the dead-letter topic as well: park what says what it was, so
+            # the entry is visible and the log goes on; its value stays in the source's
+            # backups (an event store) or is lost with an outbox row.
+            headers_without_value = {
+                **parked.headers,
+                dead_letters.VALUE_OMITTED: str(len(entry.value)),
+            }
+            await self._publish(replace(parked, value=b"", headers=headers_without_value))
+        dead_letters.DEAD_LETTERS.labels(
+            topic, self._service, dead_letters.Reason.REFUSED_BY_KAFKA.value
+        ).inc()
+        log.error(
+            "relay_entry_parked",
+            relay=self.source.name,
+            position=entry.position,
+            topic=topic,
+            dlq=parked.topic,
+            attempts=attempts,
+            error=error,
+        )

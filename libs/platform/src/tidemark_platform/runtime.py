@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -24,7 +25,13 @@ from tidemark_contracts import SERVICE_HEARTBEATS, Envelope, utc_now
 from tidemark_contracts.service import ServiceHeartbeat
 
 from tidemark_platform.database import can_reach
-from tidemark_platform.kafka import make_broker, start_when_reachable
+from tidemark_platform.kafka import (
+    RECORD_REFUSED,
+    UnsafeTopicsError,
+    make_broker,
+    renew_producer,
+    start_when_reachable,
+)
 from tidemark_platform.logging import configure_logging, get_logger
 from tidemark_platform.relay import Outbound, Relay, RelaySource
 from tidemark_platform.settings import ServiceSettings
@@ -32,6 +39,25 @@ from tidemark_platform.settings import ServiceSettings
 log = get_logger(__name__)
 
 Check = Callable[[], Awaitable[bool]]
+# Exit status of a service that refused to run on unsafe topics (EX_CONFIG).
+EXIT_UNSAFE_TOPICS = 78
+_exit_status: list[int] = []
+_servers: list[uvicorn.Server] = []
+
+
+def _stop_serving(status: int) -> None:
+    """Shut the server down and make the process exit with ``status`` (see run_service).
+
+    Not by SIGTERM: uvicorn re-raises a signal it caught once it has shut down, so the
+    process would die of the signal instead of exiting with ``status``.
+    """
+    _exit_status.append(status)
+    for server in _servers:
+        server.should_exit = True
+    if not _servers:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 SYSTEM_ORGANIZATION = uuid.UUID(int=0)
 
 
@@ -72,11 +98,18 @@ class ServiceRuntime:
 
         async def publish(entry: Outbound) -> None:
             assert entry.topic is not None
-            await self.broker.publish(
-                entry.value, entry.topic, key=entry.key, headers=entry.headers
-            )
+            try:
+                await self.broker.publish(
+                    entry.value, entry.topic, key=entry.key, headers=entry.headers
+                )
+            except RECORD_REFUSED:
+                await renew_producer(self.broker)  # or the next record stops the producer
+                raise
 
-        relay = Relay(source, publish)
+        async def reachable() -> bool:
+            return await self.broker.ping(timeout=2.0)
+
+        relay = Relay(source, publish, service=self.name, reachable=reachable)
         self.add_background(relay.run, needs_kafka=True)
         self.add_check(f"relay:{source.name}", relay.is_healthy)
         return relay
@@ -118,6 +151,12 @@ class ServiceRuntime:
                 self.settings.kafka_bootstrap_servers,
                 replication_factor=self.settings.kafka_replication_factor,
             )
+        except UnsafeTopicsError as exc:
+            # Running on would risk losing acknowledged messages: refuse, say why, and
+            # exit non-zero (see run_service).
+            log.error("kafka_topics_unsafe", problems=[str(p) for p in exc.problems])
+            _stop_serving(EXIT_UNSAFE_TOPICS)
+            raise
         except Exception:
             # Not an outage (those are retried) but a defect in the wiring: stop loudly
             # rather than run on, never ready.
@@ -228,20 +267,29 @@ def build_service_app(
 
 
 def serve(app: Litestar, settings: ServiceSettings) -> None:
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
     )
+    _servers.append(server)
+    try:
+        server.run()
+    finally:
+        _servers.remove(server)
 
 
 def run_service(name: str, settings: ServiceSettings, app: Callable[[], Litestar]) -> None:
     """A service's ``main``: structured logs first, then the app under uvicorn."""
     configure_logging(name, settings.log_level, settings.log_format)
     serve(app(), settings)
+    if _exit_status:
+        sys.exit(_exit_status[0])
 
 
 def bare_service_app(name: str, settings: ServiceSettings) -> Litestar:

@@ -9,7 +9,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from tidemark_contracts import SERVICE_HEARTBEATS
 from tidemark_contracts.service import ServiceHeartbeat
-from tidemark_platform.consumer import decode_envelope
+from tidemark_platform.consumer import decode_message
 
 
 class ServiceRegistry:
@@ -47,6 +47,6 @@ def subscribe_heartbeats(broker: KafkaBroker, registry: ServiceRegistry) -> None
         title="gateway:service.heartbeats",
     )
     async def on_heartbeat(message: KafkaMessage) -> None:
-        envelope = decode_envelope(message.body)
-        if envelope is not None and envelope.message_type == ServiceHeartbeat.message_type:
-            registry.record(ServiceHeartbeat.model_validate(envelope.payload))
+        beat = decode_message(SERVICE_HEARTBEATS, message.body)
+        if isinstance(beat, ServiceHeartbeat):
+            registry.record(beat)

@@ -12,9 +12,7 @@ from litestar.plugins.pydantic import PydanticPlugin
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
-from tidemark_contracts import BACKUP_EVENTS, CATALOG_EVENTS
 from tidemark_platform.catalog import CatalogView
-from tidemark_platform.consumer import subscribe_tracked
 from tidemark_platform.kafka import make_broker
 from tidemark_platform.notification_log import NotificationLogSource
 from tidemark_platform.projection import ProjectionRunner
@@ -64,8 +62,8 @@ def create_app(settings: GatewaySettings) -> Litestar:
     gateway = Gateway(catalog, catalog_view, backups_view, wake_relays)
 
     registry = ServiceRegistry(settings.expected_services, settings.heartbeat_timeout_seconds)
-    subscribe_tracked(broker, BACKUP_EVENTS, PROJECTION_GROUP, backups_view.handle)
-    subscribe_tracked(broker, CATALOG_EVENTS, CATALOG_GROUP, catalog_view.handle)
+    backups_view.subscribe(broker, PROJECTION_GROUP, service=SERVICE)
+    catalog_view.subscribe(broker, CATALOG_GROUP, service=SERVICE)
     subscribe_heartbeats(broker, registry)
     runtime.add_check("services", registry.all_reported)
     runtime.on_shutdown(outbox.close)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from eventsourcing.persistence import Tracking
 from faststream.kafka import KafkaBroker
-from pydantic import ValidationError
-from tidemark_contracts import BACKUP_COMMANDS, Envelope
+from tidemark_contracts import BACKUP_COMMANDS, Message
 from tidemark_contracts.backup import RequestBackup
-from tidemark_platform.consumer import Handler, subscribe_tracked
+from tidemark_platform.consumer import Delivery, MessageHandler, subscribe_tracked
 from tidemark_platform.logging import get_logger
 
 from tidemark_backup_runner.application import BackupRunnerApplication
@@ -21,24 +19,15 @@ log = get_logger(__name__)
 CONSUMER_GROUP = "backup-runner"
 
 
-def make_command_handler(
+def make_handlers(
     app: BackupRunnerApplication, executor: BackupExecutor, on_saved: Callable[[], None]
-) -> Handler:
-    async def on_command(envelope: Envelope, tracking: Tracking) -> None:
-        if envelope.message_type != RequestBackup.message_type:
-            log.warning("unknown_command", message_type=envelope.message_type)
-            return
-        try:
-            command = RequestBackup.model_validate(envelope.payload)
-        except ValidationError as exc:
-            # Retrying cannot make it valid; the issuer validated it, so this is a bug.
-            log.error("invalid_command", message_id=str(envelope.message_id), error=str(exc)[:500])
-            return
-        created = await asyncio.to_thread(app.request_backup, command, tracking)
+) -> Mapping[type[Message], MessageHandler]:
+    async def on_request_backup(command: RequestBackup, delivery: Delivery) -> None:
+        created = await asyncio.to_thread(app.request_backup, command, delivery.tracking)
         if created:
             on_saved()
         else:
-            redelivered = await asyncio.to_thread(app.has_processed, tracking)
+            redelivered = await asyncio.to_thread(app.has_processed, delivery.tracking)
             log.info(
                 "redelivered_message_skipped" if redelivered else "duplicate_command_ignored",
                 backup_id=str(command.backup_id),
@@ -48,7 +37,7 @@ def make_command_handler(
         # executor ignores backups that are finished or already under way.
         executor.submit(command.backup_id)
 
-    return on_command
+    return {RequestBackup: on_request_backup}
 
 
 def register_handlers(
@@ -56,10 +45,17 @@ def register_handlers(
     app: BackupRunnerApplication,
     executor: BackupExecutor,
     on_saved: Callable[[], None],
+    *,
+    service: str,
 ) -> None:
+    async def positions(suffix: str) -> dict[str, int]:
+        return await asyncio.to_thread(app.tracking_positions, suffix)
+
     subscribe_tracked(
         broker,
         BACKUP_COMMANDS,
         CONSUMER_GROUP,
-        make_command_handler(app, executor, on_saved),
+        make_handlers(app, executor, on_saved),
+        service=service,
+        positions=positions,
     )

@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> Litestar:
             settings.credential_env_prefix, settings.credential_file_root
         ),
     )
-    register_handlers(broker, app, executor, relay.wake)
+    register_handlers(broker, app, executor, relay.wake, service=SERVICE)
     runtime.add_background(executor.run)
     runtime.on_shutdown(app.close)
     return build_service_app(runtime)
