@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from tidemark_contracts import BACKUP_PROGRESS, Envelope
 from tidemark_contracts.backup import BackupProgress
 from tidemark_platform.kafka import make_broker
+from tidemark_platform.leadership import Leadership
 from tidemark_platform.notification_log import NotificationLogSource
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
 from tidemark_platform.settings import ServiceSettings
@@ -23,6 +24,7 @@ from tidemark_backup_runner.secrets import CredentialPolicy
 
 SERVICE = "backup-runner"
 SCHEMA = "backup_runner"
+RELAY_NAME = "kafka"
 
 
 class Settings(ServiceSettings):
@@ -45,7 +47,9 @@ def create_app(settings: Settings) -> Litestar:
     broker = make_broker(settings.kafka_bootstrap_servers, SERVICE)
     runtime = ServiceRuntime(SERVICE, settings, broker)
 
-    relay = runtime.add_relay(NotificationLogSource(app, app.to_envelope, "kafka"))
+    leadership = Leadership(settings.database_url, NotificationLogSource.log_name(app, RELAY_NAME))
+    relay = runtime.add_relay(NotificationLogSource(app, app.to_envelope, RELAY_NAME, leadership))
+    runtime.on_shutdown(leadership.close)
 
     async def publish_progress(tick: BackupProgress, organization_id: UUID) -> None:
         envelope = Envelope.wrap(
