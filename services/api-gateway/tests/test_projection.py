@@ -130,3 +130,27 @@ def test_unknown_events_change_nothing() -> None:
     started = envelope(BackupStarted(backup_id=BACKUP, environment_id=ENV, started_at=T0), 2)
     unknown = started.model_copy(update={"message_type": "backup.BackupTeleported"})
     assert apply_event({"status": "running"}, unknown) is None
+
+
+def test_a_new_attempt_runs_again_and_forgets_the_earlier_attempts_uploads() -> None:
+    row = apply_event(None, requested())
+    row = apply_event(
+        row, envelope(BackupStarted(backup_id=BACKUP, environment_id=ENV, started_at=T0), 2)
+    )
+    uploaded = BackupUploaded(
+        backup_id=BACKUP,
+        environment_id=ENV,
+        destination_id=DEST,
+        location="/disk/b",
+        size_bytes=7,
+        uploaded_at=T0,
+    )
+    row = apply_event(row, envelope(uploaded, 3))
+    assert row is not None
+    assert row["destinations"][0]["status"] == "uploaded"
+    again = BackupStarted(backup_id=BACKUP, environment_id=ENV, started_at=T1, attempt=2)
+    row = apply_event(row, envelope(again, 4))
+    assert row is not None
+    assert (row["status"], row["started_at"]) == ("running", T1)
+    assert row["destinations"][0]["status"] == "pending"
+    assert row["destinations"][0]["location"] is None

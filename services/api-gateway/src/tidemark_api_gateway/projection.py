@@ -90,6 +90,12 @@ def apply_event(row: Row | None, envelope: Envelope) -> Row | None:
         )
     elif isinstance(event, BackupStarted):
         new.update(status="running", started_at=event.started_at)
+        if event.attempt > 1:
+            # A new attempt starts over: an earlier attempt's uploads were discarded.
+            new["destinations"] = [
+                {**d, "status": "pending", "location": None, "sizeBytes": None, "uploadedAt": None}
+                for d in new.get("destinations", [])
+            ]
     elif isinstance(event, BackupUploaded):
         new["destinations"] = [
             {

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 import psycopg
 import zstandard
@@ -49,11 +50,22 @@ def find_tool(name: str, bin_dir: str | None = None) -> str:
     return found
 
 
-def libpq_env(target: DatabaseTarget, password: str | None) -> dict[str, str]:
+APPLICATION_NAME = "tidemark-backup-runner"
+
+
+def dump_application_name(backup_id: UUID, attempt: int) -> str:
+    """pg_dump's ``application_name``: which backup and attempt a server session serves
+    (at most 63 bytes, PostgreSQL's limit; this is 55 at most for attempts below 10^4)."""
+    return f"tidemark-backup {backup_id} {attempt}"
+
+
+def libpq_env(
+    target: DatabaseTarget, password: str | None, application_name: str = APPLICATION_NAME
+) -> dict[str, str]:
     # The password travels in the child's environment only: never argv (visible in ps),
     # never an event or a log line.
     env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-    env.update(PGCONNECT_TIMEOUT="10", PGAPPNAME="tidemark-backup-runner")
+    env.update(PGCONNECT_TIMEOUT="10", PGAPPNAME=application_name)
     if password is not None:
         env["PGPASSWORD"] = password
     return env
@@ -96,6 +108,7 @@ def dump_database(
     lock_wait_timeout_seconds: int = 300,
     stall_timeout_seconds: float = 900.0,
     on_process: Callable[[subprocess.Popen[bytes]], None] = lambda _: None,
+    application_name: str = APPLICATION_NAME,
 ) -> DumpResult:
     """Run ``pg_dump --format=custom`` and stream its output, compressed, to ``writers``.
 
@@ -128,7 +141,7 @@ def dump_database(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=libpq_env(target, password),
+        env=libpq_env(target, password, application_name),
     )
     on_process(process)
     assert process.stdout is not None
