@@ -26,6 +26,7 @@ from tidemark_backup_runner.pgtools import (
     dump_application_name,
     dump_database,
     estimate_size,
+    stop_earlier_attempts,
 )
 from tidemark_backup_runner.secrets import CredentialPolicy, SecretError, resolve_secret
 from tidemark_backup_runner.storage import ArtifactWriter, UnsupportedDestination, writer_for
@@ -308,6 +309,12 @@ class BackupExecutor:
         except SecretError as exc:
             await self._fail(backup, lease, str(exc))
             return
+        if lease.attempt > 1:
+            ended = await asyncio.to_thread(
+                stop_earlier_attempts, target, password, backup.id, lease.attempt
+            )
+            if ended:
+                log.info("earlier_attempts_stopped", backup_id=str(backup.id), sessions=ended)
         estimate = await asyncio.to_thread(estimate_size, target, password)
         backup.start(utc_now(), estimate, lease.attempt)
         await self._save(backup, lease)

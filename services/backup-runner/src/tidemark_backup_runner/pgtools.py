@@ -89,6 +89,44 @@ def estimate_size(target: DatabaseTarget, password: str | None) -> int | None:
     return int(row[0]) if row else None
 
 
+# How long the new attempt waits for an earlier attempt's session to end (PostgreSQL >= 14).
+TERMINATE_WAIT_MS = 5000
+
+
+def stop_earlier_attempts(
+    target: DatabaseTarget, password: str | None, backup_id: UUID, attempt: int
+) -> int:
+    """End the database sessions of this backup's earlier attempts, waiting for them.
+
+    A runner that died, or lost the backup's lease, may leave its pg_dump's session behind
+    (a server does not notice a vanished client while the session waits for a lock). The
+    attempt that holds the backup now ends them first, so no two dumps of one backup ever
+    run at once. Returns how many it ended; an error (an old server, no right to signal)
+    is not fatal: the earlier session ends by itself once it tries to send.
+    """
+    mine = dump_application_name(backup_id, attempt)
+    try:
+        with psycopg.connect(
+            host=target.host,
+            port=target.port,
+            dbname=target.dbname,
+            user=target.user,
+            password=password,
+            connect_timeout=10,
+            application_name=APPLICATION_NAME,
+            options="-c statement_timeout=15000",
+        ) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE %s "
+                "AND application_name <> %s",
+                (TERMINATE_WAIT_MS, f"tidemark-backup {backup_id} %", mine),
+            ).fetchall()
+    except psycopg.Error:
+        return 0
+    return sum(1 for row in rows if row[0])
+
+
 def summarize_stderr(stderr: bytes) -> str:
     lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
     cleaned = [line.removeprefix("pg_dump: error: ").removeprefix("pg_dump: ") for line in lines]
