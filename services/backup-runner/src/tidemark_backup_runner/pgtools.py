@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -71,18 +72,26 @@ def libpq_env(
     return env
 
 
+def connect(
+    target: DatabaseTarget, password: str | None, *, statement_timeout_ms: int
+) -> psycopg.Connection[tuple[Any, ...]]:
+    """A short session of the runner's own on the database it backs up."""
+    return psycopg.connect(
+        host=target.host,
+        port=target.port,
+        dbname=target.dbname,
+        user=target.user,
+        password=password,
+        connect_timeout=10,
+        application_name=APPLICATION_NAME,
+        options=f"-c statement_timeout={statement_timeout_ms}",
+    )
+
+
 def estimate_size(target: DatabaseTarget, password: str | None) -> int | None:
     """The database's size, to turn bytes dumped into a rough percentage; None if unknown."""
     try:
-        with psycopg.connect(
-            host=target.host,
-            port=target.port,
-            dbname=target.dbname,
-            user=target.user,
-            password=password,
-            connect_timeout=10,
-            options="-c statement_timeout=10000",
-        ) as conn:
+        with connect(target, password, statement_timeout_ms=10_000) as conn:
             row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     except psycopg.Error:
         return None  # pg_dump will report the real reason
@@ -106,16 +115,7 @@ def stop_earlier_attempts(
     """
     mine = dump_application_name(backup_id, attempt)
     try:
-        with psycopg.connect(
-            host=target.host,
-            port=target.port,
-            dbname=target.dbname,
-            user=target.user,
-            password=password,
-            connect_timeout=10,
-            application_name=APPLICATION_NAME,
-            options="-c statement_timeout=15000",
-        ) as conn:
+        with connect(target, password, statement_timeout_ms=TERMINATE_WAIT_MS * 3) as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND application_name LIKE %s "
