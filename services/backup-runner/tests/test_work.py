@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from eventsourcing.persistence import Tracking
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup, WorkPolicy
 from tidemark_backup_runner.executor import BackupExecutor
+from tidemark_backup_runner.pgtools import find_tool
 from tidemark_backup_runner.work import Lease, LeaseLost, WorkTable
 from tidemark_contracts import utc_now
 from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
@@ -50,7 +54,12 @@ def work(database_url: str, schema: str) -> Iterator[WorkTable]:
     table.close()
 
 
-def request(app: BackupRunnerApplication, offset: int = 1) -> uuid.UUID:
+def request(
+    app: BackupRunnerApplication,
+    offset: int = 1,
+    database: DatabaseTarget | None = None,
+    path: str = "/nonexistent",
+) -> uuid.UUID:
     command = RequestBackup(
         backup_id=uuid.uuid4(),
         organization_id=uuid.uuid4(),
@@ -60,14 +69,14 @@ def request(app: BackupRunnerApplication, offset: int = 1) -> uuid.UUID:
         trigger="manual",
         requested_by="t",
         requested_at=utc_now(),
-        database=DatabaseTarget(host="127.0.0.1", port=1, dbname="d", user="u"),
+        database=database or DatabaseTarget(host="127.0.0.1", port=1, dbname="d", user="u"),
         destinations=[
             DestinationTarget.model_validate(
                 {
                     "destinationId": str(uuid.uuid4()),
                     "name": "n",
                     "type": "local",
-                    "config": {"kind": "local", "path": "/nonexistent"},
+                    "config": {"kind": "local", "path": path},
                 }
             )
         ],
@@ -179,3 +188,105 @@ async def test_a_backup_whose_attempts_run_out_ends_failed_naming_them(
     assert backup.error == "gave up after 3 attempts: pg_dump's runner vanished"
     assert row["attempts"] == 3
     assert [a["outcome"] for a in work.attempts(backup_id)] == ["lease expired"] * 3
+
+
+def partial_files(root: Path) -> list[Path]:
+    return list(root.rglob(".*.partial"))
+
+
+def files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def pg_dump_children() -> list[int]:
+    """This process's pg_dump children that are alive (not yet exited)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if name == "pg_dump" and int(ppid) == os.getpid() and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+async def test_a_runner_that_loses_the_lease_kills_its_dump_and_removes_its_partial_file(
+    app: BackupRunnerApplication,
+    work: WorkTable,
+    schema: str,
+    database_url: str,
+    create_database: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = create_database("lease", owner_password="pw-lease-test")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+    info = conninfo_to_dict(source)
+    monkeypatch.setenv("TIDEMARK_SECRET_LEASE_TEST", "pw-lease-test")
+    target = DatabaseTarget(
+        host=str(info["host"]),
+        port=int(str(info["port"])),
+        dbname=str(info["dbname"]),
+        user=str(info["user"]),
+        password_ref="env:TIDEMARK_SECRET_LEASE_TEST",
+    )
+    backup_id = request(app, database=target, path=str(tmp_path))
+    work.ensure(backup_id)
+    owner = uuid.uuid4()
+
+    async def no_progress(*_: Any) -> None:
+        return None
+
+    executor = BackupExecutor(
+        app,
+        work,
+        no_progress,
+        lambda: None,
+        owner=owner,
+        pg_dump=find_tool("pg_dump"),
+        policy=WorkPolicy(lease_seconds=1.5, max_attempts=3),
+        poll_seconds=0.2,
+    )
+    blocker = psycopg.connect(source)
+    blocker.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+    running = asyncio.create_task(executor.run())
+    try:
+        deadline = time.monotonic() + 30
+        while not (pg_dump_children() and partial_files(tmp_path)):
+            assert time.monotonic() < deadline, "the dump never started"
+            await asyncio.sleep(0.1)
+        [partial] = partial_files(tmp_path)
+        assert partial.name.endswith(f".{owner.hex}-1.partial")
+        assert app.get_backup(backup_id).status == "running"
+        # Another instance holds the backup now (as after this one paused past its lease).
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET owner = %s, attempts = 2, "
+                    "lease_expires_at = now() + interval '1 hour' WHERE backup_id = %s"
+                ).format(sql.Identifier(schema, "work")),
+                (uuid.uuid4(), backup_id),
+            )
+        deadline = time.monotonic() + 10
+        while pg_dump_children() or partial.exists():
+            assert time.monotonic() < deadline, "pg_dump still running, or its file still there"
+            await asyncio.sleep(0.1)
+        blocker.rollback()
+        await asyncio.sleep(1.0)
+        # The loser wrote nothing more: no failure, no artifact, the backup is the new owner's.
+        backup: Backup = app.get_backup(backup_id)
+        assert (backup.status, backup.attempt) == ("running", 1)
+        assert files_under(tmp_path) == []
+        [attempt] = work.attempts(backup_id)
+        assert (attempt["owner"], attempt["ended_at"]) == (owner, None)
+    finally:
+        blocker.close()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
