@@ -215,7 +215,9 @@ def pg_dump_children() -> list[int]:
     return found
 
 
+@pytest.mark.parametrize("how", ["taken over", "shutdown"])
 async def test_a_runner_that_loses_the_lease_kills_its_dump_and_removes_its_partial_file(
+    how: str,
     app: BackupRunnerApplication,
     work: WorkTable,
     schema: str,
@@ -264,15 +266,27 @@ async def test_a_runner_that_loses_the_lease_kills_its_dump_and_removes_its_part
         [partial] = partial_files(tmp_path)
         assert partial.name.endswith(f".{owner.hex}-1.partial")
         assert app.get_backup(backup_id).status == "running"
-        # Another instance holds the backup now (as after this one paused past its lease).
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL(
-                    "UPDATE {} SET owner = %s, attempts = 2, "
-                    "lease_expires_at = now() + interval '1 hour' WHERE backup_id = %s"
-                ).format(sql.Identifier(schema, "work")),
-                (uuid.uuid4(), backup_id),
-            )
+        if how == "taken over":
+            # Another instance holds the backup now (as after this one paused past its lease).
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET owner = %s, attempts = 2, "
+                        "lease_expires_at = now() + interval '1 hour' WHERE backup_id = %s"
+                    ).format(sql.Identifier(schema, "work")),
+                    (uuid.uuid4(), backup_id),
+                )
+        else:
+            # The service stops (what its runtime does on SIGTERM): the backup is handed
+            # over at once instead of when the lease would have run out.
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            row = work.row(backup_id)
+            assert row is not None
+            assert row["state"] == "running"
+            assert row["lease_expires_at"] <= utc_now()
+            assert work.claim(uuid.uuid4(), LONG) is not None, "claimable by another now"
         deadline = time.monotonic() + 10
         while pg_dump_children() or partial.exists():
             assert time.monotonic() < deadline, "pg_dump still running, or its file still there"
@@ -283,10 +297,14 @@ async def test_a_runner_that_loses_the_lease_kills_its_dump_and_removes_its_part
         backup: Backup = app.get_backup(backup_id)
         assert (backup.status, backup.attempt) == ("running", 1)
         assert files_under(tmp_path) == []
-        [attempt] = work.attempts(backup_id)
-        assert (attempt["owner"], attempt["ended_at"]) == (owner, None)
+        first = work.attempts(backup_id)[0]
+        if how == "taken over":
+            assert (first["owner"], first["ended_at"]) == (owner, None)
+        else:
+            assert (first["owner"], first["outcome"]) == (owner, "released at shutdown")
     finally:
         blocker.close()
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
+        if not running.done():
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
