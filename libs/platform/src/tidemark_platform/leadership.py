@@ -40,58 +40,59 @@ def lock_key(name: str) -> tuple[int, int]:
 
 
 class Leadership:
-    """Whether this instance leads the log ``name``; it tries to become leader when asked."""
+    """Whether this instance leads the log ``name``; it tries to become leader when asked.
+
+    One session is kept open whether leading or not, so an instance that waits for the
+    lock asks on it again instead of connecting each time.
+    """
 
     def __init__(self, database_url: str, name: str) -> None:
         self.name = name
         self._database_url = database_url
         self._key = lock_key(name)
         self._session: AsyncConnection[tuple[object, ...]] | None = None
+        self._leading = False
         # Shown in pg_stat_activity, so an operator (or a test) can see who leads.
         self.application_name = f"tidemark-leader {os.getpid()} {name}"[:MAX_APPLICATION_NAME]
 
     @property
     def holds_lock(self) -> bool:
-        return self._session is not None
+        return self._leading
 
     async def is_leader(self) -> bool:
         """True while this instance holds the log's lock; else one try to take it."""
-        if self._session is not None:
-            try:
-                # The lock lives as long as this session: check the session is still there.
-                await self._session.execute("SELECT 1")
-                return True
-            except psycopg.Error as exc:
-                log.warning("leadership_lost", log=self.name, error=repr(exc))
-                await self._drop()
-        return await self._try_acquire()
-
-    async def _try_acquire(self) -> bool:
         try:
-            session = await AsyncConnection.connect(
+            session = await self._connected()
+            if self._leading:
+                # The lock lives as long as this session: check the session is still there.
+                await session.execute("SELECT 1")
+                return True
+            cursor = await session.execute("SELECT pg_try_advisory_lock(%s, %s)", self._key)
+            row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            if self._leading:
+                log.warning("leadership_lost", log=self.name, error=repr(exc))
+            await self._drop()
+            return False
+        if row is not None and row[0]:
+            self._leading = True
+            RELAY_LEADER.labels(self.name).set(1)
+            log.info("leadership_taken", log=self.name)
+        return self._leading
+
+    async def _connected(self) -> AsyncConnection[tuple[object, ...]]:
+        if self._session is None or self._session.closed:
+            self._session = await AsyncConnection.connect(
                 self._database_url,
                 autocommit=True,
                 connect_timeout=5,
                 application_name=self.application_name,
             )
-        except psycopg.Error:
-            return False
-        try:
-            cursor = await session.execute("SELECT pg_try_advisory_lock(%s, %s)", self._key)
-            row = await cursor.fetchone()
-        except psycopg.Error:
-            await session.close()
-            return False
-        if row is None or not row[0]:
-            await session.close()
-            return False
-        self._session = session
-        RELAY_LEADER.labels(self.name).set(1)
-        log.info("leadership_taken", log=self.name)
-        return True
+        return self._session
 
     async def _drop(self) -> None:
         session, self._session = self._session, None
+        self._leading = False
         RELAY_LEADER.labels(self.name).set(0)
         if session is not None:
             with contextlib.suppress(psycopg.Error):

@@ -132,6 +132,11 @@ class BackupExecutor:
             await self._index_log()
             while True:
                 await self._slots.acquire()
+                # Cleared before looking: a request that arrives meanwhile wakes the next look.
+                self._wake.clear()
+                # The lease runs from the server's clock when it got the claim, which is
+                # after this: counting from here, the holder never trusts it too long.
+                sent = time.monotonic()
                 try:
                     claim = await self._claim()
                 except BaseException:
@@ -139,11 +144,12 @@ class BackupExecutor:
                     raise
                 if claim is None:
                     self._slots.release()
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
                     continue
-                task = asyncio.create_task(self._hold(claim), name=f"backup-{claim.backup_id}")
+                task = asyncio.create_task(
+                    self._hold(claim, sent), name=f"backup-{claim.backup_id}"
+                )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         finally:
@@ -168,12 +174,12 @@ class BackupExecutor:
             log.warning("work_table_unavailable", error=repr(exc))
             return None
 
-    async def _hold(self, claim: Claim) -> None:
+    async def _hold(self, claim: Claim, claim_sent: float) -> None:
         """Run the claimed backup while renewing its lease; stop it when the lease is lost."""
         lease = claim.lease
         lost: list[str] = []
         work = asyncio.create_task(self._carry_out(claim), name=f"attempt-{lease.attempt}")
-        renewer = asyncio.create_task(self._renew(lease, work, lost))
+        renewer = asyncio.create_task(self._renew(lease, claim_sent, work, lost))
         try:
             await work
         except LeaseLost as exc:
@@ -204,8 +210,11 @@ class BackupExecutor:
                 reason=lost[0],
             )
 
-    async def _renew(self, lease: Lease, work: asyncio.Task[None], lost: list[str]) -> None:
-        sent = time.monotonic()
+    async def _renew(
+        self, lease: Lease, sent: float, work: asyncio.Task[None], lost: list[str]
+    ) -> None:
+        """Renew ``lease`` (last set by a request sent at ``sent``) until cancelled; when it
+        cannot be renewed before it would expire, record why and cancel ``work``."""
         while True:
             await asyncio.sleep(self.policy.renew_every)
             attempt_sent = time.monotonic()
