@@ -22,7 +22,8 @@ import pytest
 import zstandard
 from aiokafka import AIOKafkaConsumer
 from psycopg.conninfo import conninfo_to_dict
-from tidemark_contracts import BACKUP_EVENTS, Envelope
+from tidemark_api_gateway.outbox import LOG_NAME as OUTBOX_LOG
+from tidemark_contracts import BACKUP_COMMANDS, BACKUP_EVENTS, Envelope
 from tidemark_contracts.services import SERVICES
 from tidemark_devstack.e2e import Api, table_fingerprints
 from tidemark_devstack.stack import RunningService, Stack
@@ -185,6 +186,19 @@ def test_a_runner_killed_mid_dump_loses_its_backup_to_the_other_which_completes_
         stack.signal(RUNNER, signal.SIGKILL, instance=owner.instance)
         with psycopg.connect(database_url) as conn:
             killed_at: datetime = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        # The dead dump's session stays: a server does not notice a vanished client while
+        # the session waits for a lock. Keep the lock until the second attempt waits on it
+        # too, so the test sees whether the two ever overlap.
+        deadline = time.monotonic() + 60
+        while True:
+            with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
+                dumping = watch.sessions(conn)
+            names = [d["application_name"] for d in dumping]
+            if f"tidemark-backup {backup_id} 2" in names:
+                break
+            assert time.monotonic() < deadline, f"no second attempt: {dumping}"
+            time.sleep(0.1)
+        assert names == [f"tidemark-backup {backup_id} 2"], "the first attempt's session ended"
     finally:
         blocker.rollback()
         blocker.close()
@@ -270,11 +284,11 @@ def leader_gauges(stack: Stack) -> list[float]:
     return values
 
 
-async def events_on_topic(bootstrap: str, backup_ids: set[str]) -> dict[str, list[int]]:
-    """Every aggregate version of the given backups on backup.events, read to its end."""
+async def on_topic(topic: str, bootstrap: str, backup_ids: set[str]) -> dict[str, list[Envelope]]:
+    """Every envelope about the given backups on ``topic``, read to its end offsets."""
     # Without a group the consumer is assigned every partition of the topic by itself.
     consumer = AIOKafkaConsumer(
-        BACKUP_EVENTS.name,
+        topic,
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -287,15 +301,15 @@ async def events_on_topic(bootstrap: str, backup_ids: set[str]) -> dict[str, lis
             await asyncio.sleep(0.1)
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
-        versions: dict[str, list[int]] = {b: [] for b in backup_ids}
+        found: dict[str, list[Envelope]] = {b: [] for b in backup_ids}
         while [p for p in partitions if await consumer.position(p) < end[p]]:
             batch = await consumer.getmany(*partitions, timeout_ms=1000)
             for records in batch.values():
                 for record in records:
                     envelope = Envelope.from_bytes(record.value)
-                    if str(envelope.aggregate_id) in versions:
-                        versions[str(envelope.aggregate_id)].append(envelope.aggregate_version)
-        return versions
+                    if str(envelope.aggregate_id) in found:
+                        found[str(envelope.aggregate_id)].append(envelope)
+        return found
     finally:
         await consumer.stop()
 
@@ -312,10 +326,30 @@ def relay_caught_up(database_url: str) -> bool:
 
 
 def assert_published_once_per_version(bootstrap: str, backup_ids: set[str]) -> None:
-    versions = asyncio.run(events_on_topic(bootstrap, backup_ids))
-    for backup_id, seen in versions.items():
+    events = asyncio.run(on_topic(BACKUP_EVENTS.name, bootstrap, backup_ids))
+    for backup_id, envelopes in events.items():
+        seen = [e.aggregate_version for e in envelopes]
         assert seen, f"nothing of {backup_id} on {BACKUP_EVENTS.name}"
         assert seen == list(range(1, len(seen) + 1)), f"{backup_id}: versions {seen}"
+
+
+def assert_each_command_published_once(bootstrap: str, backup_ids: set[str]) -> None:
+    commands = asyncio.run(on_topic(BACKUP_COMMANDS.name, bootstrap, backup_ids))
+    for backup_id, envelopes in commands.items():
+        assert len(envelopes) == 1, f"{backup_id}: {len(envelopes)} commands"
+
+
+def outbox_relays(database_url: str) -> int:
+    """How many sessions hold the gateway outbox's leadership lock."""
+    classid, objid = lock_key(OUTBOX_LOG)
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid::int = %s AND objid::int = %s",
+            (classid, objid),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def test_one_runner_relays_and_leadership_moves_when_the_leader_dies(
@@ -342,6 +376,10 @@ def test_one_runner_relays_and_leadership_moves_when_the_leader_dies(
     assert leader is not None
     assert sorted(leader_gauges(stack)) == [0.0, 1.0]
     assert_published_once_per_version(kafka_bootstrap, set(before))
+    # The two gateways' outbox has one relay too: each command went out once.
+    assert len(stack.instances("api-gateway")) == INSTANCES
+    assert outbox_relays(database_url) == 1
+    assert_each_command_published_once(kafka_bootstrap, set(before))
 
     stack.signal(RUNNER, signal.SIGKILL, instance=leader.instance)
     after = api.request_backup(environment["id"]).json()["id"]
