@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup, BackupError, WorkPolicy
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -122,12 +125,6 @@ def test_giving_up_fails_the_backup_naming_the_attempts_and_the_reason() -> None
     assert backup.error == "gave up after 3 attempts: the runner running it stopped"
 
 
-def test_a_stored_started_event_from_before_attempts_reads_as_the_first() -> None:
-    state = {"started_at": T0, "bytes_total_estimate": None}
-    Backup.Started.upcast_v1_v2(state)
-    assert state["attempt"] == 1
-
-
 def test_attempts_are_bounded_by_the_policy() -> None:
     policy = WorkPolicy(lease_seconds=30, max_attempts=3)
     assert [policy.next_attempt(made) for made in range(5)] == [1, 2, 3, None, None]
@@ -149,3 +146,18 @@ def test_a_lease_is_renewed_well_before_it_expires_and_trusted_only_until_then()
 def test_a_policy_that_could_never_hold_work_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must"):
         WorkPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_started_event_stored_before_attempts_loads_as_the_first_attempt() -> None:
+    # As stored by the previous version: no ``attempt``, no ``class_version``.
+    app = BackupRunnerApplication()
+    backup = new_backup()
+    backup.start(T0, 100)
+    started = backup.collect_events()[1]
+    stored = app.mapper.to_stored_event(started)
+    state = json.loads(stored.state)
+    del state["attempt"], state["class_version"]
+    old = dataclasses.replace(stored, state=json.dumps(state).encode())
+    loaded = app.mapper.to_domain_event(old)
+    assert isinstance(loaded, Backup.Started)
+    assert (loaded.attempt, loaded.bytes_total_estimate) == (1, 100)
