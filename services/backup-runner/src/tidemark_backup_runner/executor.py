@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 import psycopg
+from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from prometheus_client import Counter, Gauge, Histogram
 from psycopg_pool import PoolTimeout
@@ -290,7 +291,13 @@ class BackupExecutor:
 
     async def _carry_out(self, claim: Claim) -> None:
         lease = claim.lease
-        backup = await asyncio.to_thread(self.app.get_backup, lease.backup_id)
+        try:
+            backup = await asyncio.to_thread(self.app.get_backup, lease.backup_id)
+        except AggregateNotFoundError:
+            # Rows are written only for recorded requests; one without is nothing to run.
+            log.error("work_without_a_backup", backup_id=str(lease.backup_id))
+            await asyncio.to_thread(self.work.finish, lease, "no such backup")
+            return
         if backup.is_terminal:
             # Its end was recorded, then its runner stopped before saying so here.
             await asyncio.to_thread(self.work.finish, lease, f"already {backup.status}")

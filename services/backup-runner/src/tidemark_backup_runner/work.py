@@ -24,6 +24,7 @@ from psycopg import Connection, Cursor, sql
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 from tidemark_platform.eventstore import Fence
+from tidemark_platform.leadership import lock_key
 
 from tidemark_backup_runner.domain import WorkPolicy
 
@@ -33,6 +34,7 @@ LogChange = tuple[UUID, Literal["requested", "finished"]]
 # Reads the event store's log: (after position, limit) -> (changes, last position read).
 ReadLog = Callable[[int, int], tuple[list[LogChange], int]]
 MAX_ERROR_LENGTH = 1000
+DDL_LOCK_NAME = "backup_runner:work:ddl"
 POOL_MAX_SIZE = 4
 
 
@@ -78,7 +80,10 @@ class WorkTable:
 
     def open(self) -> None:
         self._pool.open()
-        with self._pool.connection() as conn:
+        with self._pool.connection() as conn, conn.transaction():
+            # Instances starting together would race in CREATE ... IF NOT EXISTS (which can
+            # still collide in the catalog): one creates, the others wait and find it made.
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock_key(DDL_LOCK_NAME))
             for statement in self._ddl():
                 conn.execute(statement)
 
