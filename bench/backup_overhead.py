@@ -781,8 +781,8 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
     note(f"Tidemark ready at {stack.gateway_url}")
 
     pids = {
-        "backup-runner": stack.services["backup-runner"].process.pid,
-        "api-gateway": stack.services["api-gateway"].process.pid,
+        "backup-runner": stack.service("backup-runner").process.pid,
+        "api-gateway": stack.service("api-gateway").process.pid,
         "kafka": kafka_pid(local_kafka),
         "postgres": postmaster_pid(local_pg),
     }

@@ -20,6 +20,8 @@ from tidemark_devstack.e2e import (
 from tidemark_devstack.paths import free_port
 from tidemark_devstack.stack import Stack
 
+E2E_LEASE_SECONDS = 3.0
+
 
 @pytest.fixture(scope="session")
 def stack(
@@ -41,6 +43,9 @@ def stack(
             "TIDEMARK_RESTORE_RUNNER_HEARTBEAT_INTERVAL_SECONDS": "1",
             "TIDEMARK_ALERTS_HEARTBEAT_INTERVAL_SECONDS": "1",
             "TIDEMARK_BACKUP_RUNNER_PROGRESS_INTERVAL_SECONDS": "0.2",
+            # Short leases, so a runner's death is noticed in seconds rather than 30.
+            "TIDEMARK_BACKUP_RUNNER_LEASE_SECONDS": str(E2E_LEASE_SECONDS),
+            "TIDEMARK_BACKUP_RUNNER_WORK_POLL_SECONDS": "0.5",
         },
     )
     services.start()

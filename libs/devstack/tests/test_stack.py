@@ -22,7 +22,7 @@ def test_services_never_share_a_port_even_when_free_port_repeats_itself(
         port = services._unused_port()
         ports.append(port)
         no_process: Any = None  # only the port matters here
-        services.services[name] = stack_module.RunningService(
+        services.services[name, 0] = stack_module.RunningService(
             stack_module.SERVICES[0], port, no_process, no_process
         )
     assert ports == [40001, 40002, 40003, 40004]

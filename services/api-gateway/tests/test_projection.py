@@ -100,3 +100,22 @@ def test_the_gateways_pending_row_keeps_its_creation_time_when_the_event_arrives
 def test_an_event_before_its_creation_is_refused_for_a_retry() -> None:
     with pytest.raises(OutOfOrder):
         next_row(None, STARTED)
+
+
+def test_a_new_attempt_runs_again_and_forgets_the_earlier_attempts_uploads() -> None:
+    row = next_row(next_row(None, requested()), STARTED)
+    uploaded = BackupUploaded(
+        backup_id=BACKUP,
+        environment_id=ENV,
+        destination_id=DEST,
+        location="/disk/b",
+        size_bytes=7,
+        uploaded_at=T0,
+    )
+    row = next_row(row, uploaded)
+    assert row["destinations"][0]["status"] == "uploaded"
+    again = BackupStarted(backup_id=BACKUP, environment_id=ENV, started_at=T1, attempt=2)
+    row = next_row(row, again)
+    assert (row["status"], row["started_at"]) == ("running", T1)
+    assert row["destinations"][0]["status"] == "pending"
+    assert row["destinations"][0]["location"] is None

@@ -28,7 +28,7 @@ class FakeExecutor:
     def __init__(self) -> None:
         self.submitted: list[uuid.UUID] = []
 
-    def submit(self, backup_id: uuid.UUID) -> None:
+    async def submit(self, backup_id: uuid.UUID) -> None:
         self.submitted.append(backup_id)
 
 
@@ -67,8 +67,8 @@ def command_envelope() -> tuple[RequestBackup, Envelope]:
 async def test_a_request_recorded_before_is_still_handed_to_the_executor(
     created: bool, processed: bool
 ) -> None:
-    # A commit that succeeded, then was retried, reports a collision: the work may never
-    # have started, so the (idempotent) executor must still see the backup.
+    # A commit that succeeded, then was retried, reports a collision: the work row may
+    # never have been written, so the (idempotent) executor must still see the backup.
     executor = FakeExecutor()
     saved: list[Any] = []
     handlers = make_handlers(
@@ -86,39 +86,3 @@ async def test_a_request_recorded_before_is_still_handed_to_the_executor(
 def test_the_runner_handles_backup_requests_and_nothing_else() -> None:
     handlers = make_handlers(FakeApp(True, False), FakeExecutor(), lambda: None)  # type: ignore[arg-type]
     assert set(handlers) == {RequestBackup}
-
-
-async def test_an_execution_that_crashes_is_retried_not_dropped(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import asyncio
-    import types
-
-    import psycopg
-    from tidemark_backup_runner import executor as executor_module
-
-    backup_id = uuid.uuid4()
-    seen_active: list[bool] = []
-
-    class FlakyStore:
-        def get_backup(self, requested: uuid.UUID) -> Any:
-            seen_active.append(requested in runner._active)
-            if len(seen_active) == 1:
-                raise psycopg.OperationalError("the event store is away")
-            return types.SimpleNamespace(is_terminal=True)
-
-    async def no_progress(*_: Any) -> None:
-        return None
-
-    runner = executor_module.BackupExecutor(
-        FlakyStore(),  # type: ignore[arg-type]
-        no_progress,
-        lambda: None,
-        pg_dump="pg_dump",
-    )
-    real_sleep = asyncio.sleep
-    monkeypatch.setattr(executor_module.asyncio, "sleep", lambda _: real_sleep(0))
-    runner._active.add(backup_id)
-    await runner._run_one(backup_id)
-    assert seen_active == [True, True], "retried, and still active while waiting"
-    assert backup_id not in runner._active

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +11,14 @@ import psycopg
 import pytest
 import zstandard
 from psycopg.conninfo import conninfo_to_dict
-from tidemark_backup_runner.pgtools import DumpError, dump_database, estimate_size, find_tool
+from tidemark_backup_runner.pgtools import (
+    DumpError,
+    dump_application_name,
+    dump_database,
+    estimate_size,
+    find_tool,
+    stop_earlier_attempts,
+)
 from tidemark_backup_runner.storage.local import LocalArtifactWriter
 from tidemark_contracts.backup import DatabaseTarget
 
@@ -136,3 +144,24 @@ def test_a_silent_pg_dump_is_stopped_by_the_stall_watchdog(tmp_path: Path) -> No
         )
     writer.abort()
     assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_a_new_attempt_ends_the_sessions_earlier_attempts_left_behind(
+    create_database: Callable[..., str],
+) -> None:
+    url = create_database("attempts", owner_password="pw-attempts-test")
+    target, password = target_of(url)
+    backup_id = uuid.uuid4()
+    # What a dead runner's pg_dump leaves: a session of the same role, named for attempt 1.
+    earlier = psycopg.connect(url, application_name=dump_application_name(backup_id, 1))
+    current = psycopg.connect(url, application_name=dump_application_name(backup_id, 2))
+    other = psycopg.connect(url, application_name=dump_application_name(uuid.uuid4(), 1))
+    try:
+        assert stop_earlier_attempts(target, password, backup_id, 2) == 1
+        with pytest.raises(psycopg.OperationalError):
+            earlier.execute("SELECT 1")
+        assert current.execute("SELECT 1").fetchone() == (1,), "its own attempt is kept"
+        assert other.execute("SELECT 1").fetchone() == (1,), "other backups are not touched"
+    finally:
+        for conn in (earlier, current, other):
+            conn.close()

@@ -100,12 +100,17 @@ class BackupRequested(Message):
 
 
 class BackupStarted(Message):
+    """Event: an attempt at the backup began. ``attempt`` > 1 when the runner of an earlier
+    attempt stopped (its lease expired): this attempt starts over, and what the earlier
+    one uploaded was discarded."""
+
     message_type: ClassVar[str] = "backup.BackupStarted"
     version: Literal[1] = 1
     backup_id: uuid.UUID
     environment_id: uuid.UUID
     started_at: UtcDatetime
     bytes_total_estimate: int | None = None
+    attempt: int = Field(default=1, ge=1)
 
 
 class BackupUploaded(Message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -25,13 +26,16 @@ from tidemark_devstack._util import log_tail
 from tidemark_devstack.kafka import LocalKafka, kafka_version
 from tidemark_devstack.paths import port_is_bindable, state_dir
 from tidemark_devstack.postgres import LocalPostgres, create_database_at
-from tidemark_devstack.stack import Stack
+from tidemark_devstack.stack import InstanceKey, Stack, log_name
 
 DATABASE_ENV = "DATABASE_URL"
 KAFKA_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 HTTP_PORT_ENV = "TIDEMARK_API_GATEWAY_HTTP_PORT"
 JWT_SECRET_ENV = "TIDEMARK_API_GATEWAY_JWT_SECRET"  # noqa: S105 (a variable name, not a secret)
 DEFAULT_HTTP_PORT = 8000
+REPLICAS_ENV = "TIDEMARK_REPLICAS"
+DEFAULT_REPLICAS = 1
+RUN_FILE = "run.json"  # in the state directory: what this make run started, for scripts
 
 # Fixed, so a token printed by one run keeps working after the next (same secret file).
 DEMO_ORG_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://tidemark.dev/demo-org")
@@ -367,11 +371,58 @@ def _http_port() -> int:
     return port
 
 
-def _service_failure(stack: Stack, name: str) -> str:
-    log = stack.log_dir / f"{name}.log"
-    code = stack.services[name].process.returncode
+def _replicas() -> int:
+    raw = os.environ.get(REPLICAS_ENV, str(DEFAULT_REPLICAS))
+    try:
+        replicas = int(raw)
+    except ValueError:
+        raise RunError(f"{REPLICAS_ENV}={raw!r} is not a number") from None
+    if replicas < 1:
+        raise RunError(f"{REPLICAS_ENV}={replicas}: at least one instance of each service")
+    return replicas
+
+
+def gateway_ports(first: int, replicas: int) -> list[int]:
+    """The gateways' ports: consecutive, from the configured one."""
+    ports = list(range(first, first + replicas))
+    if ports[-1] > 65535:
+        raise RunError(f"{replicas} gateways from port {first} go past 65535")
+    return ports
+
+
+def run_manifest(stack: Stack, state: str) -> dict[str, Any]:
+    """What ``.state/run.json`` says: every instance of every service and where it is."""
+    return {
+        "state": state,
+        "gatewayUrl": stack.gateway_url,
+        "replicas": stack.replicas,
+        "instances": [
+            {
+                "service": service.spec.name,
+                "instance": service.instance,
+                "pid": service.process.pid,
+                "httpPort": service.port,
+                "running": state != "stopped" and service.process.poll() is None,
+                "log": str(stack.log_dir / log_name(service.key)),
+            }
+            for _, service in sorted(stack.services.items())
+        ],
+    }
+
+
+def write_run_file(path: Path, stack: Stack, state: str) -> None:
+    """Write the manifest whole or not at all (a reader never sees half a file)."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}")
+    scratch.write_text(json.dumps(run_manifest(stack, state), indent=2) + "\n")
+    scratch.replace(path)
+
+
+def _service_failure(stack: Stack, key: InstanceKey) -> str:
+    name, instance = key
+    log = stack.log_dir / log_name(key)
+    code = stack.services[key].process.returncode
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    return f"service {name} {how}; its log: {log}\n{log_tail(log, 20)}"
+    return f"service {name} (instance {instance}) {how}; its log: {log}\n{log_tail(log, 20)}"
 
 
 def _check_port_free(port: int) -> None:
@@ -384,10 +435,15 @@ def _check_port_free(port: int) -> None:
 
 def _start_services(cleanup: ExitStack, stack: Stack) -> None:
     # Checked again: the first check was before the (slow) start of the servers.
-    _check_port_free(stack.gateway_port)
+    for port in gateway_ports(stack.gateway_port, stack.replicas):
+        _check_port_free(port)
+    run_file = state_dir() / RUN_FILE
+    # Registered first, so it runs last: the file says "stopped" once they are.
+    cleanup.callback(_quietly, RUN_FILE, lambda: write_run_file(run_file, stack, "stopped"))
     cleanup.callback(_quietly, "the services", stack.stop)
-    _say(f"starting the services; logs in {stack.log_dir}")
+    _say(f"starting {stack.replicas} instance(s) of every service; logs in {stack.log_dir}")
     stack.start()
+    write_run_file(run_file, stack, "starting")
     try:
         stack.wait_ready(timeout=READY_TIMEOUT_S)
     except RuntimeError as exc:
@@ -397,7 +453,8 @@ def _start_services(cleanup: ExitStack, stack: Stack) -> None:
         raise RunError(f"{exc}; logs in {stack.log_dir}") from exc
     except TimeoutError as exc:
         raise RunError(f"{exc}\nthe services' logs are in {stack.log_dir}") from exc
-    _say("every service is ready")
+    write_run_file(run_file, stack, "running")
+    _say(f"every service is ready; instances listed in {run_file}")
 
 
 # -- the demo organization, through the API ------------------------------------------------------
@@ -566,8 +623,8 @@ def _watch(stack: Stack) -> int:
     while True:
         dead = stack.dead()
         if dead:
-            for name in dead:
-                print(f"[tidemark] {_service_failure(stack, name)}", file=sys.stderr, flush=True)
+            for key in dead:
+                print(f"[tidemark] {_service_failure(stack, key)}", file=sys.stderr, flush=True)
             _say("stopping everything because a service died")
             return 1
         time.sleep(0.5)
@@ -584,8 +641,10 @@ class _Session:
 def _run(session: _Session) -> int:
     cleanup = session.cleanup
     port = _http_port()
+    replicas = _replicas()
     # Before starting anything: a busy port is the likeliest failure (a run left open).
-    _check_port_free(port)
+    for gateway_port in gateway_ports(port, replicas):
+        _check_port_free(gateway_port)
     secret = jwt_secret()
     password = demo_database_password()
     database_url = _start_postgres(cleanup)
@@ -604,6 +663,7 @@ def _run(session: _Session) -> int:
         gateway_port=port,
         extra_env={DEMO_PASSWORD_ENV: password},
         log_format="json",
+        replicas=replicas,
     )
     _start_services(cleanup, stack)
     backups_dir = state_dir() / "backups"

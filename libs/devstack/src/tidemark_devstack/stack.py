@@ -19,21 +19,38 @@ from tidemark_devstack.paths import free_port
 ServiceSpec = ServiceDescription  # what the stack starts: a service as the registry describes it
 
 
+InstanceKey = tuple[str, int]
+"""A service's name and instance number (0, 1, ...): one running process."""
+
+
 @dataclass
 class RunningService:
     spec: ServiceSpec
     port: int
     process: subprocess.Popen[bytes]
     log: IO[bytes]
+    instance: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def key(self) -> InstanceKey:
+        return self.spec.name, self.instance
+
+
+def log_name(key: InstanceKey) -> str:
+    """``<name>.log`` for instance 0 (as before replicas), ``<name>-<n>.log`` after it."""
+    name, instance = key
+    return f"{name}.log" if instance == 0 else f"{name}-{instance}.log"
+
 
 @dataclass
 class Stack:
-    """Starts, watches and stops the services; each logs to ``log_dir/<name>.log``."""
+    """Starts, watches and stops the services, ``replicas`` instances of each; instance
+    ``n`` of a service logs to ``log_dir/<name>[-<n>].log``. Gateways listen on
+    consecutive ports from ``gateway_port``; the other services on free ports."""
 
     database_url: str
     kafka_bootstrap: str
@@ -42,11 +59,19 @@ class Stack:
     gateway_port: int = 8000
     extra_env: dict[str, str] = field(default_factory=dict)
     log_format: str = "json"
-    services: dict[str, RunningService] = field(default_factory=dict)
+    replicas: int = 1
+    services: dict[InstanceKey, RunningService] = field(default_factory=dict)
 
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    def service(self, name: str, instance: int = 0) -> RunningService:
+        return self.services[name, instance]
+
+    def instances(self, name: str) -> list[RunningService]:
+        """The service's instances (running or not), by instance number."""
+        return [self.services[key] for key in sorted(self.services) if key[0] == name]
 
     def environment(self, spec: ServiceSpec, port: int) -> dict[str, str]:
         env = {
@@ -62,51 +87,63 @@ class Stack:
             env["TIDEMARK_API_GATEWAY_JWT_SECRET"] = self.jwt_secret
         return env
 
-    def start(self, only: str | None = None) -> None:
+    def start(self, only: str | None = None, instance: int | None = None) -> None:
+        """Start what is not running: every service's instances 0..replicas-1, or only the
+        service ``only``, or only instance ``instance`` (which may be beyond replicas)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        numbers = range(self.replicas) if instance is None else [instance]
         for spec in SERVICES:
             if only is not None and spec.name != only:
                 continue
-            previous = self.services.get(spec.name)
-            if previous is not None and previous.process.poll() is None:
-                continue
-            if spec.name == "api-gateway":
-                port = self.gateway_port
-            elif previous is not None:
-                port = previous.port
-            else:
-                port = self._unused_port()
-            log = (self.log_dir / f"{spec.name}.log").open("ab")
-            process = subprocess.Popen(
-                [sys.executable, "-m", spec.module],
-                env=self.environment(spec, port),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            self.services[spec.name] = RunningService(spec, port, process, log)
+            for number in numbers:
+                self._start_one(spec, number)
+
+    def _start_one(self, spec: ServiceSpec, instance: int) -> None:
+        key = (spec.name, instance)
+        previous = self.services.get(key)
+        if previous is not None and previous.process.poll() is None:
+            return
+        if spec.name == "api-gateway":
+            port = self.gateway_port + instance
+        elif previous is not None:
+            port = previous.port
+        else:
+            port = self._unused_port()
+        log = (self.log_dir / log_name(key)).open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", spec.module],
+            env=self.environment(spec, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.services[key] = RunningService(spec, port, process, log, instance)
 
     def _unused_port(self) -> int:
-        # free_port() releases the port it found, so two quick calls can return the
-        # same one: never hand a port to a second service of this stack.
-        taken = {self.gateway_port, *(s.port for s in self.services.values())}
+        # free_port() releases the port it found, so two quick calls can return the same
+        # one: never hand a port to a second service of this stack, nor a gateway's.
+        gateways = range(self.gateway_port, self.gateway_port + max(self.replicas, 1) + 1)
+        taken = {*gateways, *(s.port for s in self.services.values())}
         while (port := free_port()) in taken:
             pass
         return port
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        """Wait until every service (and the gateway's view of them all) is ready."""
+        """Wait until every running instance (and the gateway's view of them all) is ready."""
         deadline = time.monotonic() + timeout
-        pending = dict(self.services)
+        pending = {k: s for k, s in self.services.items() if s.process.poll() is None}
         last_error = ""
         with httpx.Client(timeout=3.0) as client:
             while pending:
-                for name in self.dead():
-                    code = self.services[name].process.returncode
+                for key in self.dead():
+                    if key not in pending:
+                        continue
+                    code = self.services[key].process.returncode
                     raise RuntimeError(
-                        f"{name} exited with {code}; see {self.log_dir / (name + '.log')}"
+                        f"{key[0]} #{key[1]} exited with {code}; see {self.log_dir / log_name(key)}"
                     )
-                for name, service in list(pending.items()):
+                for key, service in list(pending.items()):
+                    name = key[0]
                     try:
                         response = client.get(f"{service.url}/ready")
                     except httpx.HTTPError as exc:
@@ -117,7 +154,7 @@ class Stack:
                         answered = response.json().get("service")
                         if answered != name:
                             raise RuntimeError(f"port {service.port} of {name} is {answered}'s")
-                        del pending[name]
+                        del pending[key]
                     else:
                         last_error = f"{name}: {response.text[:300]}"
                 if pending and time.monotonic() > deadline:
@@ -125,13 +162,20 @@ class Stack:
                 if pending:
                     time.sleep(0.3)
 
-    def signal(self, name: str, signum: int) -> None:
-        service = self.services[name]
+    def signal(self, name: str, signum: int, instance: int = 0) -> None:
+        """Send ``signum`` to one instance (its whole process group) and wait for its end."""
+        service = self.services[name, instance]
         os.killpg(service.process.pid, signum)
         service.process.wait(timeout=30)
 
-    def stop(self, only: str | None = None, timeout: float = 20.0) -> None:
-        targets = [s for n, s in self.services.items() if only is None or n == only]
+    def stop(
+        self, only: str | None = None, timeout: float = 20.0, instance: int | None = None
+    ) -> None:
+        targets = [
+            s
+            for (name, number), s in self.services.items()
+            if (only is None or name == only) and (instance is None or number == instance)
+        ]
         for service in targets:
             if service.process.poll() is None:
                 os.killpg(service.process.pid, signal.SIGTERM)
@@ -144,5 +188,5 @@ class Stack:
                 service.process.wait()
             service.log.close()
 
-    def dead(self) -> list[str]:
-        return [n for n, s in self.services.items() if s.process.poll() is not None]
+    def dead(self) -> list[InstanceKey]:
+        return [k for k, s in self.services.items() if s.process.poll() is not None]

@@ -8,14 +8,39 @@ events, so a redelivered message is recognised and has no second effect. A plain
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
-from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
-from psycopg import sql
+from eventsourcing.persistence import IntegrityError, ProcessRecorder, StoredEvent, Tracking
+from eventsourcing.postgres import PostgresProcessRecorder
+from eventsourcing.utils import get_topic
+from psycopg import Cursor, sql
+from psycopg.rows import DictRow
 
 from tidemark_platform.database import ensure_schema, eventstore_env
+
+Fence = Callable[[Cursor[DictRow]], None]
+"""A check run inside the transaction that writes events; raising refuses the write."""
+
+
+class FencedProcessRecorder(PostgresProcessRecorder):
+    """A process recorder whose writes can be fenced: ``app.save(*events, fence=check)``
+    runs ``check`` in the very transaction that inserts the events, before them.
+
+    A check that locks what it reads (``SELECT ... FOR SHARE``) holds it until the events
+    are committed, so whatever would change it (another owner taking the work over)
+    waits for the write, or the write sees the change and is refused.
+    """
+
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        fence: Fence | None = kwargs.get("fence")
+        if fence is not None:
+            fence(curs)
+        super()._insert_events(curs, stored_events, **kwargs)
 
 
 class EventStoreApplication(Application[UUID]):
@@ -31,7 +56,8 @@ class EventStoreApplication(Application[UUID]):
     @classmethod
     def on_postgres(cls, database_url: str, schema: str, **env: str) -> Any:
         ensure_schema(database_url, schema)
-        return cls(env={**eventstore_env(database_url, schema), **env})
+        recorder = {"PROCESS_RECORDER_TOPIC": get_topic(FencedProcessRecorder)}
+        return cls(env={**eventstore_env(database_url, schema), **recorder, **env})
 
     def has_processed(self, tracking: Tracking) -> bool:
         return self.process_recorder.has_tracking_id(

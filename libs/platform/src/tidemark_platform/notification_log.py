@@ -10,6 +10,7 @@ from eventsourcing.persistence import Tracking
 from tidemark_contracts import Envelope, Topic
 
 from tidemark_platform.eventstore import EventStoreApplication
+from tidemark_platform.leadership import Leadership
 from tidemark_platform.relay import Outbound
 
 ToEnvelope = Callable[[Any], tuple[Topic, Envelope] | None]
@@ -20,15 +21,31 @@ class NotificationLogSource:
 
     The relay's position is a tracking record in the event store itself, named
     ``relay:<name>``, so it lives and is backed up with the events it points into.
+    Of several instances of a service only the leader of the log reads it: the others
+    see nothing pending, so no entry is published once per instance.
     """
 
-    def __init__(self, app: EventStoreApplication, to_envelope: ToEnvelope, name: str) -> None:
+    def __init__(
+        self,
+        app: EventStoreApplication,
+        to_envelope: ToEnvelope,
+        name: str,
+        leadership: Leadership,
+    ) -> None:
         self.app = app
         self.name = name
+        self.leadership = leadership
         self._to_envelope = to_envelope
         self._tracking_name = f"relay:{name}"
 
+    @staticmethod
+    def log_name(app: EventStoreApplication, name: str) -> str:
+        """The name the relay ``name`` of ``app``'s log is led under."""
+        return f"{app.name}:relay:{name}"
+
     async def pending(self, limit: int) -> Sequence[Outbound]:
+        if not await self.leadership.is_leader():
+            return []
         return await asyncio.to_thread(self._pending, limit)
 
     async def acknowledge(self, entries: Sequence[Outbound]) -> None:

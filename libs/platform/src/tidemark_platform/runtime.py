@@ -223,7 +223,8 @@ def operational_routes(runtime: ServiceRuntime) -> list[ControllerRouterHandler]
 
     @get("/health", include_in_schema=False, sync_to_thread=False)
     def health() -> dict[str, str]:
-        return {"status": "ok", "service": runtime.name}
+        # The instance id is how this process appears elsewhere (heartbeats, work owners).
+        return {"status": "ok", "service": runtime.name, "instance": str(runtime.instance_id)}
 
     @get("/ready", include_in_schema=False)
     async def ready() -> Response[dict[str, Any]]:

@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from tidemark_platform.catalog import CatalogView
 from tidemark_platform.kafka import make_broker
+from tidemark_platform.leadership import Leadership
 from tidemark_platform.notification_log import NotificationLogSource
 from tidemark_platform.projection import ProjectionRunner
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
@@ -32,6 +33,7 @@ from tidemark_api_gateway.settings import GatewaySettings
 SERVICE = "api-gateway"
 PROJECTION_GROUP = "gateway-projection"
 CATALOG_GROUP = "gateway-catalog"
+CATALOG_RELAY = "gateway-catalog"
 
 
 def create_app(settings: GatewaySettings) -> Litestar:
@@ -50,9 +52,14 @@ def create_app(settings: GatewaySettings) -> Litestar:
     backups_view = ProjectionRunner(pool, SCHEMA, BackupsView())
 
     outbox = OutboxSource(pool, settings.database_url)
+    catalog_leadership = Leadership(
+        settings.database_url, NotificationLogSource.log_name(catalog, CATALOG_RELAY)
+    )
     relays = [
         runtime.add_relay(outbox),
-        runtime.add_relay(NotificationLogSource(catalog, catalog.to_envelope, "gateway-catalog")),
+        runtime.add_relay(
+            NotificationLogSource(catalog, catalog.to_envelope, CATALOG_RELAY, catalog_leadership)
+        ),
     ]
 
     def wake_relays() -> None:
@@ -68,6 +75,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
     runtime.add_check("services", registry.all_reported)
     runtime.on_shutdown(outbox.close)
     runtime.on_shutdown(pool.close)
+    runtime.on_shutdown(catalog_leadership.close)
     runtime.on_shutdown(catalog.close)
 
     async def open_pool() -> None:

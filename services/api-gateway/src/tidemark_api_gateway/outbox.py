@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import psycopg
 from psycopg import AsyncConnection
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 from tidemark_contracts import Envelope, Topic
+from tidemark_platform.leadership import Leadership
 from tidemark_platform.relay import Outbound
 
 from tidemark_api_gateway.readmodel import SCHEMA, Pool
 
-RELAY_LOCK = 7350002
+LOG_NAME = "api_gateway:relay:outbox"
 
 
 async def enqueue(conn: AsyncConnection[DictRow], topic: Topic, envelope: Envelope) -> None:
@@ -30,38 +30,17 @@ async def enqueue(conn: AsyncConnection[DictRow], topic: Topic, envelope: Envelo
 
 
 class OutboxSource:
-    """The outbox as a relay source. One gateway instance relays at a time: the one
-    holding a session advisory lock, so instances never publish the same rows twice."""
+    """The outbox as a relay source. One gateway instance relays at a time: the leader of
+    the outbox's log, so instances never publish the same rows twice."""
 
     name = "gateway-outbox"
 
     def __init__(self, pool: Pool, database_url: str):
         self._pool = pool
-        self._database_url = database_url
-        self._leader: AsyncConnection[DictRow] | None = None
-
-    async def _is_leader(self) -> bool:
-        if self._leader is not None:
-            try:
-                # The lock lives as long as this session: check it is still there.
-                await self._leader.execute("SELECT 1")
-                return True
-            except psycopg.Error:
-                await self._leader.close()
-                self._leader = None
-        conn = await AsyncConnection.connect(
-            self._database_url, autocommit=True, row_factory=dict_row
-        )
-        cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS locked", (RELAY_LOCK,))
-        row = await cursor.fetchone()
-        if row and row["locked"]:
-            self._leader = conn
-            return True
-        await conn.close()
-        return False
+        self.leadership = Leadership(database_url, LOG_NAME)
 
     async def pending(self, limit: int) -> Sequence[Outbound]:
-        if not await self._is_leader():
+        if not await self.leadership.is_leader():
             return []
         # Selecting what remains (not "after a position") means a row whose transaction
         # committed late, with a lower position, is still picked up next time.
@@ -91,5 +70,4 @@ class OutboxSource:
             )
 
     async def close(self) -> None:
-        if self._leader is not None:
-            await self._leader.close()
+        await self.leadership.close()

@@ -76,6 +76,12 @@ def next_row(row: Row | None, event: Message) -> Row:
         raise OutOfOrder(f"{event.message_type} of a backup before its creation")
     elif isinstance(event, BackupStarted):
         new.update(status="running", started_at=event.started_at)
+        if event.attempt > 1:
+            # A new attempt starts over: an earlier attempt's uploads were discarded.
+            new["destinations"] = [
+                {**d, "status": "pending", "location": None, "sizeBytes": None, "uploadedAt": None}
+                for d in new.get("destinations", [])
+            ]
     elif isinstance(event, BackupUploaded):
         new["destinations"] = [
             {

@@ -21,6 +21,7 @@ from tidemark_contracts.backup import (
 from tidemark_platform.eventstore import EventStoreApplication
 
 from tidemark_backup_runner.domain import Backup
+from tidemark_backup_runner.work import LogChange
 
 PRODUCER = "backup-runner"
 
@@ -61,25 +62,19 @@ class BackupRunnerApplication(EventStoreApplication):
         backup: Backup = self.repository.get(backup_id)
         return backup
 
-    def unfinished_backups(self) -> list[UUID]:
-        """Backups requested but neither completed nor failed, in request order.
-
-        Read from the notification log at start-up, so work recorded just before a crash
-        (or a redelivered command that tracking skipped) is still carried out.
-        """
-        open_ids: dict[UUID, None] = {}
-        start = 1
-        while True:
-            notifications = self.recorder.select_notifications(start=start, limit=1000)
-            if not notifications:
-                return list(open_ids)
-            for notification in notifications:
-                event = self.mapper.to_domain_event(notification)
-                if isinstance(event, Backup.Requested):
-                    open_ids[event.originator_id] = None
-                elif isinstance(event, Backup.Completed | Backup.Failed):
-                    open_ids.pop(event.originator_id, None)
-            start = notifications[-1].id + 1
+    def log_changes(self, after: int, limit: int) -> tuple[list[LogChange], int]:
+        """What the notification log after ``after`` says about the work to do: backups
+        requested, and backups that ended; with the last position read."""
+        changes: list[LogChange] = []
+        last = after
+        for notification in self.recorder.select_notifications(start=after + 1, limit=limit):
+            event = self.mapper.to_domain_event(notification)
+            if isinstance(event, Backup.Requested):
+                changes.append((event.originator_id, "requested"))
+            elif isinstance(event, Backup.Completed | Backup.Failed):
+                changes.append((event.originator_id, "finished"))
+            last = notification.id
+        return changes, last
 
     def to_envelope(self, event: Any) -> tuple[Topic, Envelope] | None:
         """The public contract message for a stored domain event."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -35,8 +36,17 @@ class Backup(Aggregate):
         destinations: list[dict[str, Any]]
 
     class Started(Aggregate.Event):
+        """An attempt at the backup began; ``attempt`` > 1 when earlier ones were cut off
+        (their runner stopped holding the backup's lease) and this one starts over."""
+
+        class_version = 2
         started_at: datetime
         bytes_total_estimate: int | None
+        attempt: int
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["attempt"] = 1  # stored before attempts were counted: the only one
 
     class Uploaded(Aggregate.Event):
         destination_id: str
@@ -88,6 +98,7 @@ class Backup(Aggregate):
         self.database = database
         self.destinations = destinations
         self.status = "pending"
+        self.attempt = 0
         self.started_at: datetime | None = None
         self.completed_at: datetime | None = None
         self.uploads: dict[str, dict[str, Any]] = {}
@@ -99,15 +110,28 @@ class Backup(Aggregate):
     def is_terminal(self) -> bool:
         return self.status in ("completed", "failed")
 
-    def start(self, started_at: datetime, bytes_total_estimate: int | None) -> None:
-        if self.status != "pending":
+    def start(
+        self, started_at: datetime, bytes_total_estimate: int | None, attempt: int = 1
+    ) -> None:
+        """Begin attempt ``attempt``: of a pending backup, or of a running one whose
+        current attempt was cut off (a later attempt starts it over)."""
+        if self.is_terminal:
             raise BackupError(f"cannot start a backup that is {self.status}")
-        self._started(started_at=started_at, bytes_total_estimate=bytes_total_estimate)
+        if attempt <= self.attempt:
+            raise BackupError(f"attempt {attempt} is not after attempt {self.attempt}")
+        self._started(
+            started_at=started_at, bytes_total_estimate=bytes_total_estimate, attempt=attempt
+        )
 
     @event(Started)
-    def _started(self, started_at: datetime, bytes_total_estimate: int | None) -> None:
+    def _started(
+        self, started_at: datetime, bytes_total_estimate: int | None, attempt: int
+    ) -> None:
         self.status = "running"
+        self.attempt = attempt
         self.started_at = started_at
+        # An earlier attempt's uploads were discarded with its artifacts.
+        self.uploads = {}
 
     def record_upload(
         self, destination_id: str, location: str, size_bytes: int, uploaded_at: datetime
@@ -170,8 +194,51 @@ class Backup(Aggregate):
             raise BackupError(f"cannot fail a backup that is {self.status}")
         self._failed(error=error, failed_at=failed_at)
 
+    def give_up(self, attempts: int, last_error: str | None, failed_at: datetime) -> None:
+        """Every allowed attempt was cut off: the backup fails, saying how often and why."""
+        reason = f"gave up after {attempts} attempts"
+        self.fail(f"{reason}: {last_error}" if last_error else reason, failed_at)
+
     @event(Failed)
     def _failed(self, error: str, failed_at: datetime) -> None:
         self.status = "failed"
         self.error = error
         self.completed_at = failed_at
+
+
+@dataclass(frozen=True)
+class WorkPolicy:
+    """How a backup is held by one runner instance at a time, and how often it is retried.
+
+    The runner that claims a backup holds it through a lease of ``lease_seconds``, which
+    it renews every ``renew_every`` seconds; a backup whose lease ran out is taken over by
+    another runner, as a new attempt, until ``max_attempts`` attempts were cut off.
+    """
+
+    lease_seconds: float = 30.0
+    max_attempts: int = 3
+    renew_fraction: float = 1 / 3
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if not 0 < self.renew_fraction < 1:
+            raise ValueError("renew_fraction must lie between 0 and 1")
+
+    @property
+    def renew_every(self) -> float:
+        return self.lease_seconds * self.renew_fraction
+
+    def next_attempt(self, attempts_made: int) -> int | None:
+        """The number of the attempt to start after ``attempts_made``; None: give up."""
+        if attempts_made >= self.max_attempts:
+            return None
+        return attempts_made + 1
+
+    def still_held(self, seconds_since_renewal_sent: float) -> bool:
+        """Whether a lease last renewed by a request sent that long ago is surely still
+        ours. Measured from the *sending*: the server set the expiry after it, so the
+        holder stops before the server lets anyone else take over."""
+        return seconds_since_renewal_sent < self.lease_seconds

@@ -33,9 +33,9 @@ def make_handlers(
                 backup_id=str(command.backup_id),
             )
         # Also when nothing new was recorded: the request may be stored while its work
-        # was never started (a retried commit whose first attempt had succeeded). The
-        # executor ignores backups that are finished or already under way.
-        executor.submit(command.backup_id)
+        # row was never written (a crash between the two, or a retried commit whose first
+        # attempt had succeeded). Ensuring the row is idempotent.
+        await executor.submit(command.backup_id)
 
     return {RequestBackup: on_request_backup}
 

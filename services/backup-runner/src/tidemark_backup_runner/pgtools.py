@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import psycopg
 import zstandard
@@ -49,32 +51,80 @@ def find_tool(name: str, bin_dir: str | None = None) -> str:
     return found
 
 
-def libpq_env(target: DatabaseTarget, password: str | None) -> dict[str, str]:
+APPLICATION_NAME = "tidemark-backup-runner"
+
+
+def dump_application_name(backup_id: UUID, attempt: int) -> str:
+    """pg_dump's ``application_name``: which backup and attempt a server session serves
+    (at most 63 bytes, PostgreSQL's limit; this is 55 at most for attempts below 10^4)."""
+    return f"tidemark-backup {backup_id} {attempt}"
+
+
+def libpq_env(
+    target: DatabaseTarget, password: str | None, application_name: str = APPLICATION_NAME
+) -> dict[str, str]:
     # The password travels in the child's environment only: never argv (visible in ps),
     # never an event or a log line.
     env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-    env.update(PGCONNECT_TIMEOUT="10", PGAPPNAME="tidemark-backup-runner")
+    env.update(PGCONNECT_TIMEOUT="10", PGAPPNAME=application_name)
     if password is not None:
         env["PGPASSWORD"] = password
     return env
 
 
+def connect(
+    target: DatabaseTarget, password: str | None, *, statement_timeout_ms: int
+) -> psycopg.Connection[tuple[Any, ...]]:
+    """A short session of the runner's own on the database it backs up."""
+    return psycopg.connect(
+        host=target.host,
+        port=target.port,
+        dbname=target.dbname,
+        user=target.user,
+        password=password,
+        connect_timeout=10,
+        application_name=APPLICATION_NAME,
+        options=f"-c statement_timeout={statement_timeout_ms}",
+    )
+
+
 def estimate_size(target: DatabaseTarget, password: str | None) -> int | None:
     """The database's size, to turn bytes dumped into a rough percentage; None if unknown."""
     try:
-        with psycopg.connect(
-            host=target.host,
-            port=target.port,
-            dbname=target.dbname,
-            user=target.user,
-            password=password,
-            connect_timeout=10,
-            options="-c statement_timeout=10000",
-        ) as conn:
+        with connect(target, password, statement_timeout_ms=10_000) as conn:
             row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     except psycopg.Error:
         return None  # pg_dump will report the real reason
     return int(row[0]) if row else None
+
+
+# How long the new attempt waits for an earlier attempt's session to end (PostgreSQL >= 14).
+TERMINATE_WAIT_MS = 5000
+
+
+def stop_earlier_attempts(
+    target: DatabaseTarget, password: str | None, backup_id: UUID, attempt: int
+) -> int:
+    """End the database sessions of this backup's earlier attempts, waiting for them.
+
+    A runner that died, or lost the backup's lease, may leave its pg_dump's session behind
+    (a server does not notice a vanished client while the session waits for a lock). The
+    attempt that holds the backup now ends them first, so no two dumps of one backup ever
+    run at once. Returns how many it ended; an error (an old server, no right to signal)
+    is not fatal: the earlier session ends by itself once it tries to send.
+    """
+    mine = dump_application_name(backup_id, attempt)
+    try:
+        with connect(target, password, statement_timeout_ms=TERMINATE_WAIT_MS * 3) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE %s "
+                "AND application_name <> %s",
+                (TERMINATE_WAIT_MS, f"tidemark-backup {backup_id} %", mine),
+            ).fetchall()
+    except psycopg.Error:
+        return 0
+    return sum(1 for row in rows if row[0])
 
 
 def summarize_stderr(stderr: bytes) -> str:
@@ -96,6 +146,7 @@ def dump_database(
     lock_wait_timeout_seconds: int = 300,
     stall_timeout_seconds: float = 900.0,
     on_process: Callable[[subprocess.Popen[bytes]], None] = lambda _: None,
+    application_name: str = APPLICATION_NAME,
 ) -> DumpResult:
     """Run ``pg_dump --format=custom`` and stream its output, compressed, to ``writers``.
 
@@ -128,7 +179,7 @@ def dump_database(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=libpq_env(target, password),
+        env=libpq_env(target, password, application_name),
     )
     on_process(process)
     assert process.stdout is not None

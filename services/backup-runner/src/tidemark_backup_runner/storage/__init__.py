@@ -31,10 +31,11 @@ class UnsupportedDestination(Exception):
     pass
 
 
-def writer_for(destination: DestinationTarget, key: str) -> ArtifactWriter:
+def writer_for(destination: DestinationTarget, key: str, tag: str | None = None) -> ArtifactWriter:
+    """A writer of the artifact ``key``; ``tag`` names its temporary copy (who writes it)."""
     config = destination.config
     if isinstance(config, LocalDestinationConfig):
-        return LocalArtifactWriter(config.path, key)
+        return LocalArtifactWriter(config.path, key, tag)
     raise UnsupportedDestination(
         f"destination {destination.name!r}: type {destination.type!r} is not supported yet"
     )

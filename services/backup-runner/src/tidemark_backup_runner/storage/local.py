@@ -10,9 +10,15 @@ from typing import BinaryIO
 
 
 class LocalArtifactWriter:
-    def __init__(self, root: str, key: str) -> None:
+    """Writes ``.<name>.<tag>.partial`` beside the artifact, renamed to ``<name>`` on commit.
+
+    The tag says whose copy it is (the runner instance and attempt); any later writer of
+    the same artifact finds every partial copy by the name alone and can discard them.
+    """
+
+    def __init__(self, root: str, key: str, tag: str | None = None) -> None:
         self.final = Path(root) / key
-        self.partial = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex}.partial")
+        self.partial = self.final.with_name(f".{self.final.name}.{tag or uuid.uuid4().hex}.partial")
         self._file: BinaryIO | None = None
 
     def open(self) -> None:

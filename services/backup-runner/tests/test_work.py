@@ -1,0 +1,310 @@
+"""The work table on real PostgreSQL: one holder per backup, takeovers, fencing, give-up."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from eventsourcing.persistence import Tracking
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from tidemark_backup_runner.application import BackupRunnerApplication
+from tidemark_backup_runner.domain import Backup, WorkPolicy
+from tidemark_backup_runner.executor import BackupExecutor
+from tidemark_backup_runner.pgtools import find_tool
+from tidemark_backup_runner.work import Lease, LeaseLost, WorkTable
+from tidemark_contracts import utc_now
+from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
+
+pytestmark = pytest.mark.integration
+
+SHORT = WorkPolicy(lease_seconds=0.3, max_attempts=3)
+LONG = WorkPolicy(lease_seconds=30, max_attempts=3)
+
+
+@pytest.fixture
+def schema(database_url: str) -> Iterator[str]:
+    name = f"br_test_{secrets.token_hex(4)}"
+    yield name
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def app(database_url: str, schema: str) -> Iterator[BackupRunnerApplication]:
+    application: BackupRunnerApplication = BackupRunnerApplication.on_postgres(database_url, schema)
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def work(database_url: str, schema: str) -> Iterator[WorkTable]:
+    table = WorkTable(database_url, schema)
+    table.open()
+    yield table
+    table.close()
+
+
+def request(
+    app: BackupRunnerApplication,
+    offset: int = 1,
+    database: DatabaseTarget | None = None,
+    path: str = "/nonexistent",
+) -> uuid.UUID:
+    command = RequestBackup(
+        backup_id=uuid.uuid4(),
+        organization_id=uuid.uuid4(),
+        project_id=uuid.uuid4(),
+        environment_id=uuid.uuid4(),
+        type="db",
+        trigger="manual",
+        requested_by="t",
+        requested_at=utc_now(),
+        database=database or DatabaseTarget(host="127.0.0.1", port=1, dbname="d", user="u"),
+        destinations=[
+            DestinationTarget.model_validate(
+                {
+                    "destinationId": str(uuid.uuid4()),
+                    "name": "n",
+                    "type": "local",
+                    "config": {"kind": "local", "path": path},
+                }
+            )
+        ],
+    )
+    assert app.request_backup(command, Tracking("backup.commands:0", offset))
+    return command.backup_id
+
+
+def test_a_request_whose_row_was_never_written_gets_it_from_the_log(
+    app: BackupRunnerApplication, work: WorkTable
+) -> None:
+    # Recorded in the event store, then the runner died before writing the row.
+    lost = request(app, 1)
+    assert work.row(lost) is None
+    assert work.index_log("requests", app.log_changes) > 0
+    row = work.row(lost)
+    assert row is not None
+    assert row["state"] == "queued"
+    # The log is read after the kept position only, and a repeat changes nothing.
+    assert work.index_log("requests", app.log_changes) == 0
+    work.ensure(lost)
+    assert work.row(lost) == row
+
+
+def test_only_one_of_many_instances_claims_a_backup(
+    app: BackupRunnerApplication, work: WorkTable
+) -> None:
+    backup_id = request(app)
+    work.ensure(backup_id)
+    owners = [uuid.uuid4() for _ in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(len(owners)) as pool:
+        claims = list(pool.map(lambda owner: work.claim(owner, LONG), owners))
+    taken = [c for c in claims if c is not None]
+    assert len(taken) == 1
+    [claim] = taken
+    assert (claim.step, claim.lease.attempt, claim.previous_owner) == ("run", 1, None)
+    assert work.renew(claim.lease, LONG)
+    # Nobody else can renew it: not another instance, not a stale attempt of the owner.
+    other = next(owner for owner in owners if owner != claim.lease.owner)
+    assert not work.renew(Lease(backup_id, other, 1), LONG)
+    stale = Lease(backup_id, claim.lease.owner, 0)
+    assert not work.renew(stale, LONG)
+
+
+def test_an_expired_lease_is_taken_over_and_its_old_owner_can_no_longer_write(
+    app: BackupRunnerApplication, work: WorkTable
+) -> None:
+    backup_id = request(app)
+    work.ensure(backup_id)
+    first_owner, second_owner = uuid.uuid4(), uuid.uuid4()
+    first = work.claim(first_owner, SHORT)
+    assert first is not None
+    assert work.claim(second_owner, SHORT) is None, "held: nobody else takes it"
+    time.sleep(SHORT.lease_seconds + 0.2)  # the first owner stops renewing (it died)
+    second = work.claim(second_owner, LONG)
+    assert second is not None
+    assert (second.lease.attempt, second.previous_owner) == (2, first_owner)
+    assert not work.renew(first.lease, LONG)
+    # Fencing: the old owner's write is refused in the transaction that would store it.
+    stale = app.get_backup(backup_id)
+    stale.start(utc_now(), None, attempt=1)
+    with pytest.raises(LeaseLost):
+        app.save(*stale.collect_events(), fence=work.fence(first.lease))
+    assert app.get_backup(backup_id).status == "pending", "nothing was written"
+    current = app.get_backup(backup_id)
+    current.start(utc_now(), None, attempt=2)
+    app.save(*current.collect_events(), fence=work.fence(second.lease))
+    assert app.get_backup(backup_id).attempt == 2
+    attempts = work.attempts(backup_id)
+    assert [(a["attempt"], a["owner"], a["outcome"]) for a in attempts] == [
+        (1, first_owner, "lease expired"),
+        (2, second_owner, None),
+    ]
+    assert attempts[0]["ended_at"] <= attempts[1]["started_at"], "attempts never overlap"
+
+
+async def test_a_backup_whose_attempts_run_out_ends_failed_naming_them(
+    app: BackupRunnerApplication, work: WorkTable
+) -> None:
+    backup_id = request(app)
+    work.ensure(backup_id)
+    # Three instances in turn claim it and die before renewing.
+    for attempt in (1, 2, 3):
+        claim = work.claim(uuid.uuid4(), SHORT)
+        assert claim is not None
+        assert claim.lease.attempt == attempt
+        if attempt == 3:
+            work.note_error(claim.lease, "pg_dump's runner vanished")
+        await asyncio.sleep(SHORT.lease_seconds + 0.2)
+
+    async def no_progress(*_: Any) -> None:
+        return None
+
+    executor = BackupExecutor(
+        app, work, no_progress, lambda: None, owner=uuid.uuid4(), pg_dump="pg_dump", policy=SHORT
+    )
+    running = asyncio.create_task(executor.run())
+    try:
+        deadline = time.monotonic() + 20
+        while (row := work.row(backup_id)) is None or row["state"] != "finished":
+            assert time.monotonic() < deadline, row
+            await asyncio.sleep(0.1)
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    backup: Backup = app.get_backup(backup_id)
+    assert backup.status == "failed"
+    assert backup.error == "gave up after 3 attempts: pg_dump's runner vanished"
+    assert row["attempts"] == 3
+    assert [a["outcome"] for a in work.attempts(backup_id)] == ["lease expired"] * 3
+
+
+def partial_files(root: Path) -> list[Path]:
+    return list(root.rglob(".*.partial"))
+
+
+def files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def pg_dump_children() -> list[int]:
+    """This process's pg_dump children that are alive (not yet exited)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if name == "pg_dump" and int(ppid) == os.getpid() and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("how", ["taken over", "shutdown"])
+async def test_a_runner_that_loses_the_lease_kills_its_dump_and_removes_its_partial_file(
+    how: str,
+    app: BackupRunnerApplication,
+    work: WorkTable,
+    schema: str,
+    database_url: str,
+    create_database: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = create_database("lease", owner_password="pw-lease-test")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+    info = conninfo_to_dict(source)
+    monkeypatch.setenv("TIDEMARK_SECRET_LEASE_TEST", "pw-lease-test")
+    target = DatabaseTarget(
+        host=str(info["host"]),
+        port=int(str(info["port"])),
+        dbname=str(info["dbname"]),
+        user=str(info["user"]),
+        password_ref="env:TIDEMARK_SECRET_LEASE_TEST",
+    )
+    backup_id = request(app, database=target, path=str(tmp_path))
+    work.ensure(backup_id)
+    owner = uuid.uuid4()
+
+    async def no_progress(*_: Any) -> None:
+        return None
+
+    executor = BackupExecutor(
+        app,
+        work,
+        no_progress,
+        lambda: None,
+        owner=owner,
+        pg_dump=find_tool("pg_dump"),
+        policy=WorkPolicy(lease_seconds=1.5, max_attempts=3),
+        poll_seconds=0.2,
+    )
+    blocker = psycopg.connect(source)
+    blocker.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+    running = asyncio.create_task(executor.run())
+    try:
+        deadline = time.monotonic() + 30
+        while not (pg_dump_children() and partial_files(tmp_path)):
+            assert time.monotonic() < deadline, "the dump never started"
+            await asyncio.sleep(0.1)
+        [partial] = partial_files(tmp_path)
+        assert partial.name.endswith(f".{owner.hex}-1.partial")
+        assert app.get_backup(backup_id).status == "running"
+        if how == "taken over":
+            # Another instance holds the backup now (as after this one paused past its lease).
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET owner = %s, attempts = 2, "
+                        "lease_expires_at = now() + interval '1 hour' WHERE backup_id = %s"
+                    ).format(sql.Identifier(schema, "work")),
+                    (uuid.uuid4(), backup_id),
+                )
+        else:
+            # The service stops (what its runtime does on SIGTERM): the backup is handed
+            # over at once instead of when the lease would have run out.
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            row = work.row(backup_id)
+            assert row is not None
+            assert row["state"] == "running"
+            assert row["lease_expires_at"] <= utc_now()
+            assert work.claim(uuid.uuid4(), LONG) is not None, "claimable by another now"
+        deadline = time.monotonic() + 10
+        while pg_dump_children() or partial.exists():
+            assert time.monotonic() < deadline, "pg_dump still running, or its file still there"
+            await asyncio.sleep(0.1)
+        blocker.rollback()
+        await asyncio.sleep(1.0)
+        # The loser wrote nothing more: no failure, no artifact, the backup is the new owner's.
+        backup: Backup = app.get_backup(backup_id)
+        assert (backup.status, backup.attempt) == ("running", 1)
+        assert files_under(tmp_path) == []
+        first = work.attempts(backup_id)[0]
+        if how == "taken over":
+            assert (first["owner"], first["ended_at"]) == (owner, None)
+        else:
+            assert (first["owner"], first["outcome"]) == (owner, "released at shutdown")
+    finally:
+        blocker.close()
+        if not running.done():
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
