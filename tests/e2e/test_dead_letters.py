@@ -73,7 +73,7 @@ def dead_letters_counted(metrics: str, reason: str) -> float:
 def test_undecodable_and_invalid_commands_are_parked_and_later_work_completes(
     api: Api, source_database: str, tmp_path: Path, kafka_bootstrap: str, stack: Stack
 ) -> None:
-    runner_metrics = f"{stack.services['backup-runner'].url}/metrics"
+    runner_metrics = f"{stack.service('backup-runner').url}/metrics"
     counted_before = {
         reason: dead_letters_counted(httpx.get(runner_metrics).text, reason)
         for reason in ("undecodable", "invalid_payload")

@@ -16,7 +16,7 @@ import pytest
 from tidemark_contracts.services import SERVICES
 from tidemark_devstack import run as run_module
 from tidemark_devstack import stack as stack_module
-from tidemark_devstack.paths import free_port
+from tidemark_devstack.paths import free_port, port_is_bindable
 from tidemark_devstack.stack import Stack
 
 REPLICAS = 2
@@ -70,7 +70,10 @@ def alive(pid: int) -> bool:
 def test_make_run_with_two_replicas_lists_ten_instances_and_marks_them_stopped_on_exit(
     database_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
+    # Both gateways' ports must be free, not only the first one free_port() found.
     first_port = free_port()
+    while not all(port_is_bindable(first_port + n) for n in range(REPLICAS)):
+        first_port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
