@@ -22,7 +22,7 @@ help:
 	@echo "make test           run the tests (PYTEST_ARGS='-k backup -x' to narrow them)"
 	@echo "make lint           ruff check, ruff format --check, mypy"
 	@echo "make format         apply ruff's fixes and formatting"
-	@echo "make schemas        write the message contracts' JSON Schemas"
+	@echo "make schemas        write the message contracts' JSON Schemas, AsyncAPI, README's services"
 	@echo "make bench          measure the backup overhead"
 	@echo "make sync           install the locked dependencies into .venv"
 	@echo "make kafka-start | kafka-stop | postgres-start | postgres-stop"
@@ -60,6 +60,7 @@ format: sync
 schemas: sync
 	$(UV_RUN) python -m tidemark_contracts.schemas
 	$(UV_RUN) python -m tidemark_contracts.asyncapi
+	$(UV_RUN) python -m tidemark_devstack.readme
 
 bench: sync
 	$(UV_RUN) python bench/backup_overhead.py

@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from uuid import UUID
 
 from litestar import Litestar
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 from tidemark_contracts import BACKUP_PROGRESS, Envelope
 from tidemark_contracts.backup import BackupProgress
+from tidemark_contracts.services import BACKUP_RUNNER
 from tidemark_platform.kafka import make_broker
 from tidemark_platform.notification_log import NotificationLogSource
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
-from tidemark_platform.settings import ServiceSettings
 
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.executor import BackupExecutor
 from tidemark_backup_runner.handlers import register_handlers
 from tidemark_backup_runner.pgtools import find_tool
 from tidemark_backup_runner.secrets import CredentialPolicy
+from tidemark_backup_runner.settings import Settings
 
-SERVICE = "backup-runner"
+SERVICE = BACKUP_RUNNER.name
 SCHEMA = "backup_runner"
-
-
-class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDEMARK_BACKUP_RUNNER_", extra="ignore")
-
-    http_port: int = 8102
-    max_concurrent_backups: int = 2
-    zstd_level: int = Field(default=3, ge=1, le=22)
-    zstd_threads: int = Field(default=1, ge=0)
-    progress_interval_seconds: float = 1.0
-    pg_bin_dir: str | None = None
-    lock_wait_timeout_seconds: int = Field(default=300, ge=1)
-    stall_timeout_seconds: float = Field(default=900.0, gt=0)
-    credential_env_prefix: str = Field(default="TIDEMARK_SECRET_", min_length=1)
-    credential_file_root: Path | None = None
 
 
 def create_app(settings: Settings) -> Litestar:
