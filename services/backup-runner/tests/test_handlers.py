@@ -15,8 +15,12 @@ from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, Request
 class FakeApp:
     def __init__(self, created: bool, processed: bool) -> None:
         self.created, self.processed = created, processed
+        self.correlation_ids: list[uuid.UUID | None] = []
 
-    def request_backup(self, command: RequestBackup, tracking: Tracking) -> bool:
+    def request_backup(
+        self, command: RequestBackup, tracking: Tracking, correlation_id: uuid.UUID | None
+    ) -> bool:
+        self.correlation_ids.append(correlation_id)
         return self.created
 
     def has_processed(self, tracking: Tracking) -> bool:
@@ -107,7 +111,7 @@ async def test_an_execution_that_crashes_is_retried_not_dropped(
             seen_active.append(requested in runner._active)
             if len(seen_active) == 1:
                 raise psycopg.OperationalError("the event store is away")
-            return types.SimpleNamespace(is_terminal=True)
+            return types.SimpleNamespace(id=requested, correlation_id=None, is_terminal=True)
 
     async def no_progress(*_: Any) -> None:
         return None
@@ -124,3 +128,15 @@ async def test_an_execution_that_crashes_is_retried_not_dropped(
     await runner._run_one(backup_id)
     assert seen_active == [True, True], "retried, and still active while waiting"
     assert backup_id not in runner._active
+
+
+async def test_the_commands_correlation_id_is_recorded_with_the_request() -> None:
+    app = FakeApp(True, False)
+    handler = make_command_handler(app, FakeExecutor(), lambda: None)  # type: ignore[arg-type]
+    _, envelope = command_envelope()
+    correlation_id = uuid.uuid4()
+    await handler(
+        envelope.model_copy(update={"correlation_id": correlation_id}),
+        Tracking("backup.commands:0", 1),
+    )
+    assert app.correlation_ids == [correlation_id]

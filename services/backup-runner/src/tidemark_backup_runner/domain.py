@@ -33,6 +33,9 @@ class Backup(Aggregate):
         requested_at: datetime
         database: dict[str, Any]
         destinations: list[dict[str, Any]]
+        # The request's id, carried by everything the backup causes. Events stored before
+        # it existed lack the attribute and read as None (this class default).
+        correlation_id: UUID | None = None
 
     class Started(Aggregate.Event):
         started_at: datetime
@@ -74,6 +77,9 @@ class Backup(Aggregate):
         requested_at: datetime,
         database: dict[str, Any],
         destinations: list[dict[str, Any]],
+        # eventsourcing requires every keyword-only argument when a backup is created;
+        # the default serves the replay of requests stored before the attribute existed.
+        correlation_id: UUID | None = None,
     ) -> None:
         self.backup_id = backup_id
         self.organization_id = organization_id
@@ -87,6 +93,7 @@ class Backup(Aggregate):
         # References only (host, user, ``passwordRef``): secrets never enter events.
         self.database = database
         self.destinations = destinations
+        self.correlation_id = correlation_id
         self.status = "pending"
         self.started_at: datetime | None = None
         self.completed_at: datetime | None = None

@@ -15,7 +15,7 @@ from eventsourcing.persistence import IntegrityError, PersistenceError
 from prometheus_client import Counter, Gauge, Histogram
 from tidemark_contracts import utc_now
 from tidemark_contracts.backup import BackupProgress, DatabaseTarget, DestinationTarget
-from tidemark_platform.logging import get_logger
+from tidemark_platform.logging import bound_log_context, get_logger
 
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup
@@ -37,7 +37,8 @@ BACKUP_SECONDS = Histogram(
     buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600),
 )
 
-PublishProgress = Callable[[BackupProgress, UUID], Awaitable[None]]
+# (tick, organization id, correlation id of the request that caused the backup)
+PublishProgress = Callable[[BackupProgress, UUID, UUID | None], Awaitable[None]]
 
 INTERRUPTED = (
     "the backup-runner stopped while this backup was running; its partial artifact was "
@@ -166,6 +167,12 @@ class BackupExecutor:
 
     async def execute(self, backup_id: UUID) -> None:
         backup = await asyncio.to_thread(self.app.get_backup, backup_id)
+        # Every line logged about this backup, here and in the threads it starts, says
+        # which backup and which request it belongs to.
+        with bound_log_context(backup_id=backup.id, correlation_id=backup.correlation_id):
+            await self._execute(backup)
+
+    async def _execute(self, backup: Backup) -> None:
         if backup.is_terminal:
             return
         try:
@@ -295,7 +302,8 @@ class BackupExecutor:
         )
         try:
             await asyncio.wait_for(
-                self._publish_progress(tick, backup.organization_id), timeout=5.0
+                self._publish_progress(tick, backup.organization_id, backup.correlation_id),
+                timeout=5.0,
             )
         except Exception as exc:
             # Progress is ephemeral: losing a tick must never fail a backup.

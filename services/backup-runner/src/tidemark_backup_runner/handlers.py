@@ -34,7 +34,9 @@ def make_command_handler(
             # Retrying cannot make it valid; the issuer validated it, so this is a bug.
             log.error("invalid_command", message_id=str(envelope.message_id), error=str(exc)[:500])
             return
-        created = await asyncio.to_thread(app.request_backup, command, tracking)
+        created = await asyncio.to_thread(
+            app.request_backup, command, tracking, envelope.correlation_id
+        )
         if created:
             on_saved()
         else:

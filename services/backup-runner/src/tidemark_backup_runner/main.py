@@ -30,12 +30,15 @@ def create_app(settings: Settings) -> Litestar:
 
     relay = runtime.add_relay(NotificationLogSource(app, app.to_envelope, "kafka"))
 
-    async def publish_progress(tick: BackupProgress, organization_id: UUID) -> None:
+    async def publish_progress(
+        tick: BackupProgress, organization_id: UUID, correlation_id: UUID | None
+    ) -> None:
         envelope = Envelope.wrap(
             tick,
             producer=SERVICE,
             organization_id=organization_id,
             environment_id=tick.environment_id,
+            correlation_id=correlation_id,
         )
         await broker.publish(envelope.to_bytes(), BACKUP_PROGRESS.name, key=envelope.key)
 
