@@ -9,9 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from psycopg.conninfo import conninfo_to_dict
-from tidemark_contracts import BACKUP_COMMANDS, BACKUP_PROGRESS, Envelope, utc_now
-from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
+from tidemark_contracts import BACKUP_COMMANDS, BACKUP_PROGRESS, Envelope
 from tidemark_devstack.e2e import Api
 from tidemark_devstack.pytest_plugin import BrokerControl
 
@@ -43,34 +41,7 @@ def test_the_same_command_delivered_twice_yields_one_backup(
 ) -> None:
     environment = api.environment(source_database)
     destination = api.destination(tmp_path)
-    info = conninfo_to_dict(source_database)
-    command = RequestBackup(
-        backup_id=uuid.uuid4(),
-        organization_id=api.org_id,
-        project_id=uuid.UUID(environment["projectId"]),
-        environment_id=uuid.UUID(environment["id"]),
-        type="db",
-        trigger="manual",
-        requested_by="e2e",
-        requested_at=utc_now(),
-        database=DatabaseTarget(
-            host=str(info["host"]),
-            port=int(str(info["port"])),
-            dbname=str(info["dbname"]),
-            user=str(info["user"]),
-            password_ref="env:TIDEMARK_SECRET_E2E_SOURCE",
-        ),
-        destinations=[
-            DestinationTarget.model_validate(
-                {
-                    "destinationId": destination["id"],
-                    "name": destination["name"],
-                    "type": "local",
-                    "config": {"kind": "local", "path": str(tmp_path)},
-                }
-            )
-        ],
-    )
+    command = api.backup_command(environment, destination)
     envelope = Envelope.wrap(
         command,
         producer="e2e",

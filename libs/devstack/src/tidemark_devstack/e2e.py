@@ -14,6 +14,8 @@ import jwt
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from tidemark_contracts import utc_now
+from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
 
 JWT_SECRET = "e2e-secret-that-is-long-enough-for-hs256-0123456789"
 SOURCE_PASSWORD = "s3cret-source-Pa55word"
@@ -97,6 +99,33 @@ class Api:
 
     def request_backup(self, env_id: str, **body: Any) -> httpx.Response:
         return self.post(f"/api/v1/environments/{env_id}/backups", json={"type": "db", **body})
+
+    def backup_command(
+        self, environment: dict[str, Any], destination: dict[str, Any]
+    ) -> RequestBackup:
+        """The command the gateway would issue for a ``db`` backup of ``environment`` into
+        ``destination`` (both as the API returned them), for tests that go around it."""
+        return RequestBackup(
+            backup_id=uuid.uuid4(),
+            organization_id=self.org_id,
+            project_id=uuid.UUID(environment["projectId"]),
+            environment_id=uuid.UUID(environment["id"]),
+            type="db",
+            trigger="manual",
+            requested_by="e2e",
+            requested_at=utc_now(),
+            database=DatabaseTarget.model_validate(environment["database"]),
+            destinations=[
+                DestinationTarget.model_validate(
+                    {
+                        "destinationId": destination["id"],
+                        "name": destination["name"],
+                        "type": destination["type"],
+                        "config": {"kind": destination["type"], **destination["config"]},
+                    }
+                )
+            ],
+        )
 
     def wait_for(
         self,
