@@ -14,7 +14,7 @@ PYTEST_STATUS_FILE ?=
 STATE_DIR ?= $(or $(TIDEMARK_STATE_DIR),$(CURDIR)/.state)
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap sync run test lint format schemas bench \
+.PHONY: help bootstrap sync run test lint format schemas bench bench-backup bench-relay \
 	kafka-start kafka-stop postgres-start postgres-stop clean-state dlq-list dlq-redrive
 
 help:
@@ -22,8 +22,10 @@ help:
 	@echo "make test           run the tests (PYTEST_ARGS='-k backup -x' to narrow them)"
 	@echo "make lint           ruff check, ruff format --check, mypy"
 	@echo "make format         apply ruff's fixes and formatting"
-	@echo "make schemas        write the message contracts' JSON Schemas"
-	@echo "make bench          measure the backup overhead"
+	@echo "make schemas        write the message contracts' JSON Schemas, AsyncAPI, README's services"
+	@echo "make bench          run every benchmark (bench-backup, bench-relay)"
+	@echo "make bench-backup   measure the backup overhead against pg_dump | zstd"
+	@echo "make bench-relay    relay and projection rates against plain aiokafka"
 	@echo "make sync           install the locked dependencies into .venv"
 	@echo "make kafka-start | kafka-stop | postgres-start | postgres-stop"
 	@echo "make dlq-list [TOPIC=t]       list parked (dead-letter) messages as JSON lines"
@@ -62,9 +64,15 @@ format: sync
 schemas: sync
 	$(UV_RUN) python -m tidemark_contracts.schemas
 	$(UV_RUN) python -m tidemark_contracts.asyncapi
+	$(UV_RUN) python -m tidemark_devstack.readme
 
-bench: sync
+bench: bench-backup bench-relay
+
+bench-backup: sync
 	$(UV_RUN) python bench/backup_overhead.py
+
+bench-relay: sync
+	$(UV_RUN) python bench/relay.py
 
 kafka-start: sync
 	$(UV_RUN) tidemark-dev kafka start

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from tidemark_contracts.services import SERVICES
 from tidemark_devstack.e2e import (
     JWT_SECRET,
     SOURCE_PASSWORD,
@@ -37,11 +38,7 @@ def stack(
         extra_env={
             "TIDEMARK_SECRET_E2E_SOURCE": SOURCE_PASSWORD,
             WRONG_PASSWORD_ENV: "not-the-password",
-            "TIDEMARK_API_GATEWAY_HEARTBEAT_INTERVAL_SECONDS": "1",
-            "TIDEMARK_SCHEDULER_HEARTBEAT_INTERVAL_SECONDS": "1",
-            "TIDEMARK_BACKUP_RUNNER_HEARTBEAT_INTERVAL_SECONDS": "1",
-            "TIDEMARK_RESTORE_RUNNER_HEARTBEAT_INTERVAL_SECONDS": "1",
-            "TIDEMARK_ALERTS_HEARTBEAT_INTERVAL_SECONDS": "1",
+            **{f"{s.settings_prefix}HEARTBEAT_INTERVAL_SECONDS": "1" for s in SERVICES},
             "TIDEMARK_BACKUP_RUNNER_PROGRESS_INTERVAL_SECONDS": "0.2",
             # Short leases, so a runner's death is noticed in seconds rather than 30.
             "TIDEMARK_BACKUP_RUNNER_LEASE_SECONDS": str(E2E_LEASE_SECONDS),

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tidemark_contracts import BACKUP_COMMANDS, Envelope
-from tidemark_devstack.e2e import Api, backup_command
+from tidemark_devstack.e2e import Api
 from tidemark_devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ def test_undecodable_and_invalid_commands_are_parked_and_later_work_completes(
     }
     environment = api.environment(source_database)
     destination = api.destination(tmp_path)
-    command = backup_command(api.org_id, environment, destination, source_database, tmp_path)
+    command = api.backup_command(environment, destination)
     valid = Envelope.wrap(
         command,
         producer="e2e",

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tidemark_contracts import BACKUP_COMMANDS, BACKUP_PROGRESS, Envelope
-from tidemark_devstack.e2e import Api, backup_command
+from tidemark_devstack.e2e import Api
 from tidemark_devstack.pytest_plugin import BrokerControl
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ def test_the_same_command_delivered_twice_yields_one_backup(
 ) -> None:
     environment = api.environment(source_database)
     destination = api.destination(tmp_path)
-    command = backup_command(api.org_id, environment, destination, source_database, tmp_path)
+    command = api.backup_command(environment, destination)
     envelope = Envelope.wrap(
         command,
         producer="e2e",

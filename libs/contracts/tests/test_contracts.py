@@ -120,3 +120,36 @@ def test_the_committed_asyncapi_document_is_current() -> None:
     for message in document["components"]["messages"].values():
         model = message["payload"]["allOf"][1]["properties"]["payload"]["$ref"].rsplit("/", 1)[1]
         assert model in document["components"]["schemas"]
+
+
+def test_the_asyncapi_operations_are_the_services_sends_and_receives() -> None:
+    from tidemark_contracts.asyncapi import build
+    from tidemark_contracts.services import SERVICES
+
+    document = build()
+    described = {(s.name, "send", t.name) for s in SERVICES for t in s.produces} | {
+        (s.name, "receive", t.name) for s in SERVICES for t in s.consumes
+    }
+    documented = set()
+    for operation in document["operations"].values():
+        channel = document["channels"][operation["channel"]["$ref"].rsplit("/", 1)[1]]
+        (tag,) = operation["tags"]
+        documented.add((tag["name"], operation["action"], channel["address"]))
+        # Every message an operation names is one its channel carries.
+        for ref in operation["messages"]:
+            _, _, channel_id, _, key = ref["$ref"].split("/")
+            assert document["channels"][channel_id] is channel
+            assert key in channel["messages"]
+    assert documented == described
+    assert ("backup-runner", "receive", "backup.commands") in documented
+    assert ("api-gateway", "send", "backup.commands") in documented
+
+
+def test_every_topic_has_a_sender_and_every_consumed_topic_is_produced() -> None:
+    from tidemark_contracts.services import SERVICES
+    from tidemark_contracts.topics import ALL_TOPICS
+
+    produced = {t.name for s in SERVICES for t in s.produces}
+    consumed = {t.name for s in SERVICES for t in s.consumes}
+    assert produced == {t.name for t in ALL_TOPICS}
+    assert consumed <= produced

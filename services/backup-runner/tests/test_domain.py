@@ -27,6 +27,7 @@ def new_backup(destinations: int = 1) -> Backup:
         requested_at=T0,
         database={"host": "h", "port": 5432, "dbname": "d", "user": "u", "password_ref": None},
         destinations=[{"destination_id": f"d{i}"} for i in range(destinations)],
+        correlation_id=uuid.uuid4(),
     )
 
 

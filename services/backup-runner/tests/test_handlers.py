@@ -16,8 +16,12 @@ from tidemark_platform.consumer import Delivery
 class FakeApp:
     def __init__(self, created: bool, processed: bool) -> None:
         self.created, self.processed = created, processed
+        self.correlation_ids: list[uuid.UUID | None] = []
 
-    def request_backup(self, command: RequestBackup, tracking: Tracking) -> bool:
+    def request_backup(
+        self, command: RequestBackup, tracking: Tracking, correlation_id: uuid.UUID | None
+    ) -> bool:
+        self.correlation_ids.append(correlation_id)
         return self.created
 
     def has_processed(self, tracking: Tracking) -> bool:
@@ -86,3 +90,17 @@ async def test_a_request_recorded_before_is_still_handed_to_the_executor(
 def test_the_runner_handles_backup_requests_and_nothing_else() -> None:
     handlers = make_handlers(FakeApp(True, False), FakeExecutor(), lambda: None)  # type: ignore[arg-type]
     assert set(handlers) == {RequestBackup}
+
+
+async def test_the_commands_correlation_id_is_recorded_with_the_request() -> None:
+    app = FakeApp(True, False)
+    handlers = make_handlers(app, FakeExecutor(), lambda: None)  # type: ignore[arg-type]
+    command, envelope = command_envelope()
+    correlation_id = uuid.uuid4()
+    delivery = Delivery(
+        envelope.model_copy(update={"correlation_id": correlation_id}),
+        Tracking("cluster/backup.commands:0", 1),
+        attempt=1,
+    )
+    await handlers[RequestBackup](command, delivery)
+    assert app.correlation_ids == [correlation_id]

@@ -1,7 +1,9 @@
 """The AsyncAPI 3.0 document of every topic and message, generated from the registry.
 
 Handlers take raw envelopes (the payload's type is chosen by ``messageType``), so the
-document is built from the topic registry and the pydantic models, not from handlers.
+document is built from the registries and the pydantic models, not from handlers: the
+channels and messages from the topics, the operations (who sends, who receives) from the
+services' descriptions.
 Regenerate with ``make schemas``; a test keeps the committed copy current.
 """
 
@@ -15,7 +17,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from tidemark_contracts.envelope import Envelope
-from tidemark_contracts.topics import ALL_TOPICS
+from tidemark_contracts.services import SERVICES
+from tidemark_contracts.topics import ALL_TOPICS, Topic
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "asyncapi.json"
 REF = "#/components/schemas/{model}"
@@ -23,6 +26,32 @@ REF = "#/components/schemas/{model}"
 
 def _message_key(message_type: str, version: int) -> str:
     return f"{message_type}.v{version}".replace(".", "_")
+
+
+def _channel_id(topic: Topic) -> str:
+    return topic.name.replace(".", "_")
+
+
+def _operations(channels: dict[str, Any]) -> dict[str, Any]:
+    """One operation per service and topic it sends to (``produces``) or receives from."""
+    operations: dict[str, Any] = {}
+    for service in SERVICES:
+        for action, topics in (("send", service.produces), ("receive", service.consumes)):
+            for topic in topics:
+                channel_id = _channel_id(topic)
+                operation_id = f"{service.name.replace('-', '_')}_{action}_{channel_id}"
+                operations[operation_id] = {
+                    "action": action,
+                    "channel": {"$ref": f"#/channels/{channel_id}"},
+                    "title": f"{service.name} {action}s {topic.name}",
+                    "summary": service.description,
+                    "tags": [{"name": service.name}],
+                    "messages": [
+                        {"$ref": f"#/channels/{channel_id}/messages/{key}"}
+                        for key in channels[channel_id]["messages"]
+                    ],
+                }
+    return operations
 
 
 def build() -> dict[str, Any]:
@@ -34,7 +63,6 @@ def build() -> dict[str, Any]:
     schemas: dict[str, Any] = definitions.get("$defs", {})
     channels: dict[str, Any] = {}
     messages: dict[str, Any] = {}
-    operations: dict[str, Any] = {}
     for topic in ALL_TOPICS:
         channel_messages = {}
         for message in topic.messages:
@@ -62,16 +90,12 @@ def build() -> dict[str, Any]:
                 },
             }
             channel_messages[key] = {"$ref": f"#/components/messages/{key}"}
-        channel_id = topic.name.replace(".", "_")
+        channel_id = _channel_id(topic)
         channels[channel_id] = {
             "address": topic.name,
             "description": f"{topic.description} Keyed by {topic.key}; "
             f"{topic.partitions} partition(s).",
             "messages": channel_messages,
-        }
-        operations[f"publish_{channel_id}"] = {
-            "action": "send",
-            "channel": {"$ref": f"#/channels/{channel_id}"},
         }
     return {
         "asyncapi": "3.0.0",
@@ -84,7 +108,7 @@ def build() -> dict[str, Any]:
         },
         "defaultContentType": "application/json",
         "channels": channels,
-        "operations": operations,
+        "operations": _operations(channels),
         "components": {"messages": messages, "schemas": schemas},
     }
 

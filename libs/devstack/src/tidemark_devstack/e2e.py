@@ -103,6 +103,33 @@ class Api:
     def request_backup(self, env_id: str, **body: Any) -> httpx.Response:
         return self.post(f"/api/v1/environments/{env_id}/backups", json={"type": "db", **body})
 
+    def backup_command(
+        self, environment: dict[str, Any], destination: dict[str, Any]
+    ) -> RequestBackup:
+        """The command the gateway would issue for a ``db`` backup of ``environment`` into
+        ``destination`` (both as the API returned them), for tests that go around it."""
+        return RequestBackup(
+            backup_id=uuid.uuid4(),
+            organization_id=self.org_id,
+            project_id=uuid.UUID(environment["projectId"]),
+            environment_id=uuid.UUID(environment["id"]),
+            type="db",
+            trigger="manual",
+            requested_by="e2e",
+            requested_at=utc_now(),
+            database=DatabaseTarget.model_validate(environment["database"]),
+            destinations=[
+                DestinationTarget.model_validate(
+                    {
+                        "destinationId": destination["id"],
+                        "name": destination["name"],
+                        "type": destination["type"],
+                        "config": {"kind": destination["type"], **destination["config"]},
+                    }
+                )
+            ],
+        )
+
     def wait_for(
         self,
         backup_id: str,
@@ -125,45 +152,6 @@ class Api:
                 return backup
             assert time.monotonic() < deadline, f"backup still {backup['status']}: {backup}"
             time.sleep(0.2)
-
-
-def backup_command(
-    org_id: uuid.UUID,
-    environment: dict[str, Any],
-    destination: dict[str, Any],
-    source_database: str,
-    destination_path: Path,
-) -> RequestBackup:
-    """A valid backup request for ``environment``, as the gateway would issue it; for
-    tests that write commands to Kafka themselves."""
-    info = conninfo_to_dict(source_database)
-    return RequestBackup(
-        backup_id=uuid.uuid4(),
-        organization_id=org_id,
-        project_id=uuid.UUID(environment["projectId"]),
-        environment_id=uuid.UUID(environment["id"]),
-        type="db",
-        trigger="manual",
-        requested_by="e2e",
-        requested_at=utc_now(),
-        database=DatabaseTarget(
-            host=str(info["host"]),
-            port=int(str(info["port"])),
-            dbname=str(info["dbname"]),
-            user=str(info["user"]),
-            password_ref=SOURCE_PASSWORD_REF,
-        ),
-        destinations=[
-            DestinationTarget.model_validate(
-                {
-                    "destinationId": destination["id"],
-                    "name": destination["name"],
-                    "type": "local",
-                    "config": {"kind": "local", "path": str(destination_path)},
-                }
-            )
-        ],
-    )
 
 
 SOURCE_SCHEMA = """

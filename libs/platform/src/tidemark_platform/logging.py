@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -62,3 +64,13 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
 
 def get_logger(name: str) -> Any:
     return structlog.stdlib.get_logger(name)
+
+
+@contextmanager
+def bound_log_context(**values: object) -> Iterator[None]:
+    """Add ``values`` to every log line written inside the block (and the tasks and
+    threads it starts), then restore what was bound before. ``None`` values are left
+    out; the others are logged as strings (UUIDs included)."""
+    bound = {key: str(value) for key, value in values.items() if value is not None}
+    with structlog.contextvars.bound_contextvars(**bound):
+        yield

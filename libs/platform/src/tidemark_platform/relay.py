@@ -5,6 +5,12 @@ in order through the idempotent producer, and only then records the new position
 crash between the two re-publishes a tail of the log: delivery is at-least-once and
 consumers are idempotent (envelopes carry stable message ids, aggregates carry versions).
 
+A batch is pipelined: every entry is handed to the producer first (``publish`` may return
+the producer's pending answer instead of waiting for it), then the answers are awaited in
+log order, so a batch costs a few Kafka requests, not one round trip per entry. Only the
+prefix of the batch that Kafka confirmed (or that was parked) is acknowledged; the rest
+goes out again in the next round. One producer keeps a partition's records in order.
+
 Kafka being away and Kafka refusing one entry are told apart. While Kafka is away the
 relay retries for ever and is not healthy: nothing is skipped. An entry Kafka refuses
 while it is reachable (too large for the topic, say) would stop the log for ever, so it
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -62,6 +69,14 @@ class RelaySource(Protocol):
 Publish = Callable[[Outbound], Awaitable[object]]
 
 
+async def _confirmed(answer: object) -> None:
+    """Wait for a producer's answer (a future), or raise the error ``publish`` raised."""
+    if isinstance(answer, BaseException):
+        raise answer
+    if inspect.isawaitable(answer):
+        await answer
+
+
 class Relay:
     def __init__(
         self,
@@ -74,8 +89,10 @@ class Relay:
         service: str = "",
         reachable: Callable[[], Awaitable[bool]] | None = None,
         max_entry_attempts: int = 5,
+        on_refused: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.source = source
+        self._on_refused = on_refused
         self._publish = publish
         self._service = service or source.name
         self._reachable = reachable
@@ -127,23 +144,45 @@ class Relay:
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many entries it took from the source."""
         entries = await self.source.pending(self._batch_size)
-        for entry in entries:
-            if entry.topic is not None:
-                await self._publish_or_park(entry, entry.topic)
-        if entries:
-            await self.source.acknowledge(entries)
-            RELAY_POSITION.labels(self.source.name).set(entries[-1].position)
+        answers = [await self._send(entry) for entry in entries]
+        done: list[Outbound] = []
+        try:
+            for entry, answer in zip(entries, answers, strict=True):
+                if entry.topic is not None:
+                    await self._confirm_or_park(entry, entry.topic, answer)
+                done.append(entry)
+        finally:
+            # What Kafka confirmed (or what was parked) is never published again.
+            if done:
+                await self.source.acknowledge(done)
+                RELAY_POSITION.labels(self.source.name).set(done[-1].position)
         return len(entries)
 
-    async def _publish_or_park(self, entry: Outbound, topic: str) -> None:
+    async def _send(self, entry: Outbound) -> object:
+        """Hand the entry to the producer: its pending answer, or the error it raised."""
+        if entry.topic is None:
+            return None
         try:
-            await self._publish(entry)
+            return await self._publish(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return exc
+
+    async def _confirm_or_park(self, entry: Outbound, topic: str, answer: object) -> None:
+        try:
+            await _confirmed(answer)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             attempts = self._entry_failures.get(entry.position, 0) + 1
             self._entry_failures[entry.position] = attempts
-            if not await self._refused(exc, attempts):
+            refused = await self._refused(exc, attempts)
+            if isinstance(exc, RECORD_REFUSED) and self._on_refused is not None:
+                # The producer counted the refused record as sent: without a new one,
+                # every later record to that partition fails too.
+                await self._on_refused()
+            if not refused:
                 raise  # Kafka away (or not yet sure): retried by run(), nothing skipped
             await self._park(entry, topic, exc, attempts)
             self._entry_failures.pop(entry.position, None)
@@ -180,7 +219,7 @@ class Relay:
             entry, topic=dead_letters.dlq_name(topic), headers={k: v.decode() for k, v in headers}
         )
         try:
-            await self._publish(parked)
+            await _confirmed(await self._publish(parked))
         except RECORD_TOO_LARGE:
             # Too large for the dead-letter topic as well: park what says what it was, so
             # the entry is visible and the log goes on; its value stays in the source's
@@ -189,7 +228,9 @@ class Relay:
                 **parked.headers,
                 dead_letters.VALUE_OMITTED: str(len(entry.value)),
             }
-            await self._publish(replace(parked, value=b"", headers=headers_without_value))
+            await _confirmed(
+                await self._publish(replace(parked, value=b"", headers=headers_without_value))
+            )
         dead_letters.DEAD_LETTERS.labels(
             topic, self._service, dead_letters.Reason.REFUSED_BY_KAFKA.value
         ).inc()

@@ -26,7 +26,6 @@ from tidemark_contracts.service import ServiceHeartbeat
 
 from tidemark_platform.database import can_reach
 from tidemark_platform.kafka import (
-    RECORD_REFUSED,
     UnsafeTopicsError,
     make_broker,
     renew_producer,
@@ -96,20 +95,21 @@ class ServiceRuntime:
         """Relay ``source`` to Kafka through this service's broker, once it is connected;
         the service is not ready while the relay cannot publish."""
 
-        async def publish(entry: Outbound) -> None:
+        async def publish(entry: Outbound) -> object:
             assert entry.topic is not None
-            try:
-                await self.broker.publish(
-                    entry.value, entry.topic, key=entry.key, headers=entry.headers
-                )
-            except RECORD_REFUSED:
-                await renew_producer(self.broker)  # or the next record stops the producer
-                raise
+            # Handed to the producer without waiting for Kafka's answer: the relay awaits
+            # the answers of a whole batch after sending it (see relay.py).
+            return await self.broker.publish(
+                entry.value, entry.topic, key=entry.key, headers=entry.headers, no_confirm=True
+            )
 
         async def reachable() -> bool:
             return await self.broker.ping(timeout=2.0)
 
-        relay = Relay(source, publish, service=self.name, reachable=reachable)
+        async def renew() -> None:
+            await renew_producer(self.broker)
+
+        relay = Relay(source, publish, service=self.name, reachable=reachable, on_refused=renew)
         self.add_background(relay.run, needs_kafka=True)
         self.add_check(f"relay:{source.name}", relay.is_healthy)
         return relay

@@ -6,10 +6,15 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from tidemark_contracts.services import ServiceDescription
 
 
 class ServiceSettings(BaseSettings):
-    """What every service needs. Subclasses set ``env_prefix`` and their own fields.
+    """What every service needs. A service's subclass is built from its description::
+
+        class Settings(ServiceSettings):
+            model_config = settings_config(SCHEDULER)
+            http_port: int = SCHEDULER.default_port
 
     ``DATABASE_URL`` and ``KAFKA_BOOTSTRAP_SERVERS`` are shared by all services and read
     without a prefix; everything else is read with the service's prefix (for example
@@ -41,3 +46,8 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     heartbeat_interval_seconds: float = Field(default=5.0, gt=0)
+
+
+def settings_config(service: ServiceDescription) -> SettingsConfigDict:
+    """A service's settings configuration: its variables carry its prefix."""
+    return SettingsConfigDict(env_prefix=service.settings_prefix, extra="ignore")

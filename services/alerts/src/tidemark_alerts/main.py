@@ -7,17 +7,12 @@ PostgreSQL, reports in with heartbeats (the gateway's readiness waits for it) an
 
 from __future__ import annotations
 
-from pydantic_settings import SettingsConfigDict
+from tidemark_contracts.services import ALERTS
 from tidemark_platform.runtime import bare_service_app, run_service
-from tidemark_platform.settings import ServiceSettings
 
-SERVICE = "alerts"
+from tidemark_alerts.settings import Settings
 
-
-class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDEMARK_ALERTS_", extra="ignore")
-
-    http_port: int = 8104
+SERVICE = ALERTS.name
 
 
 def main() -> None:

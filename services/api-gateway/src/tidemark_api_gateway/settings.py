@@ -1,24 +1,25 @@
-"""Gateway settings (prefix ``TIDEMARK_``), documented in the README."""
+"""Gateway settings (prefix ``TIDEMARK_API_GATEWAY_``), documented in the README."""
 
 from __future__ import annotations
 
 from pydantic import Field, model_validator
-from pydantic_settings import SettingsConfigDict
-from tidemark_platform.settings import ServiceSettings
+from tidemark_contracts.services import API_GATEWAY, SERVICES
+from tidemark_platform.settings import ServiceSettings, settings_config
 
 
 class GatewaySettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDEMARK_API_GATEWAY_", extra="ignore")
+    model_config = settings_config(API_GATEWAY)
 
-    http_port: int = 8000
+    http_port: int = API_GATEWAY.default_port
     jwt_secret: str | None = Field(default=None, description="HS256 secret")
     jwt_public_key_file: str | None = Field(default=None, description="PEM for RS256/ES256")
     jwt_jwks_url: str | None = None
     jwt_algorithms: list[str] = Field(default_factory=lambda: ["HS256"])
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    # Readiness waits for a heartbeat from every other service.
     expected_services: list[str] = Field(
-        default_factory=lambda: ["scheduler", "backup-runner", "restore-runner", "alerts"]
+        default_factory=lambda: [s.name for s in SERVICES if s is not API_GATEWAY]
     )
     heartbeat_timeout_seconds: float = 20.0
 

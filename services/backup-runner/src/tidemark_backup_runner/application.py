@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
@@ -34,15 +34,29 @@ MILESTONES: dict[type, type[Message]] = {
 EVENT_METADATA = frozenset({"originator_id", "originator_version", "timestamp"})
 
 
+class Scope(NamedTuple):
+    """What every envelope of one backup repeats: where it belongs and what caused it."""
+
+    organization_id: UUID
+    environment_id: UUID
+    correlation_id: UUID | None
+
+
 class BackupRunnerApplication(EventStoreApplication):
     name = "backup_runner"
 
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
-        self._scopes: OrderedDict[UUID, tuple[UUID, UUID]] = OrderedDict()
+        self._scopes: OrderedDict[UUID, Scope] = OrderedDict()
 
-    def request_backup(self, command: RequestBackup, tracking: Tracking) -> bool:
-        """Record the request; False (and no effect) when it was already recorded."""
+    def request_backup(
+        self, command: RequestBackup, tracking: Tracking, correlation_id: UUID | None = None
+    ) -> bool:
+        """Record the request; False (and no effect) when it was already recorded.
+
+        ``correlation_id`` is the id of the request that caused the command (its envelope
+        carries it); every message the backup causes carries it on.
+        """
         backup = Backup(
             backup_id=command.backup_id,
             organization_id=command.organization_id,
@@ -55,6 +69,7 @@ class BackupRunnerApplication(EventStoreApplication):
             requested_at=command.requested_at,
             database=command.database.model_dump(mode="json"),
             destinations=[d.model_dump(mode="json") for d in command.destinations],
+            correlation_id=correlation_id,
         )
         return self.save_tracked(tracking, backup)
 
@@ -81,7 +96,10 @@ class BackupRunnerApplication(EventStoreApplication):
         backup_id: UUID = event.originator_id
         message: Message
         if isinstance(event, Backup.Requested):
-            self._remember_scope(backup_id, event.organization_id, event.environment_id)
+            self._remember_scope(
+                backup_id,
+                Scope(event.organization_id, event.environment_id, event.correlation_id),
+            )
             message = BackupRequested(
                 backup_id=backup_id,
                 organization_id=event.organization_id,
@@ -98,37 +116,38 @@ class BackupRunnerApplication(EventStoreApplication):
             contract = MILESTONES.get(type(event))
             if contract is None:
                 return None
-            _, environment_id = self._scope(backup_id)
+            environment_id = self._scope(backup_id).environment_id
             # Milestone events carry exactly the contract's fields, under the same names.
             fields = {k: v for k, v in vars(event).items() if k not in EVENT_METADATA}
             message = contract.model_validate(
                 {**fields, "backup_id": backup_id, "environment_id": environment_id}
             )
-        organization_id, environment_id = self._scope(backup_id)
+        scope = self._scope(backup_id)
         occurred_at: datetime = event.timestamp
         return BACKUP_EVENTS, Envelope.wrap(
             message,
             producer=PRODUCER,
-            organization_id=organization_id,
-            environment_id=environment_id,
+            organization_id=scope.organization_id,
+            environment_id=scope.environment_id,
             message_id=event_message_id(backup_id, event.originator_version),
             aggregate_id=backup_id,
             aggregate_version=event.originator_version,
+            correlation_id=scope.correlation_id,
             causation_id=backup_id,
             occurred_at=occurred_at,
         )
 
-    def _remember_scope(self, backup_id: UUID, organization_id: UUID, environment_id: UUID) -> None:
-        self._scopes[backup_id] = (organization_id, environment_id)
+    def _remember_scope(self, backup_id: UUID, scope: Scope) -> None:
+        self._scopes[backup_id] = scope
         self._scopes.move_to_end(backup_id)
         while len(self._scopes) > 10_000:
             self._scopes.popitem(last=False)
 
-    def _scope(self, backup_id: UUID) -> tuple[UUID, UUID]:
+    def _scope(self, backup_id: UUID) -> Scope:
         scope = self._scopes.get(backup_id)
         if scope is None:
             # Relay restarted mid-stream: the creation event is older than this process.
             backup: Backup = self.repository.get(backup_id, version=1)
-            scope = (backup.organization_id, backup.environment_id)
-            self._remember_scope(backup_id, *scope)
+            scope = Scope(backup.organization_id, backup.environment_id, backup.correlation_id)
+            self._remember_scope(backup_id, scope)
         return scope

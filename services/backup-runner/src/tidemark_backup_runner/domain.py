@@ -34,6 +34,9 @@ class Backup(Aggregate):
         requested_at: datetime
         database: dict[str, Any]
         destinations: list[dict[str, Any]]
+        # The request's id, carried by everything the backup causes. Events stored before
+        # it existed lack the attribute and read as None (this class default).
+        correlation_id: UUID | None = None
 
     class Started(Aggregate.Event):
         """An attempt at the backup began; ``attempt`` > 1 when earlier ones were cut off
@@ -84,6 +87,9 @@ class Backup(Aggregate):
         requested_at: datetime,
         database: dict[str, Any],
         destinations: list[dict[str, Any]],
+        # eventsourcing requires every keyword-only argument when a backup is created;
+        # the default serves the replay of requests stored before the attribute existed.
+        correlation_id: UUID | None = None,
     ) -> None:
         self.backup_id = backup_id
         self.organization_id = organization_id
@@ -97,6 +103,7 @@ class Backup(Aggregate):
         # References only (host, user, ``passwordRef``): secrets never enter events.
         self.database = database
         self.destinations = destinations
+        self.correlation_id = correlation_id
         self.status = "pending"
         self.attempt = 0
         self.started_at: datetime | None = None

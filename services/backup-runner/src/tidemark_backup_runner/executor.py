@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from psycopg_pool import PoolTimeout
 from tidemark_contracts import utc_now
 from tidemark_contracts.backup import BackupProgress, DatabaseTarget, DestinationTarget
-from tidemark_platform.logging import get_logger
+from tidemark_platform.logging import bound_log_context, get_logger
 
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup, WorkPolicy
@@ -47,7 +47,8 @@ BACKUP_SECONDS = Histogram(
     buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600),
 )
 
-PublishProgress = Callable[[BackupProgress, UUID], Awaitable[None]]
+# (tick, organization id, correlation id of the request that caused the backup)
+PublishProgress = Callable[[BackupProgress, UUID, UUID | None], Awaitable[None]]
 
 INTERRUPTED = (
     "the backup-runner running it stopped (its lease expired); each attempt's partial "
@@ -298,6 +299,13 @@ class BackupExecutor:
             log.error("work_without_a_backup", backup_id=str(lease.backup_id))
             await asyncio.to_thread(self.work.finish, lease, "no such backup")
             return
+        # Every line logged about this backup, here and in the threads it starts, says
+        # which backup and which request it belongs to.
+        with bound_log_context(backup_id=backup.id, correlation_id=backup.correlation_id):
+            await self._execute(backup, claim)
+
+    async def _execute(self, backup: Backup, claim: Claim) -> None:
+        lease = claim.lease
         if backup.is_terminal:
             # Its end was recorded, then its runner stopped before saying so here.
             await asyncio.to_thread(self.work.finish, lease, f"already {backup.status}")
@@ -448,7 +456,8 @@ class BackupExecutor:
         )
         try:
             await asyncio.wait_for(
-                self._publish_progress(tick, backup.organization_id), timeout=5.0
+                self._publish_progress(tick, backup.organization_id, backup.correlation_id),
+                timeout=5.0,
             )
         except Exception as exc:
             # Progress is ephemeral: losing a tick must never fail a backup.

@@ -23,7 +23,9 @@ def make_handlers(
     app: BackupRunnerApplication, executor: BackupExecutor, on_saved: Callable[[], None]
 ) -> Mapping[type[Message], MessageHandler]:
     async def on_request_backup(command: RequestBackup, delivery: Delivery) -> None:
-        created = await asyncio.to_thread(app.request_backup, command, delivery.tracking)
+        created = await asyncio.to_thread(
+            app.request_backup, command, delivery.tracking, delivery.envelope.correlation_id
+        )
         if created:
             on_saved()
         else:

@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from uuid import UUID
 
 from litestar import Litestar
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 from tidemark_contracts import BACKUP_PROGRESS, Envelope
 from tidemark_contracts.backup import BackupProgress
+from tidemark_contracts.services import BACKUP_RUNNER
 from tidemark_platform.kafka import make_broker
 from tidemark_platform.leadership import Leadership
 from tidemark_platform.notification_log import NotificationLogSource
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
-from tidemark_platform.settings import ServiceSettings
 
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import WorkPolicy
-from tidemark_backup_runner.executor import DEFAULT_POLL_SECONDS, BackupExecutor
+from tidemark_backup_runner.executor import BackupExecutor
 from tidemark_backup_runner.handlers import register_handlers
 from tidemark_backup_runner.pgtools import find_tool
 from tidemark_backup_runner.secrets import CredentialPolicy
+from tidemark_backup_runner.settings import Settings
 from tidemark_backup_runner.work import WorkTable
 
-SERVICE = "backup-runner"
+SERVICE = BACKUP_RUNNER.name
 SCHEMA = "backup_runner"
 RELAY_NAME = "kafka"
-
-
-class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDEMARK_BACKUP_RUNNER_", extra="ignore")
-
-    http_port: int = 8102
-    max_concurrent_backups: int = 2
-    zstd_level: int = Field(default=3, ge=1, le=22)
-    zstd_threads: int = Field(default=1, ge=0)
-    progress_interval_seconds: float = 1.0
-    pg_bin_dir: str | None = None
-    lock_wait_timeout_seconds: int = Field(default=300, ge=1)
-    stall_timeout_seconds: float = Field(default=900.0, gt=0)
-    credential_env_prefix: str = Field(default="TIDEMARK_SECRET_", min_length=1)
-    credential_file_root: Path | None = None
-    lease_seconds: float = Field(default=30.0, gt=0)
-    lease_renew_fraction: float = Field(default=1 / 3, gt=0, lt=1)
-    max_attempts: int = Field(default=3, ge=1)
-    work_poll_seconds: float = Field(default=DEFAULT_POLL_SECONDS, gt=0)
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -57,12 +36,15 @@ def create_app(settings: Settings) -> Litestar:
     relay = runtime.add_relay(NotificationLogSource(app, app.to_envelope, RELAY_NAME, leadership))
     runtime.on_shutdown(leadership.close)
 
-    async def publish_progress(tick: BackupProgress, organization_id: UUID) -> None:
+    async def publish_progress(
+        tick: BackupProgress, organization_id: UUID, correlation_id: UUID | None
+    ) -> None:
         envelope = Envelope.wrap(
             tick,
             producer=SERVICE,
             organization_id=organization_id,
             environment_id=tick.environment_id,
+            correlation_id=correlation_id,
         )
         await broker.publish(envelope.to_bytes(), BACKUP_PROGRESS.name, key=envelope.key)
 

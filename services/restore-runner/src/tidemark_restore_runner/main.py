@@ -7,17 +7,12 @@ PostgreSQL, reports in with heartbeats (the gateway's readiness waits for it) an
 
 from __future__ import annotations
 
-from pydantic_settings import SettingsConfigDict
+from tidemark_contracts.services import RESTORE_RUNNER
 from tidemark_platform.runtime import bare_service_app, run_service
-from tidemark_platform.settings import ServiceSettings
 
-SERVICE = "restore-runner"
+from tidemark_restore_runner.settings import Settings
 
-
-class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDEMARK_RESTORE_RUNNER_", extra="ignore")
-
-    http_port: int = 8103
+SERVICE = RESTORE_RUNNER.name
 
 
 def main() -> None:

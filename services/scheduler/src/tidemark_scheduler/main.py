@@ -7,17 +7,12 @@ PostgreSQL, reports in with heartbeats (the gateway's readiness waits for it) an
 
 from __future__ import annotations
 
-from pydantic_settings import SettingsConfigDict
+from tidemark_contracts.services import SCHEDULER
 from tidemark_platform.runtime import bare_service_app, run_service
-from tidemark_platform.settings import ServiceSettings
 
-SERVICE = "scheduler"
+from tidemark_scheduler.settings import Settings
 
-
-class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDEMARK_SCHEDULER_", extra="ignore")
-
-    http_port: int = 8101
+SERVICE = SCHEDULER.name
 
 
 def main() -> None:

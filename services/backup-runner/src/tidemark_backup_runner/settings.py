@@ -1,0 +1,30 @@
+"""The backup-runner's settings, read from the environment with its prefix (see the README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from tidemark_contracts.services import BACKUP_RUNNER
+from tidemark_platform.settings import ServiceSettings, settings_config
+
+from tidemark_backup_runner.executor import DEFAULT_POLL_SECONDS
+
+
+class Settings(ServiceSettings):
+    model_config = settings_config(BACKUP_RUNNER)
+
+    http_port: int = BACKUP_RUNNER.default_port
+    max_concurrent_backups: int = 2
+    zstd_level: int = Field(default=3, ge=1, le=22)
+    zstd_threads: int = Field(default=1, ge=0)
+    progress_interval_seconds: float = 1.0
+    pg_bin_dir: str | None = None
+    lock_wait_timeout_seconds: int = Field(default=300, ge=1)
+    stall_timeout_seconds: float = Field(default=900.0, gt=0)
+    credential_env_prefix: str = Field(default="TIDEMARK_SECRET_", min_length=1)
+    credential_file_root: Path | None = None
+    lease_seconds: float = Field(default=30.0, gt=0)
+    lease_renew_fraction: float = Field(default=1 / 3, gt=0, lt=1)
+    max_attempts: int = Field(default=3, ge=1)
+    work_poll_seconds: float = Field(default=DEFAULT_POLL_SECONDS, gt=0)

@@ -1,0 +1,127 @@
+"""The backup-runner's event store on the in-memory recorder: what it relays, and to whom."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from eventsourcing.persistence import Tracking
+from tidemark_backup_runner.application import BackupRunnerApplication
+from tidemark_backup_runner.domain import Backup
+from tidemark_contracts import BACKUP_EVENTS, Envelope, utc_now
+from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def request() -> RequestBackup:
+    return RequestBackup(
+        backup_id=uuid.uuid4(),
+        organization_id=uuid.uuid4(),
+        project_id=uuid.uuid4(),
+        environment_id=uuid.uuid4(),
+        type="db",
+        trigger="manual",
+        requested_by="t",
+        requested_at=utc_now(),
+        database=DatabaseTarget(host="h", port=1, dbname="d", user="u"),
+        destinations=[
+            DestinationTarget.model_validate(
+                {
+                    "destinationId": str(uuid.uuid4()),
+                    "name": "n",
+                    "type": "local",
+                    "config": {"kind": "local", "path": "/x"},
+                }
+            )
+        ],
+    )
+
+
+def run_to_completion(app: BackupRunnerApplication, backup_id: uuid.UUID) -> None:
+    backup = app.get_backup(backup_id)
+    backup.start(T0, None)
+    backup.record_upload(backup.destinations[0]["destination_id"], "/x/a", 10, T0)
+    backup.complete(10, "sha256:" + "0" * 64, "zstd", T0)
+    app.save(backup)
+
+
+def relayed(app: BackupRunnerApplication) -> list[Envelope]:
+    envelopes = []
+    for notification in app.recorder.select_notifications(start=1, limit=100):
+        mapped = app.to_envelope(app.mapper.to_domain_event(notification))
+        assert mapped is not None
+        topic, envelope = mapped
+        assert topic is BACKUP_EVENTS
+        envelopes.append(envelope)
+    return envelopes
+
+
+def test_every_event_of_a_backup_carries_the_requests_correlation_id() -> None:
+    app = BackupRunnerApplication()
+    command, correlation_id = request(), uuid.uuid4()
+    assert app.request_backup(command, Tracking("backup.commands:0", 1), correlation_id)
+    run_to_completion(app, command.backup_id)
+    envelopes = relayed(app)
+    assert [e.message_type.rsplit(".", 1)[1] for e in envelopes] == [
+        "BackupRequested",
+        "BackupStarted",
+        "BackupUploaded",
+        "BackupCompleted",
+    ]
+    assert {e.correlation_id for e in envelopes} == {correlation_id}
+    assert app.get_backup(command.backup_id).correlation_id == correlation_id
+
+
+def test_a_relay_restarted_mid_backup_still_knows_the_correlation_id(tmp_path: Path) -> None:
+    env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "db")}
+    app = BackupRunnerApplication(env)
+    command, correlation_id = request(), uuid.uuid4()
+    app.request_backup(command, Tracking("backup.commands:0", 1), correlation_id)
+    run_to_completion(app, command.backup_id)
+    # A restarted process meets the milestones without having seen the creation event.
+    restarted = BackupRunnerApplication(env)
+    last = restarted.recorder.select_notifications(start=1, limit=100)[-1]
+    mapped = restarted.to_envelope(restarted.mapper.to_domain_event(last))
+    assert mapped is not None
+    assert mapped[1].message_type == "backup.BackupCompleted"
+    assert mapped[1].correlation_id == correlation_id
+
+
+def test_a_command_without_a_correlation_id_relays_none() -> None:
+    app = BackupRunnerApplication()
+    command = request()
+    app.request_backup(command, Tracking("backup.commands:0", 1))
+    (envelope,) = relayed(app)
+    assert envelope.correlation_id is None
+
+
+def test_a_request_stored_before_correlation_ids_existed_still_loads_and_relays() -> None:
+    app = BackupRunnerApplication()
+    command = request()
+    backup = Backup(
+        backup_id=command.backup_id,
+        organization_id=command.organization_id,
+        project_id=command.project_id,
+        environment_id=command.environment_id,
+        type="db",
+        trigger="manual",
+        label=None,
+        requested_by="t",
+        requested_at=T0,
+        database={},
+        destinations=[],
+        correlation_id=None,
+    )
+    (created,) = backup.collect_events()
+    stored = app.mapper.to_stored_event(created)
+    # The state as the runner wrote it before the attribute existed.
+    state = app.mapper.transcoder.decode(stored.state)
+    del state["correlation_id"]
+    app.recorder.insert_events([replace(stored, state=app.mapper.transcoder.encode(state))])
+    assert app.get_backup(command.backup_id).correlation_id is None
+    (envelope,) = relayed(app)
+    assert envelope.correlation_id is None
+    assert envelope.aggregate_id == command.backup_id

@@ -1,0 +1,12 @@
+"""The scheduler's settings, read from the environment with its prefix (see the README)."""
+
+from __future__ import annotations
+
+from tidemark_contracts.services import SCHEDULER
+from tidemark_platform.settings import ServiceSettings, settings_config
+
+
+class Settings(ServiceSettings):
+    model_config = settings_config(SCHEDULER)
+
+    http_port: int = SCHEDULER.default_port
