@@ -15,8 +15,8 @@ PostgreSQL:
     ``--count`` backup events (BackupRequested, BackupStarted, BackupCompleted per
     backup, keyed by environment) on a topic. The gateway's backups view (a platform
     ``ProjectionRunner`` over ``BackupsView``) applies them into PostgreSQL, fed by a
-    plain consumer. Baseline: the same plain consumer reading the same records and decoding nothing. Ratio = apply rate / read
-    rate; reported against ``--projection-target``.
+    plain consumer. Baseline: the same plain consumer reading the same records and
+    decoding nothing. Ratio = apply rate / read rate; reported against ``--projection-target``.
 
 One summary line per figure (``relay: <name> ratio=… target>=… PASS|FAIL``), then detail
 lines. Missing a target does not fail the process; errors do (exit 1; 130 on Ctrl-C).
