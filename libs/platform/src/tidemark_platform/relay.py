@@ -10,6 +10,8 @@ the producer's pending answer instead of waiting for it), then the answers are a
 log order, so a batch costs a few Kafka requests, not one round trip per entry. Only the
 prefix of the batch that Kafka confirmed (or that was parked) is acknowledged; the rest
 goes out again in the next round. One producer keeps a partition's records in order.
+Kafka refuses a whole request when one record in it is too large, so after a refusal the
+entries of that batch are sent again one at a time, and only the one at fault is parked.
 
 Kafka being away and Kafka refusing one entry are told apart. While Kafka is away the
 relay retries for ever and is not healthy: nothing is skipped. An entry Kafka refuses
@@ -69,6 +71,16 @@ class RelaySource(Protocol):
 Publish = Callable[[Outbound], Awaitable[object]]
 
 
+class _SendAlone(Exception):
+    """Kafka refused a request of several entries: send them again one at a time."""
+
+
+def _forget(answer: object) -> None:
+    """Retrieve a pending answer's outcome when it comes, so nobody warns it was ignored."""
+    if isinstance(answer, asyncio.Future):
+        answer.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
 async def _confirmed(answer: object) -> None:
     """Wait for a producer's answer (a future), or raise the error ``publish`` raised."""
     if isinstance(answer, BaseException):
@@ -93,6 +105,8 @@ class Relay:
     ) -> None:
         self.source = source
         self._on_refused = on_refused
+        # Entries up to this position are sent one at a time (after a refused request).
+        self._alone_until = 0
         self._publish = publish
         self._service = service or source.name
         self._reachable = reachable
@@ -144,13 +158,21 @@ class Relay:
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many entries it took from the source."""
         entries = await self.source.pending(self._batch_size)
-        answers = [await self._send(entry) for entry in entries]
         done: list[Outbound] = []
+        sent: list[tuple[Outbound, object]] = []
         try:
-            for entry, answer in zip(entries, answers, strict=True):
-                if entry.topic is not None:
-                    await self._confirm_or_park(entry, entry.topic, answer)
-                done.append(entry)
+            for entry in entries:
+                alone = entry.position <= self._alone_until
+                if alone:
+                    await self._settle(sent, done, alone=False)
+                answer = await self._send(entry)
+                sent.append((entry, answer))
+                # Nothing after a failed send may reach Kafka before it does.
+                if alone or isinstance(answer, BaseException):
+                    await self._settle(sent, done, alone=alone)
+            await self._settle(sent, done, alone=False)
+        except _SendAlone:
+            pass  # the next round sends the batch again, one entry at a time
         finally:
             # What Kafka confirmed (or what was parked) is never published again.
             if done:
@@ -169,20 +191,42 @@ class Relay:
         except Exception as exc:
             return exc
 
-    async def _confirm_or_park(self, entry: Outbound, topic: str, answer: object) -> None:
+    async def _settle(
+        self, sent: list[tuple[Outbound, object]], done: list[Outbound], *, alone: bool
+    ) -> None:
+        """Wait for the answers of what was sent, in log order."""
+        batch = sent[:]
+        sent.clear()
+        for index, (entry, answer) in enumerate(batch):
+            try:
+                if entry.topic is not None:
+                    await self._confirm_or_park(entry, entry.topic, answer, batch[-1][0], alone)
+            except BaseException:
+                for _, later in batch[index + 1 :]:
+                    _forget(later)  # sent again next round; its answer no longer matters
+                raise
+            done.append(entry)
+
+    async def _confirm_or_park(
+        self, entry: Outbound, topic: str, answer: object, last: Outbound, alone: bool
+    ) -> None:
         try:
             await _confirmed(answer)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            attempts = self._entry_failures.get(entry.position, 0) + 1
-            self._entry_failures[entry.position] = attempts
-            refused = await self._refused(exc, attempts)
             if isinstance(exc, RECORD_REFUSED) and self._on_refused is not None:
                 # The producer counted the refused record as sent: without a new one,
                 # every later record to that partition fails too.
                 await self._on_refused()
-            if not refused:
+            if isinstance(exc, RECORD_REFUSED) and not alone:
+                # Kafka refuses a whole request: the entry may only share it with the one
+                # at fault. Sent alone, each entry answers for itself.
+                self._alone_until = max(self._alone_until, last.position)
+                raise _SendAlone from exc
+            attempts = self._entry_failures.get(entry.position, 0) + 1
+            self._entry_failures[entry.position] = attempts
+            if not await self._refused(exc, attempts):
                 raise  # Kafka away (or not yet sure): retried by run(), nothing skipped
             await self._park(entry, topic, exc, attempts)
             self._entry_failures.pop(entry.position, None)
