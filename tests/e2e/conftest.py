@@ -90,3 +90,27 @@ def source_database(create_database: Callable[..., str]) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SOURCE_SCHEMA)
     return url
+
+
+INSTANCES_PER_SERVICE = 2
+
+
+@pytest.fixture(scope="module")
+def two_of_everything(stack: Stack) -> Iterator[Stack]:
+    """The session's stack with a second instance of every service, for this module.
+
+    The same stack rather than a second one: a second stack on the same Kafka would join
+    the same consumer groups, and its instances could not be told from these.
+    """
+    for extra in range(1, INSTANCES_PER_SERVICE):
+        stack.start(instance=extra)
+    stack.wait_ready(timeout=180)
+    yield stack
+    # Back to one instance of each, as the modules that follow expect.
+    for extra in range(1, INSTANCES_PER_SERVICE):
+        stack.stop(instance=extra)
+        for spec in SERVICES:
+            stack.services.pop((spec.name, extra), None)
+    for name, _ in stack.dead():
+        stack.start(only=name, instance=0)
+    stack.wait_ready(timeout=120)

@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +23,6 @@ import zstandard
 from psycopg.conninfo import conninfo_to_dict
 from tidemark_api_gateway.outbox import LOG_NAME as OUTBOX_LOG
 from tidemark_contracts import BACKUP_COMMANDS, BACKUP_EVENTS, Envelope
-from tidemark_contracts.services import SERVICES
 from tidemark_devstack.e2e import Api, table_fingerprints, topic_records
 from tidemark_devstack.stack import RunningService, Stack
 from tidemark_platform.consumer import decode_envelope
@@ -39,27 +38,6 @@ INSTANCES = 2
 def pg_restore_binary() -> str:
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_restore"))
     return str(candidates[-1]) if candidates else "pg_restore"
-
-
-@pytest.fixture(scope="module")
-def two_of_everything(stack: Stack) -> Iterator[Stack]:
-    """The session's stack with a second instance of every service, for this module.
-
-    The same stack rather than a second one: a second stack on the same Kafka would join
-    the same consumer groups, and its instances could not be told from these.
-    """
-    for extra in range(1, INSTANCES):
-        stack.start(instance=extra)
-    stack.wait_ready(timeout=180)
-    yield stack
-    # Back to one instance of each, as the modules that follow expect.
-    for extra in range(1, INSTANCES):
-        stack.stop(instance=extra)
-        for spec in SERVICES:
-            stack.services.pop((spec.name, extra), None)
-    for name, _ in stack.dead():
-        stack.start(only=name, instance=0)
-    stack.wait_ready(timeout=120)
 
 
 def runners(stack: Stack) -> list[RunningService]:

@@ -190,6 +190,29 @@ async def test_a_backup_whose_attempts_run_out_ends_failed_naming_them(
     assert [a["outcome"] for a in work.attempts(backup_id)] == ["lease expired"] * 3
 
 
+async def test_hand_overs_at_shutdown_do_not_use_up_the_attempts(
+    app: BackupRunnerApplication, work: WorkTable
+) -> None:
+    backup_id = request(app)
+    work.ensure(backup_id)
+    # A rolling restart hands the backup from runner to runner more often than it may fail.
+    for attempt in range(1, SHORT.max_attempts + 3):
+        claim = work.claim(uuid.uuid4(), SHORT)
+        assert claim is not None
+        assert (claim.step, claim.lease.attempt) == ("run", attempt)
+        work.release(claim.lease, "released at shutdown")
+    # Attempts that really were cut off still count: the lease runs out each time.
+    steps = []
+    for _ in range(SHORT.max_attempts + 1):
+        claim = work.claim(uuid.uuid4(), SHORT)
+        assert claim is not None
+        steps.append(claim.step)
+        await asyncio.sleep(SHORT.lease_seconds + 0.2)
+    assert steps == ["run"] * SHORT.max_attempts + ["give_up"]
+    outcomes = [a["outcome"] for a in work.attempts(backup_id)]
+    assert outcomes.count("released at shutdown") == SHORT.max_attempts + 2
+
+
 def partial_files(root: Path) -> list[Path]:
     return list(root.rglob(".*.partial"))
 

@@ -106,6 +106,11 @@ class WorkTable:
                 created_at timestamptz NOT NULL DEFAULT now(),
                 updated_at timestamptz NOT NULL DEFAULT now())"""
             ).format(self._work),
+            # Attempts handed over at a runner's shutdown: a rolling restart is no failure,
+            # so they do not count against MAX_ATTEMPTS.
+            sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS handovers integer NOT NULL DEFAULT 0"
+            ).format(self._work),
             sql.SQL(
                 "CREATE INDEX IF NOT EXISTS work_unfinished_idx ON {} (created_at) "
                 "WHERE state <> 'finished'"
@@ -190,7 +195,8 @@ class WorkTable:
         with self._pool.connection() as conn, conn.transaction():
             row = conn.execute(
                 sql.SQL(
-                    "SELECT backup_id, owner, attempts, last_error, lease_expires_at FROM {} "
+                    "SELECT backup_id, owner, attempts, handovers, last_error, lease_expires_at "
+                    "FROM {} "
                     "WHERE state = 'queued' OR (state = 'running' AND lease_expires_at < now()) "
                     "ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED"
                 ).format(self._work)
@@ -199,9 +205,9 @@ class WorkTable:
                 return None
             backup_id: UUID = row["backup_id"]
             made: int = row["attempts"]
-            attempt = policy.next_attempt(made)
-            step: Step = "run" if attempt is not None else "give_up"
-            number = attempt if attempt is not None else made
+            cut_off = made - row["handovers"]
+            step: Step = "run" if policy.next_attempt(cut_off) is not None else "give_up"
+            number = made + 1 if step == "run" else made
             if row["owner"] is not None:
                 # The previous attempt's owner let the lease run out: it ended then (its
                 # saves are fenced by the lease, so it cannot have done anything after).
@@ -273,11 +279,12 @@ class WorkTable:
                 self._end_attempt(cur, lease, outcome)
 
     def release(self, lease: Lease, outcome: str, error: str | None = None) -> None:
-        """Give the backup up before it is done: any instance may take it over at once."""
+        """Hand the backup over before it is done (the runner is stopping): any instance
+        may take it over at once, and the hand-over does not count as a failed attempt."""
         with self._pool.connection() as conn, conn.transaction():
             conn.execute(
                 sql.SQL(
-                    "UPDATE {} SET lease_expires_at = now(), "
+                    "UPDATE {} SET lease_expires_at = now(), handovers = handovers + 1, "
                     "last_error = coalesce(%s, last_error), updated_at = now() "
                     "WHERE backup_id = %s AND owner = %s AND attempts = %s "
                     "AND state = 'running'"
