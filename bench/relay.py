@@ -44,9 +44,6 @@ from datetime import timedelta
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from eventsourcing.persistence import Tracking
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 from tidemark_api_gateway.outbox import OutboxSource
 from tidemark_api_gateway.projection import BackupsView
 from tidemark_api_gateway.readmodel import SCHEMA, Pool, migrate
@@ -63,6 +60,7 @@ from tidemark_contracts.backup import (
 from tidemark_devstack.kafka import LocalKafka
 from tidemark_devstack.paths import state_dir
 from tidemark_devstack.postgres import LocalPostgres, create_database_at, drop_database_at
+from tidemark_platform.database import connection_pool
 from tidemark_platform.kafka import make_broker
 from tidemark_platform.projection import ProjectionRunner
 from tidemark_platform.runtime import ServiceRuntime
@@ -297,15 +295,7 @@ async def consume(bootstrap: str, topic: str, count: int, apply: Apply | None) -
 
 
 def open_pool(database_url: str) -> Pool:
-    # As the gateway opens it (main.create_app).
-    return AsyncConnectionPool(
-        database_url,
-        open=False,
-        min_size=2,
-        max_size=20,
-        kwargs={"row_factory": dict_row, "autocommit": True},
-        connection_class=AsyncConnection,
-    )
+    return connection_pool(database_url)  # as the gateway opens it (main.create_app)
 
 
 async def fill_outbox(pool: Pool, topic: str, records: list[Record]) -> None:

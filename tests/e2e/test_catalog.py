@@ -12,15 +12,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from eventsourcing.persistence import Tracking
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 from tidemark_api_gateway.application import CATALOG_SCHEMA, CatalogApplication
 from tidemark_contracts import CATALOG_EVENTS, Envelope
 from tidemark_devstack.e2e import Api, topic_records
 from tidemark_platform.catalog import CatalogView
+from tidemark_platform.database import connection_pool
 from tidemark_platform.projection import (
-    Pool,
     ProjectionRunner,
     compare,
     rebuild,
@@ -106,12 +103,7 @@ def test_a_removed_destinations_name_can_be_registered_again(api: Api) -> None:
 
 
 async def _views_match(database_url: str, bootstrap: str) -> None:
-    pool: Pool = AsyncConnectionPool(
-        database_url,
-        open=False,
-        kwargs={"row_factory": dict_row, "autocommit": True},
-        connection_class=AsyncConnection,
-    )
+    pool = connection_pool(database_url)
     await pool.open()
     try:
         # Another service's view, kept from the topic alone.

@@ -13,9 +13,6 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 from tidemark_api_gateway.application import CATALOG_SCHEMA, CatalogApplication
 from tidemark_api_gateway.projection import BackupsView
 from tidemark_backup_runner.application import BackupRunnerApplication
@@ -24,7 +21,8 @@ from tidemark_contracts.services import SERVICES
 from tidemark_devstack.e2e import Api
 from tidemark_devstack.stack import Stack
 from tidemark_platform.catalog import CatalogView
-from tidemark_platform.projection import Difference, Pool, compare, rebuild, stored_envelopes
+from tidemark_platform.database import connection_pool
+from tidemark_platform.projection import Difference, compare, rebuild, stored_envelopes
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +51,7 @@ def request_on_a_live_gateway(gateways: list[httpx.Client], env_id: str) -> str:
 
 
 async def differences_from_a_rebuild(database_url: str) -> list[Difference]:
-    pool: Pool = AsyncConnectionPool(
-        database_url,
-        open=False,
-        kwargs={"row_factory": dict_row, "autocommit": True},
-        connection_class=AsyncConnection,
-    )
+    pool = connection_pool(database_url)
     await pool.open()
     runner_store = BackupRunnerApplication.on_postgres(database_url, RUNNER_SCHEMA)
     catalog_store = CatalogApplication.on_postgres(database_url, CATALOG_SCHEMA)

@@ -9,9 +9,6 @@ from datetime import UTC, datetime
 
 import pytest
 from eventsourcing.persistence import Tracking
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 from tidemark_contracts import Envelope
 from tidemark_contracts.backup import DatabaseTarget
 from tidemark_contracts.catalog import (
@@ -21,6 +18,7 @@ from tidemark_contracts.catalog import (
     ProjectRegistered,
 )
 from tidemark_platform.catalog import CatalogView
+from tidemark_platform.database import connection_pool
 from tidemark_platform.projection import (
     OutOfOrder,
     Pool,
@@ -38,12 +36,7 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture
 async def pool(create_database: Callable[..., str]) -> AsyncIterator[Pool]:
     url = create_database("proj")
-    pool: Pool = AsyncConnectionPool(
-        url,
-        open=False,
-        kwargs={"row_factory": dict_row, "autocommit": True},
-        connection_class=AsyncConnection,
-    )
+    pool = connection_pool(url)
     await pool.open()
     yield pool
     await pool.close()

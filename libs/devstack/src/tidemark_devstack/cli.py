@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Start PostgreSQL and Kafka (local ones unless DATABASE_URL / "
             "KAFKA_BOOTSTRAP_SERVERS are set), a demo database, every service and a demo "
             "project; print a development token and example requests; stop it all on "
-            "Ctrl-C or SIGTERM. TIDEMARK_API_GATEWAY_HTTP_PORT (default 8000) and "
-            "TIDEMARK_API_GATEWAY_JWT_SECRET (default: one generated and kept in the state "
+            "Ctrl-C or SIGTERM. TIDEMARK_HTTP_PORT (default 8000) and "
+            "TIDEMARK_JWT_SECRET (default: one generated and kept in the state "
             "directory) configure the gateway."
         ),
     )

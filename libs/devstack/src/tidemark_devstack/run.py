@@ -30,8 +30,11 @@ from tidemark_devstack.stack import InstanceKey, Stack, log_name
 
 DATABASE_ENV = "DATABASE_URL"
 KAFKA_ENV = "KAFKA_BOOTSTRAP_SERVERS"
-HTTP_PORT_ENV = "TIDEMARK_API_GATEWAY_HTTP_PORT"
-JWT_SECRET_ENV = "TIDEMARK_API_GATEWAY_JWT_SECRET"  # noqa: S105 (a variable name, not a secret)
+# API.md names these for `make run`; the gateway's own (prefixed) names work too.
+HTTP_PORT_ENV = "TIDEMARK_HTTP_PORT"
+JWT_SECRET_ENV = "TIDEMARK_JWT_SECRET"  # noqa: S105 (a variable name, not a secret)
+GATEWAY_HTTP_PORT_ENV = "TIDEMARK_API_GATEWAY_HTTP_PORT"
+GATEWAY_JWT_SECRET_ENV = "TIDEMARK_API_GATEWAY_JWT_SECRET"  # noqa: S105 (a variable name)
 DEFAULT_HTTP_PORT = 8000
 REPLICAS_ENV = "TIDEMARK_REPLICAS"
 DEFAULT_REPLICAS = 1
@@ -224,8 +227,8 @@ def demo_database_password() -> str:
 
 
 def jwt_secret() -> str:
-    """``$TIDEMARK_API_GATEWAY_JWT_SECRET``, else a random secret made once and kept in state."""
-    preset = os.environ.get(JWT_SECRET_ENV)
+    """``$TIDEMARK_JWT_SECRET``, else a random secret made once and kept in the state."""
+    preset = os.environ.get(JWT_SECRET_ENV) or os.environ.get(GATEWAY_JWT_SECRET_ENV)
     if preset:
         if len(preset.encode()) < MIN_SECRET_BYTES:
             _warn(f"{JWT_SECRET_ENV} is shorter than {MIN_SECRET_BYTES} bytes (weak for HS256)")
@@ -361,7 +364,9 @@ def seed_demo_database(url: str) -> dict[str, int]:
 
 
 def _http_port() -> int:
-    raw = os.environ.get(HTTP_PORT_ENV, str(DEFAULT_HTTP_PORT))
+    raw = os.environ.get(HTTP_PORT_ENV) or os.environ.get(
+        GATEWAY_HTTP_PORT_ENV, str(DEFAULT_HTTP_PORT)
+    )
     try:
         port = int(raw)
     except ValueError:

@@ -18,7 +18,7 @@ from tidemark_contracts.catalog import (
     ProjectRegistered,
 )
 
-from tidemark_platform.projection import Connection
+from tidemark_platform.database import Connection
 
 
 class CatalogView:

@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 import psycopg
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+Connection = AsyncConnection[DictRow]
+Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+
+
+def connection_pool(database_url: str, *, min_size: int = 2, max_size: int = 20) -> Pool:
+    """An (unopened) pool of autocommit connections whose rows are dicts: what read
+    models and their queries use."""
+    pool: Pool = AsyncConnectionPool(
+        database_url,
+        open=False,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"row_factory": dict_row, "autocommit": True},
+        connection_class=AsyncConnection,
+    )
+    return pool
 
 
 def eventstore_env(database_url: str, schema: str) -> dict[str, str]:

@@ -21,17 +21,13 @@ from typing import Any, Protocol
 
 from eventsourcing.persistence import Tracking
 from faststream.kafka import KafkaBroker
-from psycopg import AsyncConnection, sql
-from psycopg.rows import DictRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg import sql
 from tidemark_contracts import Envelope, Message, Topic
 
 from tidemark_platform.consumer import Delivery, subscribe_tracked
+from tidemark_platform.database import Connection, Pool
 from tidemark_platform.eventstore import EventStoreApplication
 from tidemark_platform.notification_log import ToEnvelope
-
-Connection = AsyncConnection[DictRow]
-Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 
 BOOKKEEPING_DDL = """
 CREATE TABLE IF NOT EXISTS {schema}.projection_positions (

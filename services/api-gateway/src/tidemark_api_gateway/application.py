@@ -188,21 +188,26 @@ class Gateway:
                 await self.catalog_view.apply_now(mapped[1])
         self._wake_relays()
 
-    async def register_project(self, organization_id: uuid.UUID, name: str) -> uuid.UUID:
-        project_id = uuid.uuid4()
+    async def _register(
+        self, registration: Aggregate, kind: str, scope: uuid.UUID, name: str
+    ) -> uuid.UUID:
+        """Record a registration with the claim on its name within ``scope``, atomically."""
 
         def record() -> list[Any]:
-            project = Project(
-                project_id=project_id,
-                organization_id=organization_id,
-                name=name,
-                registered_at=utc_now(),
-            )
-            claim = self.catalog.claim("project", organization_id, name, project_id)
-            return self.catalog.register(project, claim)
+            claim = self.catalog.claim(kind, scope, name, registration.id)
+            return self.catalog.register(registration, claim)
 
         await self._recorded(await asyncio.to_thread(record))
-        return project_id
+        return registration.id
+
+    async def register_project(self, organization_id: uuid.UUID, name: str) -> uuid.UUID:
+        project = Project(
+            project_id=uuid.uuid4(),
+            organization_id=organization_id,
+            name=name,
+            registered_at=utc_now(),
+        )
+        return await self._register(project, "project", organization_id, name)
 
     async def register_environment(
         self,
@@ -213,24 +218,17 @@ class Gateway:
         cluster: dict[str, Any] | None,
         files_path: str | None,
     ) -> uuid.UUID:
-        environment_id = uuid.uuid4()
-
-        def record() -> list[Any]:
-            environment = Environment(
-                environment_id=environment_id,
-                organization_id=organization_id,
-                project_id=project_id,
-                name=name,
-                database=database,
-                cluster=cluster,
-                files_path=files_path,
-                registered_at=utc_now(),
-            )
-            claim = self.catalog.claim("environment", project_id, name, environment_id)
-            return self.catalog.register(environment, claim)
-
-        await self._recorded(await asyncio.to_thread(record))
-        return environment_id
+        environment = Environment(
+            environment_id=uuid.uuid4(),
+            organization_id=organization_id,
+            project_id=project_id,
+            name=name,
+            database=database,
+            cluster=cluster,
+            files_path=files_path,
+            registered_at=utc_now(),
+        )
+        return await self._register(environment, "environment", project_id, name)
 
     async def register_destination(
         self,
@@ -240,23 +238,16 @@ class Gateway:
         config: dict[str, Any],
         is_default: bool,
     ) -> uuid.UUID:
-        destination_id = uuid.uuid4()
-
-        def record() -> list[Any]:
-            destination = Destination(
-                destination_id=destination_id,
-                organization_id=organization_id,
-                name=name,
-                type=destination_type,
-                config=config,
-                is_default=is_default,
-                registered_at=utc_now(),
-            )
-            claim = self.catalog.claim("destination", organization_id, name, destination_id)
-            return self.catalog.register(destination, claim)
-
-        await self._recorded(await asyncio.to_thread(record))
-        return destination_id
+        destination = Destination(
+            destination_id=uuid.uuid4(),
+            organization_id=organization_id,
+            name=name,
+            type=destination_type,
+            config=config,
+            is_default=is_default,
+            registered_at=utc_now(),
+        )
+        return await self._register(destination, "destination", organization_id, name)
 
     async def remove_destination(
         self, organization_id: uuid.UUID, destination_id: uuid.UUID

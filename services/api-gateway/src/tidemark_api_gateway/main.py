@@ -9,10 +9,8 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.pydantic import PydanticPlugin
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 from tidemark_platform.catalog import CatalogView
+from tidemark_platform.database import connection_pool
 from tidemark_platform.kafka import make_broker
 from tidemark_platform.leadership import Leadership
 from tidemark_platform.notification_log import NotificationLogSource
@@ -26,7 +24,7 @@ from tidemark_api_gateway.heartbeats import ServiceRegistry, subscribe_heartbeat
 from tidemark_api_gateway.outbox import OutboxSource
 from tidemark_api_gateway.problems import EXCEPTION_HANDLERS
 from tidemark_api_gateway.projection import BackupsView
-from tidemark_api_gateway.readmodel import SCHEMA, Pool, migrate
+from tidemark_api_gateway.readmodel import SCHEMA, migrate
 from tidemark_api_gateway.requests import answer_and_log, request_context_middleware
 from tidemark_api_gateway.settings import GatewaySettings
 
@@ -37,14 +35,7 @@ CATALOG_RELAY = "gateway-catalog"
 
 
 def create_app(settings: GatewaySettings) -> Litestar:
-    pool: Pool = AsyncConnectionPool(
-        settings.database_url,
-        open=False,
-        min_size=2,
-        max_size=20,
-        kwargs={"row_factory": dict_row, "autocommit": True},
-        connection_class=AsyncConnection,
-    )
+    pool = connection_pool(settings.database_url)
     broker = make_broker(settings.kafka_bootstrap_servers, SERVICE)
     runtime = ServiceRuntime(SERVICE, settings, broker)
     catalog = CatalogApplication.on_postgres(settings.database_url, CATALOG_SCHEMA)

@@ -18,7 +18,8 @@ from tidemark_contracts.backup import (
     BackupStarted,
     BackupUploaded,
 )
-from tidemark_platform.projection import Connection, OutOfOrder
+from tidemark_platform.database import Connection
+from tidemark_platform.projection import OutOfOrder
 
 Row = dict[str, Any]
 

@@ -3,14 +3,12 @@ their projections declare (the catalog view, the backups view)."""
 
 from __future__ import annotations
 
-from psycopg import AsyncConnection
-from psycopg.rows import DictRow
-from psycopg_pool import AsyncConnectionPool
+from tidemark_platform.database import Connection, Pool
 from tidemark_platform.projection import ProjectionRunner
 
 SCHEMA = "gateway"
 
-Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+__all__ = ["SCHEMA", "Pool", "migrate"]
 
 DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
@@ -29,7 +27,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.outbox (
 MIGRATION_LOCK = 7350001
 
 
-async def migrate(conn: AsyncConnection[DictRow], *views: ProjectionRunner) -> None:
+async def migrate(conn: Connection, *views: ProjectionRunner) -> None:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         await conn.execute(DDL)
