@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import psycopg
@@ -42,8 +44,12 @@ async def test_one_leader_per_log_and_leadership_moves_when_the_leader_session_d
         [pid] = holder_pids(database_url, name)
         with psycopg.connect(database_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        # The lock went with the session: the other instance takes it...
-        assert await second.is_leader()
+        # The lock goes with the session (pg_terminate_backend does not wait for that):
+        # the other instance takes it...
+        deadline = time.monotonic() + 10
+        while not await second.is_leader():
+            assert time.monotonic() < deadline, "the lock outlived the leader's session"
+            await asyncio.sleep(0.05)
         # ...and the old leader, whose session is gone, no longer leads.
         assert first.holds_lock, "it has not noticed yet"
         assert not await first.is_leader()
