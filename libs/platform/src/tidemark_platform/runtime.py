@@ -29,6 +29,7 @@ from tidemark_platform.kafka import (
     UnsafeTopicsError,
     make_broker,
     renew_producer,
+    send_pipelined,
     start_when_reachable,
 )
 from tidemark_platform.logging import configure_logging, get_logger
@@ -99,9 +100,8 @@ class ServiceRuntime:
             assert entry.topic is not None
             # Handed to the producer without waiting for Kafka's answer: the relay awaits
             # the answers of a whole batch after sending it (see relay.py).
-            return await self.broker.publish(
-                entry.value, entry.topic, key=entry.key, headers=entry.headers, no_confirm=True
-            )
+            headers = [(name, value.encode()) for name, value in entry.headers.items()]
+            return await send_pipelined(self.broker, entry.topic, entry.key, entry.value, headers)
 
         async def reachable() -> bool:
             return await self.broker.ping(timeout=2.0)
