@@ -401,6 +401,8 @@ async def measure(args: argparse.Namespace, database_url: str, bootstrap: str) -
             f"{count / send_s:,.0f} msg/s in {send_s:.2f}s, n={count}",
         )
         print(relay.line(), flush=True)
+        if args.relay_only:
+            return [relay]
 
         note(f"building and producing {count} backup events (not measured) ...")
         await produce(bootstrap, events, event_records(count))
@@ -481,6 +483,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=RELAY_TARGET,
         help=f"ratio the projection line is judged against (default {RELAY_TARGET})",
+    )
+    parser.add_argument(
+        "--relay-only", action="store_true", help="measure the relay and skip the projection"
     )
     args = parser.parse_args(argv)
     if args.count < 3:
