@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from tidemark_contracts import Topic
 from tidemark_contracts.service import ServiceHeartbeat
 from tidemark_devstack import cli
-from tidemark_platform.consumer import Delivery, subscribe_tracked
+from tidemark_platform.consumer import Delivery, NotYet, subscribe_tracked
 from tidemark_platform.kafka import ensure_topics, make_broker
 
 pytestmark = pytest.mark.integration
@@ -32,9 +32,13 @@ class Consumer:
     failing: set[str] = field(default_factory=set)  # heartbeat services that make it raise
     attempts: list[tuple[str, int]] = field(default_factory=list)  # (service, attempt)
     handled: list[str] = field(default_factory=list)  # message ids handled successfully
+    waits: int = 0  # how often a "waits" heartbeat still finds its predecessor missing
 
     async def handle(self, beat: ServiceHeartbeat, delivery: Delivery) -> None:
         self.attempts.append((beat.service, delivery.attempt))
+        if beat.service == "waits" and self.waits > 0:
+            self.waits -= 1
+            raise NotYet("the event before it has not arrived yet")
         if beat.service in self.failing:
             raise RuntimeError(f"{beat.service} cannot be handled now")
         self.handled.append(str(delivery.envelope.message_id))
@@ -103,6 +107,22 @@ async def test_a_message_failing_every_attempt_is_parked_and_the_next_one_is_han
     assert headers["dlq.original-partition"] == b"0"
     assert headers["dlq.original-offset"] == str(offsets[0]).encode()
     assert dead_letters(consumer.topic.name, "handler_failed") == 1
+
+
+async def test_a_message_waiting_for_an_earlier_one_is_retried_beyond_the_attempts(
+    consumer: Consumer, kafka_tools: Any
+) -> None:
+    key = str(uuid.uuid4()).encode()
+    waiting = kafka_tools.heartbeat("waits")
+    consumer.waits = MAX_ATTEMPTS + 2
+    await kafka_tools.send_raw(consumer.topic.name, [(key, waiting.to_bytes())])
+    await kafka_tools.wait_for(
+        lambda: str(waiting.message_id) in consumer.handled, "the message once its gap is filled"
+    )
+    # Delivered more often than MAX_ATTEMPTS allows a failing handler, and never parked.
+    assert [s for s, _ in consumer.attempts] == ["waits"] * (MAX_ATTEMPTS + 3)
+    assert dead_letters(consumer.topic.name, "handler_failed") == 0
+    assert await kafka_tools.end_offset(consumer.topic.dlq_name) == 0
 
 
 async def redrive_cli(*args: str) -> str:

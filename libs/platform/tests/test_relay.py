@@ -98,42 +98,24 @@ async def run_until(relay: Relay, condition: Any, rounds: int = 400) -> None:
         task.cancel()
 
 
-async def test_an_entry_that_keeps_failing_while_kafka_answers_is_parked() -> None:
+async def test_an_entry_that_keeps_timing_out_is_never_parked_on_a_guess() -> None:
+    # Kafka answers other requests (its cluster ping works) but this entry times out, as
+    # with too few in-sync replicas: parking it would leave a gap every projection waits
+    # on, so the log waits instead, not healthy, until Kafka takes it.
     source = ListSource(entries(3))
-    published: list[tuple[int, str]] = []
-    parked: list[Outbound] = []
+    attempts: list[int] = []
 
     async def publish(entry: Outbound) -> None:
-        if entry.topic == "topic.dlq":
-            parked.append(entry)
-            return
-        if entry.position == 2:
-            raise TimeoutError("this one never gets through")
-        published.append((entry.position, entry.value.decode()))
+        attempts.append(entry.position)
+        if entry.topic == "topic.dlq" or (entry.position == 2 and len(attempts) < 30):
+            raise TimeoutError("not enough in-sync replicas")
 
-    async def reachable() -> bool:
-        return True
-
-    relay = Relay(
-        source,
-        publish,
-        idle_seconds=0.01,
-        max_backoff_seconds=0.01,
-        service="unit",
-        reachable=reachable,
-        max_entry_attempts=3,
-    )
+    relay = Relay(source, publish, idle_seconds=0.01, max_backoff_seconds=0.01)
+    await run_until(relay, lambda: len(attempts) >= 20)
+    assert source.acknowledged == [1], "nothing after the entry, and the entry not parked"
+    assert not relay.healthy
     await run_until(relay, lambda: source.acknowledged[-1:] == [3])
-    assert source.acknowledged[-1:] == [3]
-    assert (3, "v3") in published
-    assert 2 not in [position for position, _ in published]
-    [dead] = parked
-    assert (dead.position, dead.key, dead.value) == (2, b"k", b"v2")
-    assert dead.headers["dlq.reason"] == "refused_by_kafka"
-    assert dead.headers["dlq.attempts"] == "3"
-    assert dead.headers["dlq.error"] == "TimeoutError: this one never gets through"
-    assert dead.headers["dlq.relay-position"] == "2"
-    assert dead.headers["dlq.service"] == "unit"
+    assert source.acknowledged == [1, 2, 3]
     assert relay.healthy
 
 
@@ -145,17 +127,7 @@ async def test_nothing_is_parked_while_kafka_is_away() -> None:
         attempts.append(entry.position)
         raise ConnectionError("kafka is down")
 
-    async def reachable() -> bool:
-        return False
-
-    relay = Relay(
-        source,
-        publish,
-        idle_seconds=0.01,
-        max_backoff_seconds=0.01,
-        reachable=reachable,
-        max_entry_attempts=2,
-    )
+    relay = Relay(source, publish, idle_seconds=0.01, max_backoff_seconds=0.01)
     await run_until(relay, lambda: len(attempts) >= 20)
     assert len(attempts) >= 20, "retried again and again"
     assert set(attempts) == {1}, "never past the first entry, never to a dead-letter topic"

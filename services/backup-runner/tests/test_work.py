@@ -211,6 +211,14 @@ async def test_hand_overs_at_shutdown_do_not_use_up_the_attempts(
     assert steps == ["run"] * SHORT.max_attempts + ["give_up"]
     outcomes = [a["outcome"] for a in work.attempts(backup_id)]
     assert outcomes.count("released at shutdown") == SHORT.max_attempts + 2
+    # A runner stopped while giving up ran no attempt: its hand-over buys no new run.
+    giving_up = work.claim(uuid.uuid4(), SHORT)
+    assert giving_up is not None
+    assert giving_up.step == "give_up"
+    work.release(giving_up.lease, "released at shutdown")
+    again = work.claim(uuid.uuid4(), SHORT)
+    assert again is not None
+    assert again.step == "give_up"
 
 
 def partial_files(root: Path) -> list[Path]:

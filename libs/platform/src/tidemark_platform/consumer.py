@@ -12,6 +12,9 @@ returns, and seeks back (NACK) when it raises, so a failure is retried rather th
 Writing ``Delivery.tracking`` in the same transaction as the effect is what makes
 redelivery harmless.
 
+A handler that raises ``NotYet`` (an event before its predecessor, say) is waited for, not
+counted: it is retried with a capped back-off for as long as it takes and never parked.
+
 Nothing blocks a partition forever: a record that is not an envelope, an envelope of a type
 the topic does not carry, a payload that fails validation, or a message whose handler still
 raises on its ``max_attempts``-th attempt is parked on ``<topic>.dlq`` (see
@@ -123,6 +126,12 @@ def decode_message(topic: Topic, raw: bytes) -> Message | None:
         return None
 
 
+class NotYet(Exception):
+    """A handler's message cannot be handled yet: an earlier one it depends on has not
+    arrived. The consumer retries it (capped back-off) however long it takes, and never
+    parks it, since a dead letter would skip it for good."""
+
+
 class _TrackedSubscription:
     """Decode, validate, dispatch, retry and park the records of one topic in one group."""
 
@@ -157,6 +166,7 @@ class _TrackedSubscription:
         self._checked: set[tuple[str, int]] = set()
         # (partition, offset) -> (failed attempts, last error), for this process only.
         self._failures: dict[tuple[int, int], tuple[int, str]] = {}
+        self._waits: dict[tuple[int, int], int] = {}
 
     # -- assignment ------------------------------------------------------------------
 
@@ -174,6 +184,8 @@ class _TrackedSubscription:
         gone = {tp.partition for tp in revoked if tp.topic == self.topic.name}
         for key in [k for k in self._failures if k[0] in gone]:
             del self._failures[key]
+        for key in [k for k in self._waits if k[0] in gone]:
+            del self._waits[key]
         self._checked -= {(self.topic.name, partition) for partition in gone}
 
     async def _refresh_cluster_id(self) -> str:
@@ -276,6 +288,15 @@ class _TrackedSubscription:
         attempt = failed + 1
         try:
             await handler(payload, Delivery(envelope, tracking, attempt))
+        except NotYet as exc:
+            # Waiting for an earlier message (a gap a relay will fill): parking this one
+            # would skip it for good, so it is retried for as long as the gap lasts.
+            CONSUMED.labels(self.topic.name, self.group_id, "waiting").inc()
+            waited = self._waits.get(key, 0) + 1
+            self._waits[key] = waited
+            log.warning("message_waits_for_an_earlier_one", waited=waited, error=str(exc))
+            await asyncio.sleep(min(self.retry_delay_seconds * 2 ** min(waited - 1, 5), 30.0))
+            raise  # NACK: FastStream seeks back to this record
         except Exception as exc:
             CONSUMED.labels(self.topic.name, self.group_id, "failed").inc()
             error = describe_error(exc)
@@ -296,6 +317,7 @@ class _TrackedSubscription:
             await asyncio.sleep(min(self.retry_delay_seconds * 2 ** (attempt - 1), 30.0))
             raise  # NACK: FastStream seeks back to this record
         self._failures.pop(key, None)
+        self._waits.pop(key, None)
         CONSUMED.labels(self.topic.name, self.group_id, "handled").inc()
 
     async def _park(self, record: Any, reason: Reason, error: str, *, attempts: int) -> None:

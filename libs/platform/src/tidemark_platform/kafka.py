@@ -251,6 +251,9 @@ RECORD_REFUSED: tuple[type[Exception], ...] = (
 RECORD_TOO_LARGE: tuple[type[Exception], ...] = RECORD_REFUSED[:3]
 
 
+_RENEWAL = asyncio.Lock()
+
+
 async def renew_producer(broker: KafkaBroker) -> None:
     """Replace the broker's producer with a new one (a new idempotent producer id).
 
@@ -261,12 +264,17 @@ async def renew_producer(broker: KafkaBroker) -> None:
     """
     fast: Any = cast(Any, broker.config).producer
     connection_kwargs: dict[str, Any] = cast(Any, broker)._connection_kwargs
-    previous = fast._producer
-    await fast.connect(
-        AIOKafkaProducer(**connection_kwargs), serializer=fast.serializer, codec=fast.codec
-    )
-    with contextlib.suppress(Exception):
-        await previous.stop()
+    failed = fast._producer
+    # Relays and consumers share the producer and may renew it at once: one renewal per
+    # failed producer, or the first replacement would be dropped without being stopped.
+    async with _RENEWAL:
+        if fast._producer is not failed:
+            return  # renewed by someone else meanwhile
+        await fast.connect(
+            AIOKafkaProducer(**connection_kwargs), serializer=fast.serializer, codec=fast.codec
+        )
+        with contextlib.suppress(Exception):
+            await failed.stop()
     log.warning("kafka_producer_renewed", reason="a record was refused")
 
 

@@ -24,7 +24,7 @@ from faststream.kafka import KafkaBroker
 from psycopg import sql
 from tidemark_contracts import Envelope, Message, Topic
 
-from tidemark_platform.consumer import Delivery, subscribe_tracked
+from tidemark_platform.consumer import Delivery, NotYet, subscribe_tracked
 from tidemark_platform.database import Connection, Pool
 from tidemark_platform.eventstore import EventStoreApplication
 from tidemark_platform.notification_log import ToEnvelope
@@ -45,8 +45,8 @@ CREATE TABLE IF NOT EXISTS {schema}.projection_versions (
 """
 
 
-class OutOfOrder(Exception):
-    """An aggregate's event arrived before an earlier one: retry it, never drop it."""
+class OutOfOrder(NotYet):
+    """An aggregate's event arrived before an earlier one: wait for it, never drop it."""
 
 
 class Projection(Protocol):

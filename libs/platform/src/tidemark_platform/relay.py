@@ -13,12 +13,12 @@ goes out again in the next round. One producer keeps a partition's records in or
 Kafka refuses a whole request when one record in it is too large, so after a refusal the
 entries of that batch are sent again one at a time, and only the one at fault is parked.
 
-Kafka being away and Kafka refusing one entry are told apart. While Kafka is away the
-relay retries for ever and is not healthy: nothing is skipped. An entry Kafka refuses
-while it is reachable (too large for the topic, say) would stop the log for ever, so it
-is parked on ``<topic>.dlq`` (see ``dead_letters``) and the relay goes on: at once for
-an error that says the record itself is at fault, or when the same entry has failed
-``max_entry_attempts`` times while Kafka answers other requests (``reachable``).
+Kafka being away and Kafka refusing one entry are told apart. Only an error that says the
+record itself is at fault (too large for the topic, corrupt, an invalid topic) parks the
+entry on ``<topic>.dlq`` (see ``dead_letters``), and the relay goes on. Anything else
+(Kafka away, too few in-sync replicas, a timeout) is retried for ever while the relay
+reports not healthy: parking an event on a guess would leave a gap in the log that every
+projection would then wait on, so nothing is skipped.
 """
 
 from __future__ import annotations
@@ -99,8 +99,6 @@ class Relay:
         idle_seconds: float = 0.5,
         max_backoff_seconds: float = 5.0,
         service: str = "",
-        reachable: Callable[[], Awaitable[bool]] | None = None,
-        max_entry_attempts: int = 5,
         on_refused: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.source = source
@@ -109,9 +107,6 @@ class Relay:
         self._alone_until = 0
         self._publish = publish
         self._service = service or source.name
-        self._reachable = reachable
-        self._max_entry_attempts = max_entry_attempts
-        self._entry_failures: dict[int, int] = {}
         self._batch_size = batch_size
         self._idle_seconds = idle_seconds
         self._max_backoff = max_backoff_seconds
@@ -224,35 +219,20 @@ class Relay:
                 # at fault. Sent alone, each entry answers for itself.
                 self._alone_until = max(self._alone_until, last.position)
                 raise _SendAlone from exc
-            attempts = self._entry_failures.get(entry.position, 0) + 1
-            self._entry_failures[entry.position] = attempts
-            if not await self._refused(exc, attempts):
-                raise  # Kafka away (or not yet sure): retried by run(), nothing skipped
-            await self._park(entry, topic, exc, attempts)
-            self._entry_failures.pop(entry.position, None)
+            if not isinstance(exc, RECORD_REFUSED):
+                raise  # Kafka away, or not sure: retried by run(), nothing skipped
+            await self._park(entry, topic, exc)
             return
-        self._entry_failures.pop(entry.position, None)
         RELAY_PUBLISHED.labels(self.source.name, topic).inc()
 
-    async def _refused(self, exc: Exception, attempts: int) -> bool:
-        """Whether Kafka refuses this entry itself, rather than being away."""
-        if isinstance(exc, RECORD_REFUSED):
-            return True
-        if attempts < self._max_entry_attempts or self._reachable is None:
-            return False
-        try:
-            return await self._reachable()
-        except Exception:
-            return False
-
-    async def _park(self, entry: Outbound, topic: str, exc: Exception, attempts: int) -> None:
+    async def _park(self, entry: Outbound, topic: str, exc: Exception) -> None:
         error = dead_letters.describe_error(exc)
         headers = dead_letters.dead_letter_headers(
             [(k, v.encode()) for k, v in entry.headers.items()],
             reason=dead_letters.Reason.REFUSED_BY_KAFKA,
             error=error,
             service=self._service,
-            attempts=attempts,
+            attempts=1,  # a record Kafka refuses is refused on every attempt
             original_topic=topic,
             extra={
                 dead_letters.RELAY: self.source.name,
@@ -267,7 +247,10 @@ class Relay:
         except RECORD_TOO_LARGE:
             # Too large for the dead-letter topic as well: park what says what it was, so
             # the entry is visible and the log goes on; its value stays in the source's
-            # backups (an event store) or is lost with an outbox row.
+            # backups (an event store) or is lost with an outbox row. The refusal spent the
+            # producer's sequence too: the next record needs a new producer.
+            if self._on_refused is not None:
+                await self._on_refused()
             headers_without_value = {
                 **parked.headers,
                 dead_letters.VALUE_OMITTED: str(len(entry.value)),
@@ -284,6 +267,5 @@ class Relay:
             position=entry.position,
             topic=topic,
             dlq=parked.topic,
-            attempts=attempts,
             error=error,
         )

@@ -103,13 +103,10 @@ class ServiceRuntime:
             headers = [(name, value.encode()) for name, value in entry.headers.items()]
             return await send_pipelined(self.broker, entry.topic, entry.key, entry.value, headers)
 
-        async def reachable() -> bool:
-            return await self.broker.ping(timeout=2.0)
-
         async def renew() -> None:
             await renew_producer(self.broker)
 
-        relay = Relay(source, publish, service=self.name, reachable=reachable, on_refused=renew)
+        relay = Relay(source, publish, service=self.name, on_refused=renew)
         self.add_background(relay.run, needs_kafka=True)
         self.add_check(f"relay:{source.name}", relay.is_healthy)
         return relay

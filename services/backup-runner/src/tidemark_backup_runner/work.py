@@ -280,16 +280,24 @@ class WorkTable:
 
     def release(self, lease: Lease, outcome: str, error: str | None = None) -> None:
         """Hand the backup over before it is done (the runner is stopping): any instance
-        may take it over at once, and the hand-over does not count as a failed attempt."""
+        may take it over at once, and the hand-over of a run does not count as a failed
+        attempt. (A runner stopped while giving up ran no attempt: nothing is given back.)"""
         with self._pool.connection() as conn, conn.transaction():
             conn.execute(
                 sql.SQL(
-                    "UPDATE {} SET lease_expires_at = now(), handovers = handovers + 1, "
-                    "last_error = coalesce(%s, last_error), updated_at = now() "
-                    "WHERE backup_id = %s AND owner = %s AND attempts = %s "
+                    "UPDATE {work} SET lease_expires_at = now(), handovers = handovers + ("
+                    "SELECT count(*) FROM {attempts} WHERE backup_id = %(id)s "
+                    "AND attempt = %(attempt)s AND owner = %(owner)s)::integer, "
+                    "last_error = coalesce(%(error)s, last_error), updated_at = now() "
+                    "WHERE backup_id = %(id)s AND owner = %(owner)s AND attempts = %(attempt)s "
                     "AND state = 'running'"
-                ).format(self._work),
-                (_short(error), lease.backup_id, lease.owner, lease.attempt),
+                ).format(work=self._work, attempts=self._attempts),
+                {
+                    "error": _short(error),
+                    "id": lease.backup_id,
+                    "owner": lease.owner,
+                    "attempt": lease.attempt,
+                },
             )
             with conn.cursor() as cur:
                 self._end_attempt(cur, lease, outcome)
