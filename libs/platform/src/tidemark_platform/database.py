@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+from collections.abc import Iterator
+
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict
@@ -43,6 +47,27 @@ def eventstore_env(database_url: str, schema: str) -> dict[str, str]:
         "POSTGRES_PRE_PING": "y",
         "CREATE_TABLE": "y",
     }
+
+
+# Advisory-lock class under which a schema's tables are created (see ``creating_tables``).
+SCHEMA_DDL_LOCK_CLASS = 7350010
+
+
+def advisory_key(lock_class: int, name: str) -> tuple[int, int]:
+    """An advisory lock key for ``name``: stable across processes, versions and hosts
+    (a digest of the name, not Python's per-process ``hash``)."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return lock_class, int.from_bytes(digest[:4], "big", signed=True)
+
+
+@contextlib.contextmanager
+def creating_tables(database_url: str, schema: str) -> Iterator[None]:
+    """Hold the schema's DDL lock while its tables are created: PostgreSQL's ``CREATE
+    TABLE IF NOT EXISTS`` is not safe against itself, and instances of one service start
+    together (two of them failed with a duplicate ``pg_type`` entry on a fresh database)."""
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", advisory_key(SCHEMA_DDL_LOCK_CLASS, schema))
+        yield  # the lock ends with the session
 
 
 def ensure_schema(database_url: str, schema: str) -> None:

@@ -19,7 +19,7 @@ from eventsourcing.utils import get_topic
 from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
-from tidemark_platform.database import ensure_schema, eventstore_env
+from tidemark_platform.database import creating_tables, ensure_schema, eventstore_env
 
 Fence = Callable[[Cursor[DictRow]], None]
 """A check run inside the transaction that writes events; raising refuses the write."""
@@ -55,9 +55,10 @@ class EventStoreApplication(Application[UUID]):
 
     @classmethod
     def on_postgres(cls, database_url: str, schema: str, **env: str) -> Any:
-        ensure_schema(database_url, schema)
         recorder = {"PROCESS_RECORDER_TOPIC": get_topic(FencedProcessRecorder)}
-        return cls(env={**eventstore_env(database_url, schema), **recorder, **env})
+        with creating_tables(database_url, schema):
+            ensure_schema(database_url, schema)
+            return cls(env={**eventstore_env(database_url, schema), **recorder, **env})
 
     def has_processed(self, tracking: Tracking) -> bool:
         return self.process_recorder.has_tracking_id(

@@ -10,13 +10,13 @@ lock again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 
 import psycopg
 from prometheus_client import Gauge
 from psycopg import AsyncConnection
 
+from tidemark_platform.database import advisory_key
 from tidemark_platform.logging import get_logger
 
 log = get_logger(__name__)
@@ -33,10 +33,8 @@ RELAY_LEADER = Gauge(
 
 
 def lock_key(name: str) -> tuple[int, int]:
-    """The advisory lock of the log ``name``: stable across processes, versions and hosts
-    (a digest of the name, not Python's per-process ``hash``)."""
-    digest = hashlib.sha256(name.encode()).digest()
-    return LEADERSHIP_LOCK_CLASS, int.from_bytes(digest[:4], "big", signed=True)
+    """The advisory lock of the log ``name``."""
+    return advisory_key(LEADERSHIP_LOCK_CLASS, name)
 
 
 class Leadership:
