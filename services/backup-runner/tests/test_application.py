@@ -10,34 +10,15 @@ from pathlib import Path
 from eventsourcing.persistence import Tracking
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup
-from tidemark_contracts import BACKUP_EVENTS, Envelope, utc_now
-from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
+from tidemark_contracts import BACKUP_EVENTS, Envelope
+from tidemark_contracts.backup import DatabaseTarget, RequestBackup
+from tidemark_devstack.e2e import backup_request
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def request() -> RequestBackup:
-    return RequestBackup(
-        backup_id=uuid.uuid4(),
-        organization_id=uuid.uuid4(),
-        project_id=uuid.uuid4(),
-        environment_id=uuid.uuid4(),
-        type="db",
-        trigger="manual",
-        requested_by="t",
-        requested_at=utc_now(),
-        database=DatabaseTarget(host="h", port=1, dbname="d", user="u"),
-        destinations=[
-            DestinationTarget.model_validate(
-                {
-                    "destinationId": str(uuid.uuid4()),
-                    "name": "n",
-                    "type": "local",
-                    "config": {"kind": "local", "path": "/x"},
-                }
-            )
-        ],
-    )
+    return backup_request(database=DatabaseTarget(host="h", port=1, dbname="d", user="u"))
 
 
 def run_to_completion(app: BackupRunnerApplication, backup_id: uuid.UUID) -> None:

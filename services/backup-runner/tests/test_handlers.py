@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import Tracking
 from tidemark_backup_runner.handlers import make_handlers
-from tidemark_contracts import Envelope, utc_now
-from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
+from tidemark_contracts import Envelope
+from tidemark_contracts.backup import RequestBackup
+from tidemark_devstack.e2e import backup_request
 from tidemark_platform.consumer import Delivery
 
 
@@ -37,27 +38,7 @@ class FakeExecutor:
 
 
 def command_envelope() -> tuple[RequestBackup, Envelope]:
-    command = RequestBackup(
-        backup_id=uuid.uuid4(),
-        organization_id=uuid.uuid4(),
-        project_id=uuid.uuid4(),
-        environment_id=uuid.uuid4(),
-        type="db",
-        trigger="manual",
-        requested_by="t",
-        requested_at=utc_now(),
-        database=DatabaseTarget(host="h", port=1, dbname="d", user="u"),
-        destinations=[
-            DestinationTarget.model_validate(
-                {
-                    "destinationId": str(uuid.uuid4()),
-                    "name": "n",
-                    "type": "local",
-                    "config": {"kind": "local", "path": "/x"},
-                }
-            )
-        ],
-    )
+    command = backup_request()
     envelope = Envelope.wrap(
         command,
         producer="t",

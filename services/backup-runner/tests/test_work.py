@@ -23,7 +23,8 @@ from tidemark_backup_runner.executor import BackupExecutor
 from tidemark_backup_runner.pgtools import find_tool
 from tidemark_backup_runner.work import Lease, LeaseLost, WorkTable
 from tidemark_contracts import utc_now
-from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
+from tidemark_contracts.backup import DatabaseTarget, DestinationTarget
+from tidemark_devstack.e2e import backup_request
 
 pytestmark = pytest.mark.integration
 
@@ -60,26 +61,9 @@ def request(
     database: DatabaseTarget | None = None,
     path: str = "/nonexistent",
 ) -> uuid.UUID:
-    command = RequestBackup(
-        backup_id=uuid.uuid4(),
-        organization_id=uuid.uuid4(),
-        project_id=uuid.uuid4(),
-        environment_id=uuid.uuid4(),
-        type="db",
-        trigger="manual",
-        requested_by="t",
-        requested_at=utc_now(),
-        database=database or DatabaseTarget(host="127.0.0.1", port=1, dbname="d", user="u"),
-        destinations=[
-            DestinationTarget.model_validate(
-                {
-                    "destinationId": str(uuid.uuid4()),
-                    "name": "n",
-                    "type": "local",
-                    "config": {"kind": "local", "path": path},
-                }
-            )
-        ],
+    command = backup_request(
+        database=database,
+        destinations=[DestinationTarget.of(uuid.uuid4(), "n", "local", {"path": path})],
     )
     assert app.request_backup(command, Tracking("backup.commands:0", offset))
     return command.backup_id

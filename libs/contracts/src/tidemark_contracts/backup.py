@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, ClassVar, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -52,6 +53,20 @@ class DestinationTarget(WireModel):
     name: str
     type: Literal["local", "s3"]
     config: DestinationConfig
+
+    @classmethod
+    def of(
+        cls, destination_id: uuid.UUID | str, name: str, type: str, config: Mapping[str, Any]
+    ) -> DestinationTarget:
+        """A registered destination, its ``config`` as the API shows it (without ``kind``)."""
+        return cls.model_validate(
+            {
+                "destinationId": destination_id,
+                "name": name,
+                "type": type,
+                "config": {"kind": type, **config},
+            }
+        )
 
 
 class DestinationRef(WireModel):

@@ -46,6 +46,32 @@ def make_token(
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
+def backup_request(
+    *,
+    organization_id: uuid.UUID | None = None,
+    project_id: uuid.UUID | None = None,
+    environment_id: uuid.UUID | None = None,
+    database: DatabaseTarget | None = None,
+    destinations: list[DestinationTarget] | None = None,
+    requested_by: str = "t",
+) -> RequestBackup:
+    """A valid ``db`` backup request, for tests: new ids and a local destination unless
+    given. Nothing is reachable through its defaults."""
+    return RequestBackup(
+        backup_id=uuid.uuid4(),
+        organization_id=organization_id or uuid.uuid4(),
+        project_id=project_id or uuid.uuid4(),
+        environment_id=environment_id or uuid.uuid4(),
+        type="db",
+        trigger="manual",
+        requested_by=requested_by,
+        requested_at=utc_now(),
+        database=database or DatabaseTarget(host="127.0.0.1", port=1, dbname="d", user="u"),
+        destinations=destinations
+        or [DestinationTarget.of(uuid.uuid4(), "n", "local", {"path": "/nonexistent"})],
+    )
+
+
 @dataclass
 class Api:
     """An HTTP client of one organization, with the few steps every test repeats."""
@@ -108,26 +134,20 @@ class Api:
     ) -> RequestBackup:
         """The command the gateway would issue for a ``db`` backup of ``environment`` into
         ``destination`` (both as the API returned them), for tests that go around it."""
-        return RequestBackup(
-            backup_id=uuid.uuid4(),
+        return backup_request(
             organization_id=self.org_id,
             project_id=uuid.UUID(environment["projectId"]),
             environment_id=uuid.UUID(environment["id"]),
-            type="db",
-            trigger="manual",
-            requested_by="e2e",
-            requested_at=utc_now(),
             database=DatabaseTarget.model_validate(environment["database"]),
             destinations=[
-                DestinationTarget.model_validate(
-                    {
-                        "destinationId": destination["id"],
-                        "name": destination["name"],
-                        "type": destination["type"],
-                        "config": {"kind": destination["type"], **destination["config"]},
-                    }
+                DestinationTarget.of(
+                    destination["id"],
+                    destination["name"],
+                    destination["type"],
+                    destination["config"],
                 )
             ],
+            requested_by="e2e",
         )
 
     def wait_for(

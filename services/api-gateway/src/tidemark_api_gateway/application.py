@@ -281,14 +281,7 @@ class Gateway:
             requested_at=utc_now(),
             database=DatabaseTarget.model_validate(environment["database"]),
             destinations=[
-                DestinationTarget.model_validate(
-                    {
-                        "destinationId": d["id"],
-                        "name": d["name"],
-                        "type": d["type"],
-                        "config": {"kind": d["type"], **d["config"]},
-                    }
-                )
+                DestinationTarget.of(d["id"], d["name"], d["type"], d["config"])
                 for d in destinations
             ],
         )
