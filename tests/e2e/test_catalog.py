@@ -18,11 +18,13 @@ from tidemark_devstack.e2e import Api, topic_records
 from tidemark_platform.catalog import CatalogView
 from tidemark_platform.database import connection_pool
 from tidemark_platform.projection import (
+    Difference,
     ProjectionRunner,
     compare,
     rebuild,
     stored_envelopes,
 )
+from tidemark_scheduler.main import SCHEMA as SCHEDULER_SCHEMA
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +140,36 @@ def test_another_service_following_the_topic_sees_what_the_gateway_serves(
     assert live is not None
     assert live[0] > 0
     asyncio.run(_views_match(database_url, kafka_bootstrap))
+
+
+async def _scheduler_view_differences(database_url: str) -> list[Difference]:
+    pool = connection_pool(database_url, min_size=1, max_size=2)
+    await pool.open()
+    try:
+        async with pool.connection() as conn:
+            return await compare(conn, CatalogView(), "gateway", SCHEDULER_SCHEMA)
+    finally:
+        await pool.close()
+
+
+def test_the_scheduler_keeps_its_own_catalog_view_from_the_topic(
+    api: Api, source_database: str, tmp_path: Path, database_url: str
+) -> None:
+    environment = api.environment(source_database)
+    destination = api.destination(tmp_path)
+    assert api.delete(f"/api/v1/destinations/{destination['id']}").status_code == 204
+    deadline = time.monotonic() + 30
+    while differences := asyncio.run(_scheduler_view_differences(database_url)):
+        assert time.monotonic() < deadline, differences[:3]
+        time.sleep(0.3)
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            f"SELECT name FROM {SCHEDULER_SCHEMA}.environments WHERE id = %s",
+            (environment["id"],),
+        ).fetchone()
+        removed = conn.execute(
+            f"SELECT count(*) FROM {SCHEDULER_SCHEMA}.destinations WHERE id = %s",
+            (destination["id"],),
+        ).fetchone()
+    assert row == ("production",)
+    assert removed == (0,)

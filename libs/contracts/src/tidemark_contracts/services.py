@@ -58,6 +58,7 @@ SCHEDULER = ServiceDescription(
     "scheduler",
     "Owns schedules; fires backups on cron and applies retention.",
     8101,
+    consumes=(CATALOG_EVENTS,),
     produces=(SERVICE_HEARTBEATS,),
 )
 BACKUP_RUNNER = ServiceDescription(

@@ -24,7 +24,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from tidemark_contracts import SERVICE_HEARTBEATS, Envelope, utc_now
 from tidemark_contracts.service import ServiceHeartbeat
 
-from tidemark_platform.database import can_reach
+from tidemark_platform.catalog import CatalogView
+from tidemark_platform.database import (
+    SCHEMA_DDL_LOCK_CLASS,
+    advisory_key,
+    can_reach,
+    connection_pool,
+)
 from tidemark_platform.kafka import (
     UnsafeTopicsError,
     make_broker,
@@ -33,6 +39,7 @@ from tidemark_platform.kafka import (
     start_when_reachable,
 )
 from tidemark_platform.logging import configure_logging, get_logger
+from tidemark_platform.projection import ProjectionRunner
 from tidemark_platform.relay import Outbound, Relay, RelaySource
 from tidemark_platform.settings import ServiceSettings
 
@@ -77,6 +84,7 @@ class ServiceRuntime:
         }
         self._background: list[tuple[Callable[[], Coroutine[Any, Any, None]], bool]] = []
         self._on_shutdown: list[Callable[[], Any]] = []
+        self._prepare: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     def add_check(self, name: str, check: Check) -> None:
@@ -119,7 +127,29 @@ class ServiceRuntime:
         results = await asyncio.gather(*(self._safe(self.checks[n]) for n in names))
         return dict(zip(names, results, strict=True))
 
+    def follow_catalog(self, schema: str) -> ProjectionRunner:
+        """Keep this service's own view of the catalog (projects, environments,
+        destinations) in ``schema``, from ``catalog.events``; no service reads another's
+        tables. The view's tables exist before the consumer starts."""
+        pool = connection_pool(self.settings.database_url, min_size=1, max_size=4)
+        view = ProjectionRunner(pool, schema, CatalogView())
+        view.subscribe(self.broker, f"{self.name}-catalog", service=self.name)
+
+        async def open_view() -> None:
+            await pool.open(wait=True, timeout=30)
+            async with pool.connection() as conn, conn.transaction():
+                lock = advisory_key(SCHEMA_DDL_LOCK_CLASS, schema)
+                await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock)
+                await view.migrate(conn)
+
+        self._prepare.append(open_view)
+        self.on_shutdown(pool.close)
+        return view
+
     async def startup(self) -> None:
+        # What must exist before messages arrive (tables of views) comes first.
+        for prepare in self._prepare:
+            await prepare()
         self._tasks.append(asyncio.create_task(self._connect(), name="kafka-connect"))
         for run, needs_kafka in self._background:
             task = asyncio.create_task(self._supervise(run, needs_kafka), name=run.__name__)
