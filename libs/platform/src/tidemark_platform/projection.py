@@ -25,7 +25,7 @@ from psycopg import sql
 from tidemark_contracts import Envelope, Message, Topic
 
 from tidemark_platform.consumer import Delivery, NotYet, subscribe_tracked
-from tidemark_platform.database import Connection, Pool
+from tidemark_platform.database import SCHEMA_DDL_LOCK_CLASS, Connection, Pool, advisory_key
 from tidemark_platform.eventstore import EventStoreApplication
 from tidemark_platform.notification_log import ToEnvelope
 
@@ -155,7 +155,12 @@ class ProjectionRunner:
         self.projection = projection
 
     async def migrate(self, conn: Connection) -> None:
-        await conn.execute(schema_ddl(self.projection, self.schema))
+        """Create the view's tables; instances starting together take turns (the schema's
+        DDL lock: CREATE TABLE IF NOT EXISTS is not safe against itself)."""
+        async with conn.transaction():
+            lock = advisory_key(SCHEMA_DDL_LOCK_CLASS, self.schema)
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock)
+            await conn.execute(schema_ddl(self.projection, self.schema))
 
     def subscribe(self, broker: KafkaBroker, group_id: str, *, service: str) -> None:
         """Follow the projection's topic in consumer group ``group_id``."""

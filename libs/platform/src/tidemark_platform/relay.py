@@ -210,17 +210,17 @@ class Relay:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if isinstance(exc, RECORD_REFUSED) and self._on_refused is not None:
+            if not isinstance(exc, RECORD_REFUSED):
+                raise  # Kafka away, or not sure: retried by run(), nothing skipped
+            if self._on_refused is not None:
                 # The producer counted the refused record as sent: without a new one,
                 # every later record to that partition fails too.
                 await self._on_refused()
-            if isinstance(exc, RECORD_REFUSED) and not alone:
+            if not alone:
                 # Kafka refuses a whole request: the entry may only share it with the one
                 # at fault. Sent alone, each entry answers for itself.
                 self._alone_until = max(self._alone_until, last.position)
                 raise _SendAlone from exc
-            if not isinstance(exc, RECORD_REFUSED):
-                raise  # Kafka away, or not sure: retried by run(), nothing skipped
             await self._park(entry, topic, exc)
             return
         RELAY_PUBLISHED.labels(self.source.name, topic).inc()

@@ -25,12 +25,7 @@ from tidemark_contracts import SERVICE_HEARTBEATS, Envelope, utc_now
 from tidemark_contracts.service import ServiceHeartbeat
 
 from tidemark_platform.catalog import CatalogView
-from tidemark_platform.database import (
-    SCHEMA_DDL_LOCK_CLASS,
-    advisory_key,
-    can_reach,
-    connection_pool,
-)
+from tidemark_platform.database import can_reach, connection_pool
 from tidemark_platform.kafka import (
     UnsafeTopicsError,
     make_broker,
@@ -137,9 +132,7 @@ class ServiceRuntime:
 
         async def open_view() -> None:
             await pool.open(wait=True, timeout=30)
-            async with pool.connection() as conn, conn.transaction():
-                lock = advisory_key(SCHEMA_DDL_LOCK_CLASS, schema)
-                await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock)
+            async with pool.connection() as conn:
                 await view.migrate(conn)
 
         self._prepare.append(open_view)
