@@ -15,7 +15,7 @@ lists every row in which the live read model and the rebuilt one differ.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -223,7 +223,7 @@ async def rebuild(
     conn: Connection,
     projection: Projection,
     schema: str,
-    events: Iterable[Envelope] | AsyncIterable[Envelope],
+    events: Iterable[Envelope],
 ) -> int:
     """Replay ``events`` (in the stores' order) into a fresh ``schema``; returns how many
     changed the read model. The schema is dropped and created anew."""
@@ -232,19 +232,10 @@ async def rebuild(
         await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(name))
         await conn.execute(schema_ddl(projection, schema))
     applied = 0
-
-    async def one(envelope: Envelope) -> None:
-        nonlocal applied
+    for envelope in events:
         async with conn.transaction():
             if await apply_event(conn, schema, projection, envelope):
                 applied += 1
-
-    if isinstance(events, AsyncIterable):
-        async for envelope in events:
-            await one(envelope)
-    else:
-        for envelope in events:
-            await one(envelope)
     return applied
 
 
