@@ -14,7 +14,6 @@ from tidemark_devstack.e2e import (
     JWT_SECRET,
     SOURCE_PASSWORD,
     SOURCE_SCHEMA,
-    WRONG_PASSWORD_ENV,
     Api,
     make_token,
 )
@@ -36,8 +35,6 @@ def stack(
         log_dir=log_dir,
         gateway_port=free_port(),
         extra_env={
-            "TIDEMARK_SECRET_E2E_SOURCE": SOURCE_PASSWORD,
-            WRONG_PASSWORD_ENV: "not-the-password",
             **{f"{s.settings_prefix}HEARTBEAT_INTERVAL_SECONDS": "1" for s in SERVICES},
             "TIDEMARK_BACKUP_RUNNER_PROGRESS_INTERVAL_SECONDS": "0.2",
             # Short leases, so a runner's death is noticed in seconds rather than 30.

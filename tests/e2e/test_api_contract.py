@@ -200,28 +200,41 @@ def test_environments_refuse_plain_secrets(api: Api) -> None:
     project = api.project()
     path = f"/api/v1/projects/{project['id']}/environments"
     database = {"host": "127.0.0.1", "port": 5432, "dbname": "app", "user": "app"}
-    for ref in ["hunter2", "env:", "env:1BAD", "file:relative/path", "vault:x"]:
+    for ref in [
+        "hunter2",
+        "env:",
+        "env:1BAD",
+        "file:relative/path",
+        "vault:x",
+        "secret:",
+        "secret:../x",
+    ]:
         body = assert_invalid(
             api.post(path, json={"name": "e", "database": {**database, "passwordRef": ref}}),
             "passwordRef",
         )
-        assert ref not in body["detail"] or ref in ("env:", "vault:x")
+        assert ref not in body["detail"] or ref in ("env:", "secret:")
     assert_invalid(
         api.post(path, json={"name": "e", "database": {**database, "password": "hunter2"}}),
         "password",
     )
-    assert_invalid(api.post(path, json={"name": "e", "database": {**database, "port": 0}}), "port")
-    socket_dir = {**database, "host": "/var/run/postgresql"}
-    assert_invalid(api.post(path, json={"name": "e", "database": socket_dir}), "host")
-    assert_invalid(api.post(path, json={"database": database}), "name")
-    created = api.post(
-        path, json={"name": "e", "database": {**database, "passwordRef": "file:/run/secrets/pg"}}
+    # A missing password is an error, never a fallback to whatever the runner has.
+    assert_invalid(api.post(path, json={"name": "e", "database": database}), "passwordRef")
+    ref = api.secret("pg", "a-stored-password")
+    assert_invalid(
+        api.post(path, json={"name": "e", "database": {**database, "port": 0, "passwordRef": ref}}),
+        "port",
     )
+    socket_dir = {**database, "host": "/var/run/postgresql", "passwordRef": ref}
+    assert_invalid(api.post(path, json={"name": "e", "database": socket_dir}), "host")
+    assert_invalid(api.post(path, json={"database": {**database, "passwordRef": ref}}), "name")
+    created = api.post(path, json={"name": "e", "database": {**database, "passwordRef": ref}})
     assert created.status_code == 201, created.text
     assert created.headers["location"] == f"/api/v1/environments/{created.json()['id']}"
+    assert created.json()["database"]["passwordRef"] == ref
     assert "password" not in created.json()["database"]
     assert_problem(
-        api.post(path, json={"name": "e", "database": {**database, "passwordRef": "env:X"}}), 409
+        api.post(path, json={"name": "e", "database": {**database, "passwordRef": ref}}), 409
     )
 
 

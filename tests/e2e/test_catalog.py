@@ -14,7 +14,7 @@ import pytest
 from eventsourcing.persistence import Tracking
 from tidemark_api_gateway.application import CATALOG_SCHEMA, CatalogApplication
 from tidemark_contracts import CATALOG_EVENTS, Envelope
-from tidemark_devstack.e2e import Api, topic_records
+from tidemark_devstack.e2e import SOURCE_PASSWORD_REF, Api, topic_records
 from tidemark_platform.catalog import CatalogView
 from tidemark_platform.database import connection_pool
 from tidemark_platform.projection import (
@@ -74,7 +74,7 @@ def test_registrations_are_published_on_the_catalog_topic(
     assert registered.aggregate_id == uuid.UUID(environment["id"])
     assert registered.environment_id == uuid.UUID(environment["id"])
     assert registered.key == environment["id"].encode()
-    assert registered.payload["database"]["passwordRef"] == "env:TIDEMARK_SECRET_E2E_SOURCE"
+    assert registered.payload["database"]["passwordRef"] == SOURCE_PASSWORD_REF
     removed = by_type["catalog.DestinationRemoved"]
     assert removed.aggregate_id == uuid.UUID(destination["id"])
     assert removed.aggregate_version == 2

@@ -21,8 +21,8 @@ from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, Request
 
 JWT_SECRET = "e2e-secret-that-is-long-enough-for-hs256-0123456789"
 SOURCE_PASSWORD = "s3cret-source-Pa55word"
-WRONG_PASSWORD_ENV = "TIDEMARK_SECRET_E2E_WRONG"
-SOURCE_PASSWORD_REF = "env:TIDEMARK_SECRET_E2E_SOURCE"  # the stack sets it to SOURCE_PASSWORD
+SOURCE_SECRET = "source-password"  # noqa: S105 (a name): Api.environment stores it
+SOURCE_PASSWORD_REF = f"secret:{SOURCE_SECRET}"
 TERMINAL = ("completed", "failed")
 
 
@@ -94,9 +94,26 @@ class Api:
         resource: dict[str, Any] = response.json()
         return resource
 
+    def put(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.put(path, **kwargs)
+
+    def secret(self, name: str, value: str) -> str:
+        """Store (or replace) the organization's secret ``name``; returns its reference."""
+        response = self.post("/api/v1/secrets", json={"name": name, "value": value})
+        if response.status_code == 409:
+            response = self.put(f"/api/v1/secrets/{name}", json={"value": value})
+            assert response.status_code == 200, response.text
+        else:
+            assert response.status_code == 201, response.text
+        return f"secret:{name}"
+
     def environment(
-        self, database_url: str, password_ref: str | None = "env:TIDEMARK_SECRET_E2E_SOURCE"
+        self, database_url: str, password_ref: str | None = SOURCE_PASSWORD_REF
     ) -> dict[str, Any]:
+        """A new project with one environment on ``database_url``; by default its password
+        is the organization's stored secret ``source-password`` (stored here)."""
+        if password_ref == SOURCE_PASSWORD_REF:
+            self.secret(SOURCE_SECRET, SOURCE_PASSWORD)
         project = self.project()
         info = conninfo_to_dict(database_url)
         body = {

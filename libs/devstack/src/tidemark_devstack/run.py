@@ -21,6 +21,7 @@ import httpx
 import jwt
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from tidemark_platform.vault import KeyRing
 
 from tidemark_devstack._util import log_tail
 from tidemark_devstack.kafka import LocalKafka, kafka_version
@@ -43,7 +44,8 @@ RUN_FILE = "run.json"  # in the state directory: what this make run started, for
 # Fixed, so a token printed by one run keeps working after the next (same secret file).
 DEMO_ORG_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://tidemark.dev/demo-org")
 DEMO_DATABASE = "demo_shop"  # also the name of the login role that owns it
-DEMO_PASSWORD_ENV = "TIDEMARK_SECRET_DEMO_DB_PASSWORD"  # noqa: S105 (a variable name)
+DEMO_SECRET_NAME = "demo-db-password"  # noqa: S105 (a name, not a secret)
+SECRETS_KEYS_ENV = "TIDEMARK_SECRETS_KEYS"
 PROJECT_NAME = "demo"
 ENVIRONMENT_NAME = "production"
 DESTINATION_NAME = "local-disk"
@@ -224,6 +226,15 @@ def persistent_secret(path: Path, make: Callable[[], str]) -> str:
 
 def demo_database_password() -> str:
     return persistent_secret(_demo_dir() / "db-password", lambda: secrets.token_urlsafe(24))
+
+
+def secrets_keys() -> str:
+    """``$TIDEMARK_SECRETS_KEYS``, else a key made once and kept in the state (so the
+    secrets stored by one run still open in the next)."""
+    preset = os.environ.get(SECRETS_KEYS_ENV)
+    if preset:
+        return preset
+    return persistent_secret(_demo_dir() / "secrets-keys", lambda: KeyRing.generate("k1"))
 
 
 def jwt_secret() -> str:
@@ -510,12 +521,27 @@ class Demo:
     destination: dict[str, Any]
 
 
+def ensure_demo_secret(client: httpx.Client, password: str) -> bool:
+    """The demo database's password, stored as the organization's secret (sealed at rest,
+    named ``secret:demo-db-password``); replaced when it exists. True when created."""
+    response = client.post("/api/v1/secrets", json={"name": DEMO_SECRET_NAME, "value": password})
+    if response.status_code == 409:
+        replaced = client.put(f"/api/v1/secrets/{DEMO_SECRET_NAME}", json={"value": password})
+        _expect(replaced, 200, f"PUT /api/v1/secrets/{DEMO_SECRET_NAME}")
+        return False
+    _expect(response, 201, "POST /api/v1/secrets")
+    return True
+
+
 def ensure_demo_resources(
-    gateway_url: str, token: str, database: ServerAddress, backups_dir: Path
+    gateway_url: str, token: str, database: ServerAddress, backups_dir: Path, password: str
 ) -> Demo:
-    """Project ``demo``, environment ``production`` and destination ``local-disk`` (idempotent)."""
+    """Secret ``demo-db-password``, project ``demo``, environment ``production`` and
+    destination ``local-disk`` (idempotent)."""
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=gateway_url, headers=headers, timeout=15.0) as client:
+        made = ensure_demo_secret(client, password)
+        _say(f"{'stored' if made else 'updated'} secret:{DEMO_SECRET_NAME}")
         project, made = _ensure(client, "/api/v1/projects", {"name": PROJECT_NAME})
         _say(f"{'created' if made else 'found'} project {PROJECT_NAME!r} {project['id']}")
         wanted_db = {
@@ -523,7 +549,7 @@ def ensure_demo_resources(
             "port": database.port,
             "dbname": DEMO_DATABASE,
             "user": DEMO_DATABASE,
-            "passwordRef": f"env:{DEMO_PASSWORD_ENV}",
+            "passwordRef": f"secret:{DEMO_SECRET_NAME}",
         }
         environment, made = _ensure(
             client,
@@ -578,6 +604,8 @@ def _summary(gateway_url: str, token: str, expires: datetime, demo: Demo, logs: 
         f"(database {db['dbname']} on {db['host']}:{db['port']})",
         f"  Destination:  {DESTINATION_NAME:<11} {demo.destination['id']}  "
         f"({demo.destination['config'].get('path')})",
+        f"  Credentials:  {db['passwordRef']}  (the demo database's password, stored "
+        "sealed: GET /api/v1/secrets lists names only)",
         f"  Logs:         {logs}/<service>.log",
         "",
         f"Development token (sub {TOKEN_SUBJECT}, scope {TOKEN_SCOPE!r}, "
@@ -666,7 +694,7 @@ def _run(session: _Session) -> int:
         jwt_secret=secret,
         log_dir=logs,
         gateway_port=port,
-        extra_env={DEMO_PASSWORD_ENV: password},
+        secrets_keys=secrets_keys(),
         log_format="json",
         replicas=replicas,
     )
@@ -675,7 +703,7 @@ def _run(session: _Session) -> int:
     backups_dir.mkdir(parents=True, exist_ok=True)
     token, expires = make_token(secret)
     demo = ensure_demo_resources(
-        stack.gateway_url, token, server_address(database_url), backups_dir
+        stack.gateway_url, token, server_address(database_url), backups_dir, password
     )
     session.ready = True
     print(_summary(stack.gateway_url, token, expires, demo, logs), flush=True)

@@ -13,6 +13,7 @@ from typing import IO
 
 import httpx
 from tidemark_contracts.services import SERVICES, ServiceDescription
+from tidemark_platform.vault import KeyRing
 
 from tidemark_devstack.paths import free_port
 
@@ -60,6 +61,9 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     log_format: str = "json"
     replicas: int = 1
+    # The keys that seal stored secrets, shared by every service (a new one per stack
+    # unless given: a stack's secrets need not outlive it).
+    secrets_keys: str = field(default_factory=lambda: KeyRing.generate("k1"))
     services: dict[InstanceKey, RunningService] = field(default_factory=dict)
 
     @property
@@ -79,6 +83,7 @@ class Stack:
             **self.extra_env,
             "DATABASE_URL": self.database_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            "TIDEMARK_SECRETS_KEYS": self.secrets_keys,
             f"{spec.settings_prefix}HTTP_PORT": str(port),
             f"{spec.settings_prefix}LOG_FORMAT": self.log_format,
             "PYTHONUNBUFFERED": "1",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tidemark_contracts.services import ServiceDescription
+
+from tidemark_platform.vault import KeyRing
 
 
 class ServiceSettings(BaseSettings):
@@ -51,3 +53,28 @@ class ServiceSettings(BaseSettings):
 def settings_config(service: ServiceDescription) -> SettingsConfigDict:
     """A service's settings configuration: its variables carry its prefix."""
     return SettingsConfigDict(env_prefix=service.settings_prefix, extra="ignore")
+
+
+class SecretSettings(BaseSettings):
+    """Settings of a service that stores or resolves credentials (read without a prefix:
+    the gateway and the runners must agree on them)."""
+
+    secrets_keys: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TIDEMARK_SECRETS_KEYS"),
+        description=(
+            "Keys that seal stored secrets: id:base64key[,id:base64key...] (32-byte keys; "
+            "the first seals, all open). Without it, stored secrets are refused."
+        ),
+    )
+    allow_operator_secret_refs: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("TIDEMARK_ALLOW_OPERATOR_SECRET_REFS"),
+        description="Accept env:NAME and file:/path credential references (off: any "
+        "organization could name them).",
+    )
+
+    def keyring(self) -> KeyRing | None:
+        if self.secrets_keys is None or not self.secrets_keys.get_secret_value().strip():
+            return None
+        return KeyRing.parse(self.secrets_keys.get_secret_value())

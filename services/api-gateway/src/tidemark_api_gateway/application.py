@@ -40,6 +40,14 @@ from tidemark_contracts.catalog import (
 )
 from tidemark_platform.eventstore import EventStoreApplication
 from tidemark_platform.projection import ProjectionRunner
+from tidemark_platform.vault import (
+    SecretInfo,
+    SecretInUse,
+    SecretNotFound,
+    SecretUse,
+    SecretVault,
+    secret_name,
+)
 
 from tidemark_api_gateway.domain import (
     CatalogError,
@@ -63,6 +71,20 @@ class Conflict(Exception):
 
 class Gone(Exception):
     """The aggregate the request names does not exist (for this organization)."""
+
+
+class InvalidReference(Exception):
+    """A credential reference the organization may not use; the message never repeats it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+# A recorded use of a secret whose registration never got saved (the gateway stopped in
+# between) is dropped when the secret is deleted, once it is older than this.
+STALE_USE_SECONDS = 60.0
 
 
 class CatalogApplication(EventStoreApplication):
@@ -174,11 +196,16 @@ class Gateway:
         catalog_view: ProjectionRunner,
         backups_view: ProjectionRunner,
         wake_relays: Callable[[], None],
+        vault: SecretVault,
+        *,
+        allow_operator_refs: bool = False,
     ) -> None:
         self.catalog = catalog
         self.catalog_view = catalog_view
         self.backups_view = backups_view
         self._wake_relays = wake_relays
+        self.vault = vault
+        self.allow_operator_refs = allow_operator_refs
 
     async def _recorded(self, events: Sequence[Any]) -> None:
         """Apply new catalog events to our view now, and have the relay publish them."""
@@ -199,6 +226,86 @@ class Gateway:
 
         await self._recorded(await asyncio.to_thread(record))
         return registration.id
+
+    def _secret_names(self, refs: dict[str, str | None]) -> dict[str, str]:
+        """The stored secrets that ``refs`` (field → reference) name, by name → field;
+        ``InvalidReference`` for a reference the organization may not use."""
+        names: dict[str, str] = {}
+        for field, ref in refs.items():
+            if ref is None:
+                continue
+            name = secret_name(ref)
+            if name is not None:
+                names.setdefault(name, field)
+            elif not self.allow_operator_refs:
+                raise InvalidReference(
+                    field,
+                    "env: and file: references are disabled by the operator; store the "
+                    "credential with POST /api/v1/secrets and name it as secret:NAME",
+                )
+        return names
+
+    async def _register_using_secrets(
+        self,
+        registration: Aggregate,
+        kind: str,
+        scope: uuid.UUID,
+        name: str,
+        organization_id: uuid.UUID,
+        refs: dict[str, str | None],
+    ) -> uuid.UUID:
+        """Register, having recorded the registration's use of the secrets it names (each
+        must exist in the organization); a failed registration drops those uses again."""
+        names = self._secret_names(refs)
+        if names:
+            try:
+                await asyncio.to_thread(
+                    self.vault.add_uses, organization_id, list(names), kind, registration.id
+                )
+            except SecretNotFound as exc:
+                raise InvalidReference(
+                    names[exc.name], "names no secret of this organization"
+                ) from None
+        try:
+            return await self._register(registration, kind, scope, name)
+        except BaseException:
+            if names:
+                await asyncio.to_thread(self.vault.drop_uses, registration.id)
+            raise
+
+    async def create_secret(self, organization_id: uuid.UUID, name: str, value: str) -> SecretInfo:
+        return await asyncio.to_thread(self.vault.create, organization_id, name, value)
+
+    async def replace_secret(self, organization_id: uuid.UUID, name: str, value: str) -> SecretInfo:
+        return await asyncio.to_thread(self.vault.replace, organization_id, name, value)
+
+    async def list_secrets(
+        self, organization_id: uuid.UUID, limit: int, offset: int
+    ) -> tuple[list[SecretInfo], int]:
+        return await asyncio.to_thread(self.vault.page, organization_id, limit, offset)
+
+    async def delete_secret(self, organization_id: uuid.UUID, name: str) -> None:
+        """Delete the secret; ``SecretInUse`` while a registered environment or destination
+        names it (uses left by registrations that never got saved do not count)."""
+        try:
+            await asyncio.to_thread(self.vault.delete, organization_id, name)
+            return
+        except SecretInUse as exc:
+            stale = [u for u in exc.users if await asyncio.to_thread(self._is_stale, u)]
+            if len(stale) < len(exc.users):
+                raise
+            for use in stale:
+                await asyncio.to_thread(self.vault.drop_uses, use.user_id)
+        await asyncio.to_thread(self.vault.delete, organization_id, name)
+
+    def _is_stale(self, use: SecretUse) -> bool:
+        if use.age_seconds < STALE_USE_SECONDS:
+            return False
+        try:
+            user: Aggregate = self.catalog.repository.get(use.user_id)
+        except AggregateNotFoundError:
+            return True
+        return isinstance(user, Destination) and user.removed
 
     async def register_project(self, organization_id: uuid.UUID, name: str) -> uuid.UUID:
         project = Project(
@@ -228,7 +335,14 @@ class Gateway:
             files_path=files_path,
             registered_at=utc_now(),
         )
-        return await self._register(environment, "environment", project_id, name)
+        return await self._register_using_secrets(
+            environment,
+            "environment",
+            project_id,
+            name,
+            organization_id,
+            {"database.passwordRef": database.get("passwordRef")},
+        )
 
     async def register_destination(
         self,
@@ -247,7 +361,17 @@ class Gateway:
             is_default=is_default,
             registered_at=utc_now(),
         )
-        return await self._register(destination, "destination", organization_id, name)
+        return await self._register_using_secrets(
+            destination,
+            "destination",
+            organization_id,
+            name,
+            organization_id,
+            {
+                "config.accessKeyRef": config.get("accessKeyRef"),
+                "config.secretKeyRef": config.get("secretKeyRef"),
+            },
+        )
 
     async def remove_destination(
         self, organization_id: uuid.UUID, destination_id: uuid.UUID
@@ -256,6 +380,8 @@ class Gateway:
             self.catalog.remove_destination, organization_id, destination_id, utc_now()
         )
         await self._recorded(events)
+        # Its credentials are free to be deleted now.
+        await asyncio.to_thread(self.vault.drop_uses, destination_id)
 
     async def request_backup(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from litestar import Litestar, Request, Router
@@ -16,6 +17,7 @@ from tidemark_platform.leadership import Leadership
 from tidemark_platform.notification_log import NotificationLogSource
 from tidemark_platform.projection import ProjectionRunner
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
+from tidemark_platform.vault import SecretVault
 
 from tidemark_api_gateway.application import CATALOG_SCHEMA, CatalogApplication, Gateway
 from tidemark_api_gateway.auth import Principal, auth_middleware, scope_guard
@@ -57,7 +59,22 @@ def create_app(settings: GatewaySettings) -> Litestar:
         for relay in relays:
             relay.wake()
 
-    gateway = Gateway(catalog, catalog_view, backups_view, wake_relays)
+    keyring = settings.keyring()
+    if keyring is None:
+        raise SystemExit(
+            "TIDEMARK_SECRETS_KEYS is not set: the gateway stores organizations' credentials "
+            "sealed with it (python -m tidemark_platform.vault generate-key k1 makes one)"
+        )
+    vault = SecretVault(settings.database_url, keyring)
+    runtime.on_shutdown(vault.close)
+    gateway = Gateway(
+        catalog,
+        catalog_view,
+        backups_view,
+        wake_relays,
+        vault,
+        allow_operator_refs=settings.allow_operator_secret_refs,
+    )
 
     registry = ServiceRegistry(settings.expected_services, settings.heartbeat_timeout_seconds)
     backups_view.subscribe(broker, PROJECTION_GROUP, service=SERVICE)
@@ -70,6 +87,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
     runtime.on_shutdown(catalog.close)
 
     async def open_pool() -> None:
+        await asyncio.to_thread(vault.open)
         await pool.open(wait=True, timeout=30)
         async with pool.connection() as conn:
             await migrate(conn, catalog_view, backups_view)

@@ -16,6 +16,8 @@ from litestar.exceptions import (
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from tidemark_platform.logging import get_logger
 
+from tidemark_api_gateway.application import InvalidReference
+
 log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -88,6 +90,14 @@ def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
     return errors or [{"field": "body", "message": str(exc.detail)}]
 
 
+def handle_invalid_reference(
+    _: Request[Any, Any, Any], exc: InvalidReference
+) -> Response[dict[str, Any]]:
+    return problem_response(
+        422, f"{exc.field}: {exc.message}", [{"field": exc.field, "message": exc.message}]
+    )
+
+
 def handle_problem(_: Request[Any, Any, Any], exc: Problem) -> Response[dict[str, Any]]:
     return problem_response(exc.status, exc.detail, exc.errors)
 
@@ -114,6 +124,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     Problem: handle_problem,
+    InvalidReference: handle_invalid_reference,
     ValidationException: handle_validation,
     NotAuthorizedException: handle_http,
     PermissionDeniedException: handle_http,

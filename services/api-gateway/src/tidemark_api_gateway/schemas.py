@@ -11,7 +11,8 @@ from pydantic.alias_generators import to_camel
 from tidemark_contracts import UtcDatetime
 from tidemark_contracts.backup import BackupStatus, BackupTrigger, BackupType
 
-CREDENTIAL_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)$")
+SECRET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"  # noqa: S105 (a pattern)
+CREDENTIAL_REF = re.compile(rf"^(secret:{SECRET_NAME}|env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)$")
 NAME = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")]
 
 
@@ -28,9 +29,21 @@ class ResponseBody(BaseModel):
 def check_credential_ref(value: str | None) -> str | None:
     if value is not None and not CREDENTIAL_REF.match(value):
         raise ValueError(
-            "must be a credential reference, env:NAME or file:/path; plain secrets are refused"
+            "must be a credential reference, secret:NAME (env:NAME and file:/path when the "
+            "operator enables them); plain secrets are refused"
         )
     return value
+
+
+CredentialRef = Annotated[
+    str,
+    Field(
+        max_length=300,
+        description="secret:NAME, a secret stored through /api/v1/secrets "
+        "(env:NAME and file:/path only where the operator enables them)",
+        examples=["secret:db-password"],
+    ),
+]
 
 
 # --- projects -------------------------------------------------------------------------
@@ -56,7 +69,8 @@ class DatabaseIn(RequestBody):
     port: Annotated[int, Field(ge=1, le=65535)] = 5432
     dbname: Annotated[str, Field(min_length=1, max_length=63)]
     user: Annotated[str, Field(min_length=1, max_length=63)]
-    password_ref: str | None = None
+    # Required: a missing password is an error, never a fallback to the runner's own.
+    password_ref: CredentialRef
 
     _ref = field_validator("password_ref")(check_credential_ref)
 
@@ -111,8 +125,8 @@ class S3ConfigIn(RequestBody):
     prefix: str = ""
     endpoint_url: str | None = None
     region: str | None = None
-    access_key_ref: str | None = None
-    secret_key_ref: str | None = None
+    access_key_ref: CredentialRef | None = None
+    secret_key_ref: CredentialRef | None = None
 
     _refs = field_validator("access_key_ref", "secret_key_ref")(check_credential_ref)
 
@@ -145,6 +159,35 @@ class DestinationOut(ResponseBody):
     config: dict[str, Any]
     is_default: bool
     created_at: UtcDatetime
+
+
+# --- secrets --------------------------------------------------------------------------
+
+SecretName = Annotated[
+    str,
+    Field(
+        pattern=rf"^{SECRET_NAME}$",
+        description="letters, digits, '_', '.', '-'; named elsewhere as secret:NAME",
+    ),
+]
+SecretValue = Annotated[str, Field(min_length=1, max_length=65536)]
+
+
+class CreateSecret(RequestBody):
+    name: SecretName
+    value: SecretValue
+
+
+class ReplaceSecret(RequestBody):
+    value: SecretValue
+
+
+class SecretOut(ResponseBody):
+    """A stored secret as the API shows it: its name and dates, never its value."""
+
+    name: str
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 # --- backups --------------------------------------------------------------------------

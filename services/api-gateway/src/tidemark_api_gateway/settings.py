@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 from tidemark_contracts.services import API_GATEWAY, SERVICES
-from tidemark_platform.settings import ServiceSettings, settings_config
+from tidemark_platform.settings import SecretSettings, ServiceSettings, settings_config
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ServiceSettings, SecretSettings):
     model_config = settings_config(API_GATEWAY)
 
     http_port: int = API_GATEWAY.default_port

@@ -18,6 +18,7 @@ from psycopg_pool import PoolTimeout
 from tidemark_contracts import utc_now
 from tidemark_contracts.backup import BackupProgress, DatabaseTarget, DestinationTarget
 from tidemark_platform.logging import bound_log_context, get_logger
+from tidemark_platform.vault import SecretVault
 
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup, WorkPolicy
@@ -98,6 +99,7 @@ class BackupExecutor:
         lock_wait_timeout_seconds: int = 300,
         stall_timeout_seconds: float = 900.0,
         credential_policy: CredentialPolicy | None = None,
+        vault: SecretVault | None = None,
         save_attempts: int = 12,
     ) -> None:
         self.app = app
@@ -112,6 +114,7 @@ class BackupExecutor:
         self._lock_wait_timeout = lock_wait_timeout_seconds
         self._stall_timeout = stall_timeout_seconds
         self._policy = credential_policy or CredentialPolicy()
+        self._vault = vault
         self._save_attempts = save_attempts
         self._progress_interval = progress_interval
         self._poll_seconds = poll_seconds
@@ -329,7 +332,13 @@ class BackupExecutor:
             return
         target = DatabaseTarget.model_validate(backup.database)
         try:
-            password = resolve_secret(target.password_ref, backup.organization_id, self._policy)
+            password = await asyncio.to_thread(
+                resolve_secret,
+                target.password_ref,
+                backup.organization_id,
+                self._policy,
+                self._vault,
+            )
         except SecretError as exc:
             await self._fail(backup, lease, str(exc))
             return

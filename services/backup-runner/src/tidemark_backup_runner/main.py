@@ -10,8 +10,10 @@ from tidemark_contracts.backup import BackupProgress
 from tidemark_contracts.services import BACKUP_RUNNER
 from tidemark_platform.kafka import make_broker
 from tidemark_platform.leadership import Leadership
+from tidemark_platform.logging import get_logger
 from tidemark_platform.notification_log import NotificationLogSource
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
+from tidemark_platform.vault import SecretVault
 
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import WorkPolicy
@@ -25,6 +27,8 @@ from tidemark_backup_runner.work import WorkTable
 SERVICE = BACKUP_RUNNER.name
 SCHEMA = "backup_runner"
 RELAY_NAME = "kafka"
+
+log = get_logger(__name__)
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -49,6 +53,10 @@ def create_app(settings: Settings) -> Litestar:
         await broker.publish(envelope.to_bytes(), BACKUP_PROGRESS.name, key=envelope.key)
 
     work = WorkTable(settings.database_url, SCHEMA)
+    keyring = settings.keyring()
+    vault = SecretVault(settings.database_url, keyring) if keyring is not None else None
+    if vault is None:
+        log.warning("stored_secrets_unavailable", reason="TIDEMARK_SECRETS_KEYS is not set")
     executor = BackupExecutor(
         app,
         work,
@@ -69,14 +77,21 @@ def create_app(settings: Settings) -> Litestar:
         lock_wait_timeout_seconds=settings.lock_wait_timeout_seconds,
         stall_timeout_seconds=settings.stall_timeout_seconds,
         credential_policy=CredentialPolicy(
-            settings.credential_env_prefix, settings.credential_file_root
+            settings.credential_env_prefix,
+            settings.credential_file_root,
+            settings.allow_operator_secret_refs,
         ),
+        vault=vault,
     )
     register_handlers(broker, app, executor, relay.wake, service=SERVICE)
     runtime.add_background(executor.run)
     runtime.on_shutdown(app.close)
     runtime.on_shutdown(work.close)
-    return build_service_app(runtime, on_startup=[work.open])
+    startup = [work.open]
+    if vault is not None:
+        startup.append(vault.open)
+        runtime.on_shutdown(vault.close)
+    return build_service_app(runtime, on_startup=startup)
 
 
 def main() -> None:

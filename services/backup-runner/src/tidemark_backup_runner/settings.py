@@ -6,12 +6,12 @@ from pathlib import Path
 
 from pydantic import Field
 from tidemark_contracts.services import BACKUP_RUNNER
-from tidemark_platform.settings import ServiceSettings, settings_config
+from tidemark_platform.settings import SecretSettings, ServiceSettings, settings_config
 
 from tidemark_backup_runner.executor import DEFAULT_POLL_SECONDS
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, SecretSettings):
     model_config = settings_config(BACKUP_RUNNER)
 
     http_port: int = BACKUP_RUNNER.default_port

@@ -4,7 +4,14 @@ from tidemark_api_gateway.controllers.backups import BackupController
 from tidemark_api_gateway.controllers.destinations import DestinationController
 from tidemark_api_gateway.controllers.environments import EnvironmentController
 from tidemark_api_gateway.controllers.projects import ProjectController
+from tidemark_api_gateway.controllers.secrets import SecretController
 
-CONTROLLERS = [ProjectController, EnvironmentController, DestinationController, BackupController]
+CONTROLLERS = [
+    ProjectController,
+    EnvironmentController,
+    DestinationController,
+    SecretController,
+    BackupController,
+]
 
 __all__ = ["CONTROLLERS"]
