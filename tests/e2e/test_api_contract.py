@@ -149,7 +149,10 @@ def test_another_organizations_resources_do_not_exist(
     assert_problem(
         stranger.post(
             f"/api/v1/projects/{project_id}/environments",
-            json={"name": "x", "database": {"host": "h", "dbname": "d", "user": "u"}},
+            json={
+                "name": "x",
+                "database": {"host": "h", "dbname": "d", "user": "u", "passwordRef": "secret:x"},
+            },
         ),
         404,
     )

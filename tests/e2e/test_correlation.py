@@ -10,21 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from tidemark_contracts import BACKUP_COMMANDS, BACKUP_EVENTS, BACKUP_PROGRESS, Envelope, Topic
-from tidemark_devstack.e2e import Api
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from tidemark_contracts import BACKUP_EVENTS, BACKUP_PROGRESS, Envelope, Topic
+from tidemark_devstack.e2e import Api, send_backup_command
 from tidemark_devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
-
-
-async def publish(bootstrap: str, envelope: Envelope) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        await producer.send_and_wait(BACKUP_COMMANDS.name, envelope.to_bytes(), key=envelope.key)
-    finally:
-        await producer.stop()
 
 
 async def read_to_end(bootstrap: str, topic: Topic) -> list[Envelope]:
@@ -68,14 +59,7 @@ def test_a_commands_correlation_id_is_on_every_event_progress_tick_and_log_line(
     destination = api.destination(tmp_path)
     command = api.backup_command(environment, destination)
     correlation_id = uuid.uuid4()
-    envelope = Envelope.wrap(
-        command,
-        producer="e2e",
-        organization_id=api.org_id,
-        environment_id=command.environment_id,
-        correlation_id=correlation_id,
-    )
-    asyncio.run(publish(kafka_bootstrap, envelope))
+    send_backup_command(kafka_bootstrap, command, correlation_id)
     backup_id = str(command.backup_id)
     assert api.wait_for(backup_id, missing_ok=True)["status"] == "completed"
 

@@ -109,7 +109,8 @@ def test_secrets_are_per_organization_and_sealed_in_the_table(vault: SecretVault
             bytes(r[0]) + r[1].encode()
             for r in conn.execute("SELECT sealed, name FROM secrets.values")
         )
-        assert b"value-of-a" not in raw and b"value-of-b" not in raw
+        assert b"value-of-a" not in raw
+        assert b"value-of-b" not in raw
         # Moving A's sealed value onto B's row does not give B A's value.
         conn.execute(
             "UPDATE secrets.values SET sealed = (SELECT sealed FROM secrets.values "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -12,16 +13,16 @@ from typing import Any
 import httpx
 import jwt
 import psycopg
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from tidemark_contracts import utc_now
+from tidemark_contracts import BACKUP_COMMANDS, Envelope, utc_now
 from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
 
 JWT_SECRET = "e2e-secret-that-is-long-enough-for-hs256-0123456789"
 SOURCE_PASSWORD = "s3cret-source-Pa55word"
-SOURCE_SECRET = "source-password"  # noqa: S105 (a name): Api.environment stores it
+SOURCE_SECRET = "source-password"
 SOURCE_PASSWORD_REF = f"secret:{SOURCE_SECRET}"
 TERMINAL = ("completed", "failed")
 
@@ -224,6 +225,32 @@ def table_fingerprints(url: str) -> dict[str, tuple[int, str]]:
             digest = hashlib.sha256("\n".join(r[0] for r in rows).encode()).hexdigest()
             fingerprints[table] = (len(rows), digest)
     return fingerprints
+
+
+async def publish(bootstrap: str, envelope: Envelope, topic: str = BACKUP_COMMANDS.name) -> None:
+    """Write one envelope to ``topic`` as an outside client would (not through a service)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, envelope.to_bytes(), key=envelope.key)
+    finally:
+        await producer.stop()
+
+
+def send_backup_command(
+    bootstrap: str, command: RequestBackup, correlation_id: uuid.UUID | None = None
+) -> Envelope:
+    """Put ``command`` on backup.commands around the gateway, in its organization's name
+    (any client of Kafka could); returns the envelope sent."""
+    envelope = Envelope.wrap(
+        command,
+        producer="e2e",
+        organization_id=command.organization_id,
+        environment_id=command.environment_id,
+        correlation_id=correlation_id,
+    )
+    asyncio.run(publish(bootstrap, envelope))
+    return envelope
 
 
 async def topic_records(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
