@@ -15,7 +15,8 @@ STATE_DIR ?= $(or $(TIDEMARK_STATE_DIR),$(CURDIR)/.state)
 
 .DEFAULT_GOAL := help
 .PHONY: help bootstrap sync run test lint format schemas bench bench-backup bench-relay \
-	kafka-start kafka-stop postgres-start postgres-stop clean-state dlq-list dlq-redrive
+	kafka-start kafka-stop postgres-start postgres-stop clean-state dlq-list dlq-redrive \
+	rotate-secret-keys
 
 help:
 	@echo "make run            start PostgreSQL, Kafka, every service and a demo (Ctrl-C stops)"
@@ -30,6 +31,7 @@ help:
 	@echo "make kafka-start | kafka-stop | postgres-start | postgres-stop"
 	@echo "make dlq-list [TOPIC=t]       list parked (dead-letter) messages as JSON lines"
 	@echo "make dlq-redrive TOPIC=t [OFFSET=n]  re-drive every parked message of t (or one)"
+	@echo "make rotate-secret-keys  re-seal stored secrets under the first of TIDEMARK_SECRETS_KEYS"
 	@echo "make clean-state    stop the local servers and delete $(STATE_DIR)"
 
 bootstrap:
@@ -73,6 +75,9 @@ bench-backup: sync
 
 bench-relay: sync
 	$(UV_RUN) python bench/relay.py
+
+rotate-secret-keys: sync
+	$(UV_RUN) python -m tidemark_platform.vault rotate
 
 kafka-start: sync
 	$(UV_RUN) tidemark-dev kafka start

@@ -60,7 +60,6 @@ GENERATOR_VERSION = 1
 # ~300 MB on disk (pg_database_size) with PostgreSQL 15: about 182 bytes per order row,
 # indexes and the customers table included.
 DEFAULT_ORDER_ROWS = 1_650_000
-PASSWORD_ENV = "TIDEMARK_SECRET_BENCH_DB_PASSWORD"
 MIN_FREE_BYTES = 5 * 2**30
 BACKUP_TIMEOUT_S = 1800.0
 SETTLE_S = 0.3
@@ -501,6 +500,8 @@ def expect(response: httpx.Response, status: int) -> dict[str, Any]:
 
 def register(client: httpx.Client, db: Database, artifacts: Path, poll: float) -> TidemarkApi:
     suffix = uuid.uuid4().hex[:8]
+    secret = f"bench-db-password-{suffix}"
+    expect(client.post("/api/v1/secrets", json={"name": secret, "value": db.password}), 201)
     project = expect(client.post("/api/v1/projects", json={"name": f"bench-{suffix}"}), 201)
     environment = expect(
         client.post(
@@ -512,7 +513,7 @@ def register(client: httpx.Client, db: Database, artifacts: Path, poll: float) -
                     "port": db.port,
                     "dbname": db.dbname,
                     "user": db.user,
-                    "passwordRef": f"env:{PASSWORD_ENV}",
+                    "passwordRef": f"secret:{secret}",
                 },
             },
         ),
@@ -770,7 +771,6 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
         log_dir=root / "logs" / work.name,
         gateway_port=free_port(),
         extra_env={
-            PASSWORD_ENV: db.password,
             "TIDEMARK_BACKUP_RUNNER_PG_BIN_DIR": str(pg_bin),
         },
     )
