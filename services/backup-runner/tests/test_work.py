@@ -21,6 +21,7 @@ from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup, WorkPolicy
 from tidemark_backup_runner.executor import BackupExecutor
 from tidemark_backup_runner.pgtools import find_tool
+from tidemark_backup_runner.secrets import CredentialPolicy
 from tidemark_backup_runner.work import Lease, LeaseLost, WorkTable
 from tidemark_contracts import utc_now
 from tidemark_contracts.backup import DatabaseTarget, DestinationTarget
@@ -269,6 +270,8 @@ async def test_a_runner_that_loses_the_lease_kills_its_dump_and_removes_its_part
         pg_dump=find_tool("pg_dump"),
         policy=WorkPolicy(lease_seconds=1.5, max_attempts=3),
         poll_seconds=0.2,
+        # The operator's env: reference, enabled here: this test is about leases.
+        credential_policy=CredentialPolicy(allow_operator_refs=True),
     )
     blocker = psycopg.connect(source)
     blocker.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
