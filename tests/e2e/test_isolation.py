@@ -92,9 +92,11 @@ def test_another_organization_cannot_use_list_read_or_learn_of_anything(
             404,
         ),
         ("delete A's destination", lambda: intruder.delete(f"/api/v1/destinations/{dest_id}"), 404),
-        ("replace A's secret", lambda: intruder.put(
-            "/api/v1/secrets/source-password", json={"value": "mine now"}
-        ), 404),
+        (
+            "replace A's secret",
+            lambda: intruder.put("/api/v1/secrets/source-password", json={"value": "mine now"}),
+            404,
+        ),
         ("delete A's secret", lambda: intruder.delete("/api/v1/secrets/source-password"), 404),
     ]
     # Naming A's secret from B's own environment, and borrowing A's destination.
