@@ -253,7 +253,7 @@ async def test_a_runner_that_loses_the_lease_kills_its_dump_and_removes_its_part
         user=str(info["user"]),
         password_ref="env:TIDEMARK_SECRET_LEASE_TEST",
     )
-    backup_id = request(app, database=target, path=str(tmp_path))
+    backup_id = request(app, database=target, path="backups")
     work.ensure(backup_id)
     owner = uuid.uuid4()
 
@@ -269,6 +269,7 @@ async def test_a_runner_that_loses_the_lease_kills_its_dump_and_removes_its_part
         pg_dump=find_tool("pg_dump"),
         policy=WorkPolicy(lease_seconds=1.5, max_attempts=3),
         poll_seconds=0.2,
+        destination_root=tmp_path,
     )
     blocker = psycopg.connect(source)
     blocker.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")

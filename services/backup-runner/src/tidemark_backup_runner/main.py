@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> Litestar:
         credential_policy=CredentialPolicy(
             settings.credential_env_prefix, settings.credential_file_root
         ),
+        destination_root=settings.destination_root,
     )
     register_handlers(broker, app, executor, relay.wake, service=SERVICE)
     runtime.add_background(executor.run)
