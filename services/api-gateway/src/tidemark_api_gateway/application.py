@@ -10,9 +10,11 @@ the pending read-model row, so ``202`` means durable even while Kafka is away.
 from __future__ import annotations
 
 import asyncio
+import stat
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
@@ -63,6 +65,35 @@ class Conflict(Exception):
 
 class Gone(Exception):
     """The aggregate the request names does not exist (for this organization)."""
+
+
+class Refused(Exception):
+    """A field the request's schema allows, refused after looking at the world."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def link_below(root: Path, organization_id: uuid.UUID, path: str) -> bool:
+    """Whether ``<root>/<organization>/<path>`` goes through a symbolic link below the root
+    as far as it exists now (the organization's directory included).
+
+    Runners refuse any link there when they write, so one that would lead out later is
+    refused as much as one that leads out now; this check only says so early."""
+    current = root
+    for name in [str(organization_id), *path.split("/")]:
+        current = current / name
+        try:
+            mode = current.lstat().st_mode
+        except FileNotFoundError:
+            return False  # the rest is created by the runner, as real directories
+        except NotADirectoryError:
+            return False  # a file in the way: the backup will fail, saying so
+        if stat.S_ISLNK(mode):
+            return True
+    return False
 
 
 class CatalogApplication(EventStoreApplication):
@@ -174,11 +205,14 @@ class Gateway:
         catalog_view: ProjectionRunner,
         backups_view: ProjectionRunner,
         wake_relays: Callable[[], None],
+        *,
+        destination_root: Path | None = None,
     ) -> None:
         self.catalog = catalog
         self.catalog_view = catalog_view
         self.backups_view = backups_view
         self._wake_relays = wake_relays
+        self._destination_root = destination_root
 
     async def _recorded(self, events: Sequence[Any]) -> None:
         """Apply new catalog events to our view now, and have the relay publish them."""
@@ -238,6 +272,18 @@ class Gateway:
         config: dict[str, Any],
         is_default: bool,
     ) -> uuid.UUID:
+        """Register a destination; ``Refused`` when a local one's directory is a link."""
+        root = self._destination_root
+        if (
+            destination_type == "local"
+            and root is not None
+            and await asyncio.to_thread(link_below, root, organization_id, config["path"])
+        ):
+            raise Refused(
+                "config.path",
+                "leads through a symbolic link; a local destination must be a real "
+                "directory inside the organization's directory",
+            )
         destination = Destination(
             destination_id=uuid.uuid4(),
             organization_id=organization_id,

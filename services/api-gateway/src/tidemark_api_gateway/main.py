@@ -57,7 +57,13 @@ def create_app(settings: GatewaySettings) -> Litestar:
         for relay in relays:
             relay.wake()
 
-    gateway = Gateway(catalog, catalog_view, backups_view, wake_relays)
+    gateway = Gateway(
+        catalog,
+        catalog_view,
+        backups_view,
+        wake_relays,
+        destination_root=settings.destination_root,
+    )
 
     registry = ServiceRegistry(settings.expected_services, settings.heartbeat_timeout_seconds)
     backups_view.subscribe(broker, PROJECTION_GROUP, service=SERVICE)

@@ -8,10 +8,10 @@ from litestar import Controller, Response, delete, get, post
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from tidemark_api_gateway import queries
-from tidemark_api_gateway.application import Conflict, Gateway, Gone
+from tidemark_api_gateway.application import Conflict, Gateway, Gone, Refused
 from tidemark_api_gateway.auth import Principal
 from tidemark_api_gateway.controllers.common import Limit, Offset, created, page_of
-from tidemark_api_gateway.problems import Problem, not_found
+from tidemark_api_gateway.problems import Problem, invalid, not_found
 from tidemark_api_gateway.readmodel import SCHEMA, Pool
 from tidemark_api_gateway.schemas import CreateDestination, DestinationOut, Page
 
@@ -35,6 +35,8 @@ class DestinationController(Controller):
             )
         except Conflict:
             raise Problem(409, f"a destination named {spec.name!r} already exists") from None
+        except Refused as refused:
+            raise invalid(refused.field, refused.reason) from None
         rows = await queries.destinations(pool, principal.organization_id, [destination_id])
         return created(
             DestinationOut.model_validate(rows[0]), f"/api/v1/destinations/{destination_id}"
