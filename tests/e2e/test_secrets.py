@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -58,12 +57,11 @@ def test_no_credential_reaches_events_kafka_logs_or_responses(
     api: Api,
     stack: Stack,
     source_database: str,
-    tmp_path: Path,
     database_url: str,
     kafka_bootstrap: str,
 ) -> None:
     environment = api.environment(source_database)
-    api.destination(tmp_path)
+    api.destination()
     backup = api.wait_for(api.request_backup(environment["id"]).json()["id"])
     assert backup["status"] == "completed"
     secrets = [SOURCE_PASSWORD.encode(), JWT_SECRET.encode()]
