@@ -92,7 +92,7 @@ def test_names_are_unique_per_scope_even_when_registered_at_once(api: Api) -> No
 
 
 def test_a_removed_destinations_name_can_be_registered_again(api: Api) -> None:
-    body = {"name": "reused", "type": "local", "config": {"path": "/srv/a"}}
+    body = {"name": "reused", "type": "local", "config": {"path": "srv/a"}}
     first = api.post("/api/v1/destinations", json=body)
     assert first.status_code == 201, first.text
     assert api.post("/api/v1/destinations", json=body).status_code == 409
