@@ -434,15 +434,18 @@ def sha256_of(path: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def check_artifact(body: dict[str, Any], pg_bin: Path, scratch: Path, full: bool) -> int | None:
+def check_artifact(
+    body: dict[str, Any], artifacts: Path, pg_bin: Path, scratch: Path, full: bool
+) -> int | None:
     """Verify size and checksum; with ``full``, decompress and ``pg_restore --list`` it.
+    ``artifacts`` is the destination's directory, which locations are relative to.
 
     Returns the uncompressed (pg_dump) size when ``full``. The artifact is deleted after.
     """
     locations = [d.get("location") for d in body["destinations"]]
     if len(locations) != 1 or not locations[0]:
         raise BenchError(f"expected one stored location, got {body['destinations']}")
-    artifact = Path(locations[0])
+    artifact = artifacts / locations[0]
     try:
         on_disk = artifact.stat().st_size
         if on_disk != body["sizeBytes"]:
@@ -498,7 +501,9 @@ def expect(response: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
-def register(client: httpx.Client, db: Database, artifacts: Path, poll: float) -> TidemarkApi:
+def register(client: httpx.Client, db: Database, artifacts: str, poll: float) -> TidemarkApi:
+    """Register the environment and a default local destination at ``artifacts`` (relative
+    to the organization's directory under the destination root)."""
     suffix = uuid.uuid4().hex[:8]
     secret = f"bench-db-password-{suffix}"
     expect(client.post("/api/v1/secrets", json={"name": secret, "value": db.password}), 201)
@@ -525,7 +530,7 @@ def register(client: httpx.Client, db: Database, artifacts: Path, poll: float) -
             json={
                 "name": f"bench-local-{suffix}",
                 "type": "local",
-                "config": {"path": str(artifacts)},
+                "config": {"path": artifacts},
                 "isDefault": True,
             },
         ),
@@ -757,9 +762,13 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="run-", dir=root))
     deferred(cleanup, f"remove {work}", lambda: shutil.rmtree(work, ignore_errors=True))
-    artifacts, baseline_dir, scratch = work / "artifacts", work / "baseline", work / "scratch"
+    # Tidemark writes to <destination root>/<organization>/<destination path>.
+    org_id = uuid.uuid4()
+    destinations = work / "destinations"
+    artifacts = destinations / str(org_id) / "artifacts"
+    baseline_dir, scratch = work / "baseline", work / "scratch"
     for directory in (artifacts, baseline_dir, scratch):
-        directory.mkdir()
+        directory.mkdir(parents=True)
     if os.stat(artifacts).st_dev != os.stat(baseline_dir).st_dev:
         raise BenchError("the baseline's and Tidemark's outputs are on different filesystems")
 
@@ -770,6 +779,7 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
         jwt_secret=jwt_secret,
         log_dir=root / "logs" / work.name,
         gateway_port=free_port(),
+        destination_root=destinations,
         extra_env={
             "TIDEMARK_BACKUP_RUNNER_PG_BIN_DIR": str(pg_bin),
         },
@@ -786,18 +796,18 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
         "kafka": kafka_pid(local_kafka),
         "postgres": postmaster_pid(local_pg),
     }
-    token = make_token(jwt_secret, uuid.uuid4())
+    token = make_token(jwt_secret, org_id)
     client = httpx.Client(
         base_url=stack.gateway_url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0
     )
     cleanup.callback(client.close)
-    api = register(client, db, artifacts, args.poll_interval)
+    api = register(client, db, artifacts.name, args.poll_interval)
 
     def tidemark_run(full_check: bool) -> tuple[Run, int | None]:
         if stack.dead():
             raise BenchError(f"Tidemark services exited: {stack.dead()}; see {stack.log_dir}")
         run, body = api.backup(pids)
-        raw = check_artifact(body, pg_bin, scratch, full_check)
+        raw = check_artifact(body, artifacts, pg_bin, scratch, full_check)
         return run, raw
 
     warmups: list[Run] = []

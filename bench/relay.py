@@ -109,7 +109,7 @@ def command_records(count: int) -> list[Record]:
             "destinationId": str(uuid.uuid4()),
             "name": "bench",
             "type": "local",
-            "config": {"kind": "local", "path": "/var/backups"},
+            "config": {"kind": "local", "path": "backups"},
         }
     )
     records = []

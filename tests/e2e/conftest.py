@@ -29,6 +29,7 @@ def stack(
 ) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("service-logs")
     services = Stack(
+        destination_root=tmp_path_factory.mktemp("destinations"),
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
         jwt_secret=JWT_SECRET,
@@ -62,7 +63,7 @@ def api_for(stack: Stack) -> Iterator[Callable[..., Api]]:
             timeout=30.0,
         )
         clients.append(client)
-        return Api(client, org)
+        return Api(client, org, stack.destination_root)
 
     yield make
     for client in clients:

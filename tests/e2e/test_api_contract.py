@@ -125,12 +125,12 @@ def test_operational_endpoints_need_no_token(anonymous: httpx.Client) -> None:
 
 
 def test_another_organizations_resources_do_not_exist(
-    api_for: Callable[..., Api], source_database: str, tmp_path: Path
+    api_for: Callable[..., Api], source_database: str
 ) -> None:
     owner = api_for()
     stranger = api_for()
     environment = owner.environment(source_database)
-    destination = owner.destination(tmp_path)
+    destination = owner.destination()
     backup = owner.request_backup(environment["id"]).json()
     project_id = environment["projectId"]
 
@@ -169,7 +169,7 @@ def test_another_organizations_resources_do_not_exist(
 # --- validation -----------------------------------------------------------------------
 
 
-def test_backup_requests_are_validated(api: Api, source_database: str, tmp_path: Path) -> None:
+def test_backup_requests_are_validated(api: Api, source_database: str) -> None:
     environment = api.environment(source_database)
     path = f"/api/v1/environments/{environment['id']}/backups"
     assert_invalid(api.post(path, json={}), "type")
@@ -182,7 +182,7 @@ def test_backup_requests_are_validated(api: Api, source_database: str, tmp_path:
     assert_invalid(api.post(path, json={"type": "db", "destinationIds": []}), "destinationIds")
     # Neither given destinations nor a default one: nowhere to store it.
     assert_invalid(api.post(path, json={"type": "db"}), "destinationIds")
-    api.destination(tmp_path)
+    api.destination()
     assert_invalid(
         api.post(path, json={"type": "db", "destinationIds": [str(uuid.uuid4())]}),
         "destinationIds[0]",
@@ -248,13 +248,6 @@ def test_destinations_are_validated_and_can_be_deleted(api: Api) -> None:
     assert_invalid(
         api.post(
             "/api/v1/destinations",
-            json={"name": "d", "type": "local", "config": {"path": "relative"}},
-        ),
-        "path",
-    )
-    assert_invalid(
-        api.post(
-            "/api/v1/destinations",
             json={
                 "name": "d",
                 "type": "s3",
@@ -265,7 +258,7 @@ def test_destinations_are_validated_and_can_be_deleted(api: Api) -> None:
     )
     created = api.post(
         "/api/v1/destinations",
-        json={"name": "d", "type": "local", "config": {"path": "/srv/backups"}},
+        json={"name": "d", "type": "local", "config": {"path": "srv/backups"}},
     )
     assert created.status_code == 201, created.text
     destination = created.json()
@@ -274,6 +267,77 @@ def test_destinations_are_validated_and_can_be_deleted(api: Api) -> None:
     assert api.delete(created.headers["location"]).status_code == 204
     assert_problem(api.get(created.headers["location"]), 404)
     assert_problem(api.delete(created.headers["location"]), 404)
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("../../etc", "'..'"),
+        ("/etc", "not absolute"),
+        ("backups/../../other-org", "'..'"),
+        ("", "at least 1 character"),
+        (".", "must name a directory"),
+        ("..\\..\\etc", "backslashes"),
+        ("a\u0000b", "control characters"),
+    ],
+)
+def test_a_local_destination_path_outside_the_organization_is_refused(
+    api: Api, path: str, reason: str
+) -> None:
+    body = assert_invalid(
+        api.post(
+            "/api/v1/destinations",
+            json={"name": "d", "type": "local", "config": {"path": path}},
+        ),
+        "config.path",
+    )
+    [error] = body["errors"]
+    assert reason in error["message"]
+    if path.strip("./"):
+        assert path not in body["detail"], "a refused value is never echoed"
+    assert api.get("/api/v1/destinations").json()["total"] == 0
+
+
+def test_a_symlinked_destination_directory_is_refused_at_registration(
+    api: Api, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (api.organization_directory / "team").mkdir(parents=True)
+    (api.organization_directory / "team" / "linked").symlink_to(elsewhere)
+    for path in ["team/linked", "team/linked/deeper"]:
+        body = assert_invalid(
+            api.post(
+                "/api/v1/destinations",
+                json={"name": "d", "type": "local", "config": {"path": path}},
+            ),
+            "config.path",
+        )
+        assert "symbolic link" in body["errors"][0]["message"]
+        assert str(elsewhere) not in body["detail"]
+    # The same directory, real: accepted.
+    created = api.post(
+        "/api/v1/destinations",
+        json={"name": "d", "type": "local", "config": {"path": "team/real"}},
+    )
+    assert created.status_code == 201, created.text
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_symlinked_organization_directory_is_refused_at_registration(
+    api_for: Callable[..., Api],
+) -> None:
+    victim, attacker = api_for(), api_for()
+    victim.organization_directory.mkdir(parents=True)
+    # The organization's directory itself leads elsewhere (here: another organization's).
+    attacker.organization_directory.symlink_to(victim.organization_directory)
+    assert_invalid(
+        attacker.post(
+            "/api/v1/destinations",
+            json={"name": "d", "type": "local", "config": {"path": "backups"}},
+        ),
+        "config.path",
+    )
 
 
 # --- lists ----------------------------------------------------------------------------
@@ -298,9 +362,9 @@ def test_lists_page_clamp_and_refuse_bad_parameters(api: Api) -> None:
     assert_problem(api.post("/api/v1/projects", json={"name": "project-0"}), 409)
 
 
-def test_backup_lists_filter_and_validate(api: Api, source_database: str, tmp_path: Path) -> None:
+def test_backup_lists_filter_and_validate(api: Api, source_database: str) -> None:
     environment = api.environment(source_database)
-    api.destination(tmp_path)
+    api.destination()
     backup = api.request_backup(environment["id"]).json()
     api.wait_for(backup["id"])
     path = f"/api/v1/environments/{environment['id']}/backups"

@@ -28,7 +28,7 @@ def test_db_backup_completes_and_restores_to_the_same_rows(
     tmp_path: Path,
 ) -> None:
     environment = api.environment(source_database)
-    destination = api.destination(tmp_path / "artifacts")
+    destination = api.destination("team/artifacts")
 
     accepted = api.request_backup(environment["id"], label="before migration")
     assert accepted.status_code == 202, accepted.text
@@ -55,9 +55,13 @@ def test_db_backup_completes_and_restores_to_the_same_rows(
     [stored] = backup["destinations"]
     assert stored["destinationId"] == destination["id"]
     assert stored["status"] == "uploaded"
-    artifact = Path(stored["location"])
+    # Relative to the destination, never the runner's own path.
+    assert stored["location"] == f"{environment['id']}/{backup['id']}.db.pgdump.zst"
+    artifact = api.directory(destination) / stored["location"]
+    assert artifact == (
+        api.destination_root / str(api.org_id) / "team/artifacts" / stored["location"]
+    )
     assert artifact.is_file()
-    assert artifact.is_relative_to(tmp_path / "artifacts")
     data = artifact.read_bytes()
     assert backup["sizeBytes"] == stored["sizeBytes"] == len(data)
     assert backup["checksum"] == f"sha256:{hashlib.sha256(data).hexdigest()}"
@@ -89,12 +93,10 @@ def test_db_backup_completes_and_restores_to_the_same_rows(
     assert table_fingerprints(scratch) == source
 
 
-def test_wrong_password_ends_failed_with_the_reason(
-    api: Api, source_database: str, tmp_path: Path
-) -> None:
+def test_wrong_password_ends_failed_with_the_reason(api: Api, source_database: str) -> None:
     wrong = api.secret("wrong-password", "not-the-password")
     environment = api.environment(source_database, password_ref=wrong)
-    api.destination(tmp_path)
+    api.destination()
     backup = api.wait_for(api.request_backup(environment["id"]).json()["id"])
     assert backup["status"] == "failed"
     assert "password authentication failed" in backup["error"]
@@ -102,16 +104,16 @@ def test_wrong_password_ends_failed_with_the_reason(
     assert backup["destinations"][0]["status"] == "failed"
     assert backup["sizeBytes"] is None
     assert backup["checksum"] is None
-    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
+    leftovers = [p for p in api.organization_directory.rglob("*") if p.is_file()]
     assert leftovers == [], "a failed backup leaves no artifact behind"
 
 
 def test_database_gone_ends_failed_with_the_reason(
-    api: Api, database_url: str, create_database: Callable[..., str], tmp_path: Path
+    api: Api, database_url: str, create_database: Callable[..., str]
 ) -> None:
     url = create_database("gone", owner_password="s3cret-source-Pa55word")
     environment = api.environment(url)
-    api.destination(tmp_path)
+    api.destination()
     name = conninfo_to_dict(url)["dbname"]
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{name}"')  # type: ignore[arg-type]
@@ -121,51 +123,52 @@ def test_database_gone_ends_failed_with_the_reason(
 
 
 def test_unwritable_destination_ends_failed_and_leaves_nothing(
-    api: Api, source_database: str, tmp_path: Path
+    api: Api, source_database: str
 ) -> None:
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("a file where the destination directory should be")
     environment = api.environment(source_database)
-    api.destination(blocker)
+    blocker = api.directory(api.destination("not-a-directory"))
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the destination directory should be")
     backup = api.wait_for(api.request_backup(environment["id"]).json()["id"])
     assert backup["status"] == "failed"
-    assert backup["error"]
+    assert "Not a directory: <organization>/not-a-directory" in backup["error"]
+    assert str(api.destination_root) not in backup["error"], "no path of the runner's"
     assert blocker.read_text().startswith("a file")
 
 
-def test_backup_goes_to_the_requested_destinations_only(
+def test_a_destination_directory_replaced_by_a_symlink_ends_failed_and_writes_nothing_outside(
     api: Api, source_database: str, tmp_path: Path
 ) -> None:
     environment = api.environment(source_database)
-    api.destination(tmp_path / "default")
-    first = api.destination(tmp_path / "first", is_default=False)
-    second = api.destination(tmp_path / "second", is_default=False)
+    destination = api.directory(api.destination("nightly"))
+    # After registration, the directory becomes a link to somewhere outside the root.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    destination.parent.mkdir(parents=True)
+    destination.symlink_to(elsewhere, target_is_directory=True)
+    backup = api.wait_for(api.request_backup(environment["id"]).json()["id"])
+    assert backup["status"] == "failed"
+    assert "<organization>/nightly is a symbolic link" in backup["error"]
+    assert str(api.destination_root) not in backup["error"]
+    assert list(elsewhere.rglob("*")) == [], "nothing written outside"
+    assert backup["destinations"][0]["status"] == "failed"
+    assert backup["destinations"][0]["location"] is None
+
+
+def test_backup_goes_to_the_requested_destinations_only(api: Api, source_database: str) -> None:
+    environment = api.environment(source_database)
+    default = api.destination("default")
+    first = api.destination("first", is_default=False)
+    second = api.destination("second", is_default=False)
     accepted = api.request_backup(environment["id"], destinationIds=[first["id"], second["id"]])
     assert accepted.status_code == 202, accepted.text
     backup = api.wait_for(accepted.json()["id"])
     assert backup["status"] == "completed", backup
     assert {d["destinationId"] for d in backup["destinations"]} == {first["id"], second["id"]}
-    copies = [Path(d["location"]).read_bytes() for d in backup["destinations"]]
+    directories = {first["id"]: api.directory(first), second["id"]: api.directory(second)}
+    copies = [
+        (directories[d["destinationId"]] / d["location"]).read_bytes()
+        for d in backup["destinations"]
+    ]
     assert copies[0] == copies[1]
-    assert not (tmp_path / "default").exists()
-
-
-def test_a_reference_to_the_runners_own_settings_is_refused(api: Api) -> None:
-    # DATABASE_URL holds the control plane's credentials; a tenant must not be able to
-    # have the runner send it to a database host of the tenant's choosing. env: and file:
-    # references are the operator's, off unless enabled.
-    project = api.project()
-    for ref in ["env:DATABASE_URL", "env:TIDEMARK_SECRET_X", "file:/etc/shadow"]:
-        refused = api.post(
-            f"/api/v1/projects/{project['id']}/environments",
-            json={
-                "name": "e",
-                "database": {"host": "127.0.0.1", "dbname": "d", "user": "u", "passwordRef": ref},
-            },
-        )
-        assert refused.status_code == 422, refused.text
-        assert refused.json()["errors"] == [
-            {"field": "database.passwordRef", "message": refused.json()["errors"][0]["message"]}
-        ]
-        assert "disabled by the operator" in refused.json()["detail"]
-        assert ref not in refused.text
+    assert not api.directory(default).exists()

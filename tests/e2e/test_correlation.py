@@ -53,10 +53,10 @@ def log_lines_about(log: Path, backup_id: str) -> list[dict[str, Any]]:
 
 
 def test_a_commands_correlation_id_is_on_every_event_progress_tick_and_log_line(
-    api: Api, source_database: str, tmp_path: Path, kafka_bootstrap: str, stack: Stack
+    api: Api, source_database: str, kafka_bootstrap: str, stack: Stack
 ) -> None:
     environment = api.environment(source_database)
-    destination = api.destination(tmp_path)
+    destination = api.destination()
     command = api.backup_command(environment, destination)
     correlation_id = uuid.uuid4()
     send_backup_command(kafka_bootstrap, command, correlation_id)

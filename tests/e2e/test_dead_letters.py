@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -71,7 +70,7 @@ def dead_letters_counted(metrics: str, reason: str) -> float:
 
 
 def test_undecodable_and_invalid_commands_are_parked_and_later_work_completes(
-    api: Api, source_database: str, tmp_path: Path, kafka_bootstrap: str, stack: Stack
+    api: Api, source_database: str, kafka_bootstrap: str, stack: Stack
 ) -> None:
     runner_metrics = f"{stack.service('backup-runner').url}/metrics"
     counted_before = {
@@ -79,7 +78,7 @@ def test_undecodable_and_invalid_commands_are_parked_and_later_work_completes(
         for reason in ("undecodable", "invalid_payload")
     }
     environment = api.environment(source_database)
-    destination = api.destination(tmp_path)
+    destination = api.destination()
     command = api.backup_command(environment, destination)
     valid = Envelope.wrap(
         command,

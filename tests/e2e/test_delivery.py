@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -37,10 +36,10 @@ def stored_events(database_url: str, backup_id: str) -> list[str]:
 
 
 def test_the_same_command_delivered_twice_yields_one_backup(
-    api: Api, source_database: str, tmp_path: Path, kafka_bootstrap: str, database_url: str
+    api: Api, source_database: str, kafka_bootstrap: str, database_url: str
 ) -> None:
     environment = api.environment(source_database)
-    destination = api.destination(tmp_path)
+    destination = api.destination()
     command = api.backup_command(environment, destination)
     envelope = Envelope.wrap(
         command,
@@ -63,7 +62,7 @@ def test_the_same_command_delivered_twice_yields_one_backup(
         "Uploaded",
         "Completed",
     ]
-    artifacts = [p for p in tmp_path.rglob("*") if p.is_file()]
+    artifacts = [p for p in api.organization_directory.rglob("*") if p.is_file()]
     assert len(artifacts) == 2, artifacts  # one per backup, none doubled
     listed = api.get(f"/api/v1/environments/{environment['id']}/backups").json()
     assert listed["total"] == 2
@@ -72,14 +71,13 @@ def test_the_same_command_delivered_twice_yields_one_backup(
 def test_gateway_accepts_commands_while_kafka_is_down_and_they_run_once_it_is_back(
     api: Api,
     source_database: str,
-    tmp_path: Path,
     kafka_broker_control: BrokerControl | None,
     database_url: str,
 ) -> None:
     if kafka_broker_control is None:
         pytest.skip("Kafka is external here; this test stops and starts the local broker")
     environment = api.environment(source_database)
-    api.destination(tmp_path)
+    api.destination()
     kafka_broker_control.stop()
     accepted = api.request_backup(environment["id"], label="during outage")
     assert accepted.status_code == 202, accepted.text
@@ -121,10 +119,10 @@ async def collect_progress(bootstrap: str, backup_id: str, seconds: float) -> li
 
 
 def test_progress_ticks_reach_the_progress_topic(
-    api: Api, source_database: str, tmp_path: Path, kafka_bootstrap: str
+    api: Api, source_database: str, kafka_bootstrap: str
 ) -> None:
     environment = api.environment(source_database)
-    api.destination(tmp_path)
+    api.destination()
     backup_id = api.request_backup(environment["id"]).json()["id"]
     assert api.wait_for(backup_id)["status"] == "completed"
     ticks = asyncio.run(collect_progress(kafka_bootstrap, backup_id, 30))

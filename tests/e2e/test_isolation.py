@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,10 +29,10 @@ class Victim:
 
 
 @pytest.fixture
-def victim(api_for: Callable[..., Api], source_database: str, tmp_path: Path) -> Victim:
+def victim(api_for: Callable[..., Api], source_database: str) -> Victim:
     owner = api_for()
     environment = owner.environment(source_database)  # names A's secret:source-password
-    destination = owner.destination(tmp_path / "a")
+    destination = owner.destination("a")
     backup = owner.wait_for(owner.request_backup(environment["id"]).json()["id"])
     assert backup["status"] == "completed", backup
     project = owner.get(f"/api/v1/projects/{environment['projectId']}").json()

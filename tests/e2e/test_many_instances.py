@@ -128,7 +128,7 @@ def test_a_runner_killed_mid_dump_loses_its_backup_to_the_other_which_completes_
     by_instance = instance_ids(stack)
     assert len(by_instance) == INSTANCES
     environment = api.environment(source_database)
-    api.destination(tmp_path)
+    api.destination()
     source_dbname = str(conninfo_to_dict(source_database)["dbname"])
     # A lock pg_dump must wait for: the dump is held in the middle, connected and with its
     # partial file open, for as long as the test keeps it.
@@ -143,7 +143,7 @@ def test_a_runner_killed_mid_dump_loses_its_backup_to_the_other_which_completes_
         while True:
             with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
                 dumping = watch.sessions(conn)
-            partials = list(tmp_path.rglob(".*.partial"))
+            partials = list(api.organization_directory.rglob(".*.partial"))
             if dumping and dumping[0]["wait_event_type"] == "Lock" and partials:
                 break
             assert time.monotonic() < deadline, f"pg_dump never got stuck: {dumping}"
@@ -204,16 +204,19 @@ def test_a_runner_killed_mid_dump_loses_its_backup_to_the_other_which_completes_
     assert watch.most_at_once() == 1
 
     # One artifact, the second attempt's, whose bytes are what the backup says.
-    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    files = [p for p in api.organization_directory.rglob("*") if p.is_file()]
     assert [p.name for p in files] == [f"{backup_id}.db.pgdump.zst"], files
     data = files[0].read_bytes()
     assert backup["checksum"] == f"sha256:{hashlib.sha256(data).hexdigest()}"
     assert backup["sizeBytes"] == len(data)
     [stored] = backup["destinations"]
-    assert (stored["status"], stored["location"]) == ("uploaded", str(files[0]))
+    assert (stored["status"], stored["location"]) == (
+        "uploaded",
+        str(files[0].relative_to(api.organization_directory / "backups")),
+    )
 
     # And it restores to the source's rows.
-    dump = tmp_path.parent / f"{backup_id}.pgdump"
+    dump = tmp_path / f"{backup_id}.pgdump"
     dump.write_bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
     scratch = create_database("scratch")
     password = str(conninfo_to_dict(scratch).get("password", ""))
@@ -317,12 +320,11 @@ def test_one_runner_relays_and_leadership_moves_when_the_leader_dies(
     source_database: str,
     database_url: str,
     kafka_bootstrap: str,
-    tmp_path: Path,
 ) -> None:
     stack = two_of_everything
     every_runner_running(stack)
     environment = api.environment(source_database)
-    api.destination(tmp_path)
+    api.destination()
     before = [api.request_backup(environment["id"]).json()["id"] for _ in range(3)]
     for backup_id in before:
         assert api.wait_for(backup_id, timeout=120)["status"] == "completed"

@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from tidemark_contracts import BACKUP_COMMANDS
@@ -35,10 +34,10 @@ def wait_for_log(
 
 
 def test_the_callers_request_id_is_answered_logged_and_carried_by_the_command(
-    api: Api, stack: Stack, source_database: str, tmp_path: Path, kafka_bootstrap: str
+    api: Api, stack: Stack, source_database: str, kafka_bootstrap: str
 ) -> None:
     environment = api.environment(source_database)
-    api.destination(tmp_path)
+    api.destination()
     request_id = str(uuid.uuid4())
     response = api.post(
         f"/api/v1/environments/{environment['id']}/backups",

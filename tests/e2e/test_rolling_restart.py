@@ -8,7 +8,6 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -83,13 +82,12 @@ def test_a_rolling_restart_of_every_service_loses_and_doubles_nothing(
     two_of_everything: Stack,
     api_for: Callable[..., Api],
     source_database: str,
-    tmp_path: Path,
     database_url: str,
 ) -> None:
     stack = two_of_everything
     api = api_for()
     environment = api.environment(source_database)
-    api.destination(tmp_path)
+    api.destination()
     gateways = [
         httpx.Client(base_url=g.url, headers=dict(api.client.headers), timeout=30.0)
         for g in stack.instances("api-gateway")
@@ -135,9 +133,11 @@ def test_a_rolling_restart_of_every_service_loses_and_doubles_nothing(
         assert kinds[backup_id, "Failed"] == 0, backup_id
     assert sorted(rows) == sorted((backup_id, "completed") for backup_id in requested)
     # One artifact per backup, each the size the backup reports.
-    artifacts = {p.name.split(".", 1)[0]: p for p in tmp_path.rglob("*.pgdump.zst")}
+    artifacts = {
+        p.name.split(".", 1)[0]: p for p in api.organization_directory.rglob("*.pgdump.zst")
+    }
     assert sorted(artifacts) == sorted(requested)
-    assert not list(tmp_path.rglob(".*.partial"))
+    assert not list(api.organization_directory.rglob(".*.partial"))
     for backup in finished:
         assert artifacts[backup["id"]].stat().st_size == backup["sizeBytes"]
 

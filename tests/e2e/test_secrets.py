@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -69,7 +68,6 @@ def test_no_credential_reaches_events_kafka_logs_or_responses(
     api: Api,
     stack: Stack,
     source_database: str,
-    tmp_path: Path,
     database_url: str,
     kafka_bootstrap: str,
 ) -> None:
@@ -102,7 +100,7 @@ def test_no_credential_reaches_events_kafka_logs_or_responses(
     )
     assert s3.status_code == 201, s3.text
     responses.append(s3.content)
-    api.destination(tmp_path)
+    api.destination()
     backup = api.wait_for(api.request_backup(environment["id"]).json()["id"])
     assert backup["status"] == "completed"
     # A failure's reason is a response and an event too: a wrong password's.

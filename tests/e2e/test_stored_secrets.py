@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -107,12 +106,10 @@ def test_a_secret_in_use_cannot_be_deleted_until_nothing_uses_it(
     assert api.delete("/api/v1/secrets/sk").status_code == 204
 
 
-def test_a_replaced_secret_is_what_the_next_backup_uses(
-    api: Api, source_database: str, tmp_path: Path
-) -> None:
+def test_a_replaced_secret_is_what_the_next_backup_uses(api: Api, source_database: str) -> None:
     ref = api.secret("rotating", "not-the-password")
     environment = api.environment(source_database, password_ref=ref)
-    api.destination(tmp_path)
+    api.destination()
     failed = api.wait_for(api.request_backup(environment["id"]).json()["id"])
     assert failed["status"] == "failed"
     assert "password authentication failed" in failed["error"]
@@ -122,13 +119,13 @@ def test_a_replaced_secret_is_what_the_next_backup_uses(
 
 
 def test_a_command_naming_another_organizations_secret_fails_before_anything_runs(
-    api_for: Callable[..., Api], source_database: str, tmp_path: Path, kafka_bootstrap: str
+    api_for: Callable[..., Api], source_database: str, kafka_bootstrap: str
 ) -> None:
     """Commands can reach Kafka without the gateway: the runner resolves a reference only
     within the organization the command names, and A's secret is not B's."""
     owner, intruder = api_for(), api_for()
     environment = owner.environment(source_database)  # A's secret:source-password
-    destination = owner.destination(tmp_path)
+    destination = owner.destination()
     command = owner.backup_command(environment, destination)
     stolen = command.model_copy(update={"organization_id": intruder.org_id})
     send_backup_command(kafka_bootstrap, stolen)
@@ -136,4 +133,5 @@ def test_a_command_naming_another_organizations_secret_fails_before_anything_run
     assert backup["status"] == "failed", backup
     assert "no secret of that name in this organization" in backup["error"]
     assert backup["startedAt"] is None, "refused before pg_dump ever ran"
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    written = intruder.organization_directory, owner.organization_directory
+    assert [p for d in written if d.exists() for p in d.rglob("*") if p.is_file()] == []

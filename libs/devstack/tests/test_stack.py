@@ -26,3 +26,15 @@ def test_services_never_share_a_port_even_when_free_port_repeats_itself(
             stack_module.SERVICES[0], port, no_process, no_process
         )
     assert ports == [40001, 40002, 40003, 40004]
+
+
+def test_the_gateway_and_the_runner_share_the_destination_root(tmp_path: Path) -> None:
+    root = tmp_path / "destinations"
+    services = Stack("postgresql://x", "127.0.0.1:1", "s", tmp_path, destination_root=root)
+    by_name = {spec.name: spec for spec in stack_module.SERVICES}
+    gateway = services.environment(by_name["api-gateway"], 8000)
+    runner = services.environment(by_name["backup-runner"], 8102)
+    scheduler = services.environment(by_name["scheduler"], 8101)
+    assert gateway["TIDEMARK_API_GATEWAY_DESTINATION_ROOT"] == str(root)
+    assert runner["TIDEMARK_BACKUP_RUNNER_DESTINATION_ROOT"] == str(root)
+    assert not [k for k in scheduler if k.endswith("DESTINATION_ROOT")]

@@ -103,12 +103,13 @@ def test_pg_dump_diagnostics_are_summarized() -> None:
 
 
 def test_an_artifact_is_invisible_until_committed(tmp_path: Path) -> None:
-    writer = LocalArtifactWriter(str(tmp_path), "org/env/b.pgdump.zst")
+    writer = LocalArtifactWriter(tmp_path, ORG, "backups", "env/b.pgdump.zst")
     writer.open()
     writer.write(b"abc")
-    final = tmp_path / "org/env/b.pgdump.zst"
+    final = tmp_path / str(ORG) / "backups/env/b.pgdump.zst"
     assert not final.exists()
-    assert writer.commit() == str(final)
+    # The location is the artifact's place in the destination, not the runner's path.
+    assert writer.commit() == "env/b.pgdump.zst"
     assert final.read_bytes() == b"abc"
     assert [p.name for p in final.parent.iterdir()] == ["b.pgdump.zst"]
     writer.abort()  # after commit: nothing of ours to remove
@@ -116,7 +117,7 @@ def test_an_artifact_is_invisible_until_committed(tmp_path: Path) -> None:
 
 
 def test_an_aborted_artifact_leaves_nothing(tmp_path: Path) -> None:
-    writer = LocalArtifactWriter(str(tmp_path), "org/env/b.pgdump.zst")
+    writer = LocalArtifactWriter(tmp_path, ORG, "backups", "env/b.pgdump.zst")
     writer.abort()  # before open: a no-op
     writer.open()
     writer.write(b"partial")
@@ -126,14 +127,14 @@ def test_an_aborted_artifact_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_discard_removes_a_committed_artifact_and_earlier_partials(tmp_path: Path) -> None:
-    earlier = LocalArtifactWriter(str(tmp_path), "org/env/b.pgdump.zst")
+    earlier = LocalArtifactWriter(tmp_path, ORG, "backups", "env/b.pgdump.zst")
     earlier.open()
     earlier.write(b"left by a runner that died")
-    committed = LocalArtifactWriter(str(tmp_path), "org/env/b.pgdump.zst")
+    committed = LocalArtifactWriter(tmp_path, ORG, "backups", "env/b.pgdump.zst")
     committed.open()
     committed.write(b"complete but never recorded")
     committed.commit()
-    unrelated = tmp_path / "org/env/other.pgdump.zst"
+    unrelated = tmp_path / str(ORG) / "backups/env/other.pgdump.zst"
     unrelated.write_bytes(b"another backup")
-    LocalArtifactWriter(str(tmp_path), "org/env/b.pgdump.zst").discard()
+    LocalArtifactWriter(tmp_path, ORG, "backups", "env/b.pgdump.zst").discard()
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [unrelated]

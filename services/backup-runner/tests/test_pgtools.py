@@ -25,6 +25,7 @@ from tidemark_contracts.backup import DatabaseTarget
 pytestmark = pytest.mark.integration
 
 PG_DUMP = find_tool("pg_dump")
+ORG = uuid.uuid4()
 
 
 def target_of(url: str) -> tuple[DatabaseTarget, str]:
@@ -64,11 +65,11 @@ def test_dump_streams_one_checksummed_artifact_into_every_writer(
             "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g"
         )
     target, password = target_of(url)
-    writers = [LocalArtifactWriter(str(tmp_path / n), "a.zst") for n in ("one", "two")]
+    writers = [LocalArtifactWriter(tmp_path, ORG, n, "a.zst") for n in ("one", "two")]
     progress: list[int] = []
     result = dump_database(target, password, writers, progress.append, pg_dump=PG_DUMP)
-    locations = [w.commit() for w in writers]
-    first, second = (Path(p).read_bytes() for p in locations)
+    assert [w.commit() for w in writers] == ["a.zst", "a.zst"]
+    first, second = ((tmp_path / str(ORG) / n / "a.zst").read_bytes() for n in ("one", "two"))
     assert first == second
     assert result.size_bytes == len(first)
     assert result.checksum == "sha256:" + hashlib.sha256(first).hexdigest()
@@ -98,7 +99,7 @@ def test_a_wrong_password_is_a_dump_error_without_the_password(
 ) -> None:
     url = create_database("dumpauth", owner_password="pw-dump-test")
     target, _ = target_of(url)
-    writer = LocalArtifactWriter(str(tmp_path), "a.zst")
+    writer = LocalArtifactWriter(tmp_path, ORG, "out", "a.zst")
     with pytest.raises(DumpError) as raised:
         dump_database(
             target, "the-wrong-one", [writer], lambda _: None, pg_dump=find_tool("pg_dump")
@@ -115,7 +116,7 @@ def test_a_lock_held_too_long_fails_the_dump_instead_of_waiting_forever(
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g")
     target, password = target_of(url)
-    writer = LocalArtifactWriter(str(tmp_path), "a.zst")
+    writer = LocalArtifactWriter(tmp_path, ORG, "out", "a.zst")
     with psycopg.connect(url) as blocker:
         blocker.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
         with pytest.raises(DumpError, match=r"timeout.*LOCK TABLE public\.t"):
@@ -137,13 +138,14 @@ def test_a_silent_pg_dump_is_stopped_by_the_stall_watchdog(tmp_path: Path) -> No
     silent.write_text("#!/bin/sh\nprintf PGDMP\nexec sleep 60\n")
     silent.chmod(0o755)
     target = DatabaseTarget(host="127.0.0.1", port=1, dbname="d", user="u")
-    writer = LocalArtifactWriter(str(tmp_path / "out"), "a.zst")
+    writer = LocalArtifactWriter(tmp_path / "root", ORG, "out", "a.zst")
+    (tmp_path / "root").mkdir()
     with pytest.raises(DumpError, match="no output for 1 s"):
         dump_database(
             target, None, [writer], lambda _: None, pg_dump=str(silent), stall_timeout_seconds=1
         )
     writer.abort()
-    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+    assert [p for p in (tmp_path / "root").rglob("*") if p.is_file()] == []
 
 
 def test_a_new_attempt_ends_the_sessions_earlier_attempts_left_behind(

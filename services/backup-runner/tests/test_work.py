@@ -254,7 +254,7 @@ async def test_a_runner_that_loses_the_lease_kills_its_dump_and_removes_its_part
         user=str(info["user"]),
         password_ref="env:TIDEMARK_SECRET_LEASE_TEST",
     )
-    backup_id = request(app, database=target, path=str(tmp_path))
+    backup_id = request(app, database=target, path="backups")
     work.ensure(backup_id)
     owner = uuid.uuid4()
 
@@ -272,6 +272,7 @@ async def test_a_runner_that_loses_the_lease_kills_its_dump_and_removes_its_part
         poll_seconds=0.2,
         # The operator's env: reference, enabled here: this test is about leases.
         credential_policy=CredentialPolicy(allow_operator_refs=True),
+        destination_root=tmp_path,
     )
     blocker = psycopg.connect(source)
     blocker.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")

@@ -26,9 +26,54 @@ class DatabaseTarget(WireModel):
     password_ref: str | None = None
 
 
+# Limits of a local destination's path: Linux's NAME_MAX per directory name, and a bound
+# on the whole that leaves room under PATH_MAX for the root, the organization and the key.
+LOCAL_PATH_MAX_BYTES = 1024
+LOCAL_NAME_MAX_BYTES = 255
+
+
+def local_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a local destination's directory, or None when it can.
+
+    The path is relative to the organization's directory under the operator's destination
+    root: directory names joined by ``/``. The reason never repeats the path (errors become
+    events, kept forever).
+    """
+    if path.startswith("/"):
+        return "must be relative to the organization's directory, not absolute"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return "must not contain NUL or control characters"
+    if "\\" in path:
+        return "must not contain backslashes; separate directories with '/'"
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "must be valid UTF-8"
+    names = path.split("/")
+    if ".." in names:
+        return "must not contain '..' components"
+    if all(name in ("", ".") for name in names):
+        # Not the organization's directory itself: a destination always names a
+        # directory of its own, and the organization's directory stays the runner's.
+        return "must name a directory inside the organization's directory"
+    if any(name in ("", ".") for name in names):
+        return "must not contain empty or '.' components"
+    if size > LOCAL_PATH_MAX_BYTES:
+        return f"must be at most {LOCAL_PATH_MAX_BYTES} bytes long"
+    if any(len(name.encode("utf-8")) > LOCAL_NAME_MAX_BYTES for name in names):
+        return f"each directory name must be at most {LOCAL_NAME_MAX_BYTES} bytes long"
+    return None
+
+
 class LocalDestinationConfig(WireModel):
     kind: Literal["local"] = "local"
-    path: str
+    path: str = Field(
+        description=(
+            "the destination's directory, relative to the organization's directory under "
+            "the operator's destination root (see local_path_problem); destinations "
+            "registered before that rule may hold an absolute path, which runners refuse"
+        )
+    )
 
 
 class S3DestinationConfig(WireModel):
@@ -129,7 +174,12 @@ class BackupStarted(Message):
 
 
 class BackupUploaded(Message):
-    """Event: the artifact is stored, complete and verified, in one destination."""
+    """Event: the artifact is stored, complete and verified, in one destination.
+
+    ``location`` is where the artifact is within that destination, relative to it (for a
+    ``local`` destination, to its directory: ``<environmentId>/<backupId>.<type>.pgdump.zst``
+    under ``<root>/<organizationId>/<path>/``), never a path of the runner's machine.
+    Events recorded before that rule may hold the runner's absolute path."""
 
     message_type: ClassVar[str] = "backup.BackupUploaded"
     version: Literal[1] = 1

@@ -57,7 +57,8 @@ def backup_request(
     requested_by: str = "t",
 ) -> RequestBackup:
     """A valid ``db`` backup request, for tests: new ids and a local destination unless
-    given. Nothing is reachable through its defaults."""
+    given. Nothing is reachable through its defaults (its destination's path is absolute,
+    which runners refuse)."""
     return RequestBackup(
         backup_id=uuid.uuid4(),
         organization_id=organization_id or uuid.uuid4(),
@@ -79,6 +80,8 @@ class Api:
 
     client: httpx.Client
     org_id: uuid.UUID
+    destination_root: Path | None = None
+    """The stack's root of local destinations, when the test can see it."""
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.client.post(path, **kwargs)
@@ -132,17 +135,29 @@ class Api:
         resource: dict[str, Any] = response.json()
         return resource
 
-    def destination(self, path: Path, *, is_default: bool = True) -> dict[str, Any]:
+    def destination(self, path: str = "backups", *, is_default: bool = True) -> dict[str, Any]:
+        """Register a local destination at ``path`` (relative to the organization's
+        directory under the stack's destination root)."""
         body = {
             "name": f"local-{uuid.uuid4().hex[:8]}",
             "type": "local",
-            "config": {"path": str(path)},
+            "config": {"path": path},
             "isDefault": is_default,
         }
         response = self.post("/api/v1/destinations", json=body)
         assert response.status_code == 201, response.text
         resource: dict[str, Any] = response.json()
         return resource
+
+    @property
+    def organization_directory(self) -> Path:
+        """``<root>/<organization id>``: every local destination of this organization."""
+        assert self.destination_root is not None, "the stack has no destination root"
+        return self.destination_root / str(self.org_id)
+
+    def directory(self, destination: dict[str, Any]) -> Path:
+        """Where the runner writes the local ``destination`` (as the API returned it)."""
+        return self.organization_directory / str(destination["config"]["path"])
 
     def request_backup(self, env_id: str, **body: Any) -> httpx.Response:
         return self.post(f"/api/v1/environments/{env_id}/backups", json={"type": "db", **body})

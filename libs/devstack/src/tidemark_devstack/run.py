@@ -49,6 +49,8 @@ SECRETS_KEYS_ENV = "TIDEMARK_SECRETS_KEYS"
 PROJECT_NAME = "demo"
 ENVIRONMENT_NAME = "production"
 DESTINATION_NAME = "local-disk"
+# Relative to the organization's directory under the destination root (.state/destinations).
+DESTINATION_PATH = "backups"
 TOKEN_SUBJECT = "demo-admin"  # noqa: S105 (a claim, not a secret)
 TOKEN_SCOPE = "backups:read backups:write"  # noqa: S105 (a claim, not a secret)
 TOKEN_LIFETIME = timedelta(days=7)
@@ -534,7 +536,7 @@ def ensure_demo_secret(client: httpx.Client, password: str) -> bool:
 
 
 def ensure_demo_resources(
-    gateway_url: str, token: str, database: ServerAddress, backups_dir: Path, password: str
+    gateway_url: str, token: str, database: ServerAddress, password: str
 ) -> Demo:
     """Secret ``demo-db-password``, project ``demo``, environment ``production`` and
     destination ``local-disk`` (idempotent)."""
@@ -573,22 +575,25 @@ def ensure_demo_resources(
             {
                 "name": DESTINATION_NAME,
                 "type": "local",
-                "config": {"path": str(backups_dir)},
+                "config": {"path": DESTINATION_PATH},
                 "isDefault": True,
             },
         )
         _say(
             f"{'created' if made else 'found'} destination {DESTINATION_NAME!r} {destination['id']}"
         )
-        if destination["config"].get("path") != str(backups_dir) or not destination["isDefault"]:
+        if destination["config"].get("path") != DESTINATION_PATH or not destination["isDefault"]:
             _warn(
                 f"destination {DESTINATION_NAME!r} is {destination['config']} "
-                f"(default: {destination['isDefault']}), not {backups_dir} as default"
+                f"(default: {destination['isDefault']}), not {DESTINATION_PATH!r} as default"
+                f" (an absolute path from an older run is refused: remove {state_dir()})"
             )
     return Demo(project, environment, destination)
 
 
-def _summary(gateway_url: str, token: str, expires: datetime, demo: Demo, logs: Path) -> str:
+def _summary(
+    gateway_url: str, token: str, expires: datetime, demo: Demo, logs: Path, destinations: Path
+) -> str:
     env_id = demo.environment["id"]
     db = demo.environment["database"]
     auth = '-H "Authorization: Bearer $TIDEMARK_TOKEN"'
@@ -603,7 +608,7 @@ def _summary(gateway_url: str, token: str, expires: datetime, demo: Demo, logs: 
         f"  Environment:  {ENVIRONMENT_NAME:<11} {env_id}  "
         f"(database {db['dbname']} on {db['host']}:{db['port']})",
         f"  Destination:  {DESTINATION_NAME:<11} {demo.destination['id']}  "
-        f"({demo.destination['config'].get('path')})",
+        f"({destinations / str(DEMO_ORG_ID) / str(demo.destination['config'].get('path'))})",
         f"  Credentials:  {db['passwordRef']}  (the demo database's password, stored "
         "sealed: GET /api/v1/secrets lists names only)",
         f"  Logs:         {logs}/<service>.log",
@@ -688,6 +693,9 @@ def _run(session: _Session) -> int:
         + ", ".join(f"{count} {table}" for table, count in counts.items())
     )
     logs = state_dir() / "logs"
+    # Every organization's local destinations live under <root>/<organization id>/.
+    destinations = state_dir() / "destinations"
+    destinations.mkdir(parents=True, exist_ok=True)
     stack = Stack(
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
@@ -697,16 +705,13 @@ def _run(session: _Session) -> int:
         secrets_keys=secrets_keys(),
         log_format="json",
         replicas=replicas,
+        destination_root=destinations,
     )
     _start_services(cleanup, stack)
-    backups_dir = state_dir() / "backups"
-    backups_dir.mkdir(parents=True, exist_ok=True)
     token, expires = make_token(secret)
-    demo = ensure_demo_resources(
-        stack.gateway_url, token, server_address(database_url), backups_dir, password
-    )
+    demo = ensure_demo_resources(stack.gateway_url, token, server_address(database_url), password)
     session.ready = True
-    print(_summary(stack.gateway_url, token, expires, demo, logs), flush=True)
+    print(_summary(stack.gateway_url, token, expires, demo, logs, destinations), flush=True)
     return _watch(stack)
 
 

@@ -20,6 +20,10 @@ from tidemark_devstack.paths import free_port
 ServiceSpec = ServiceDescription  # what the stack starts: a service as the registry describes it
 
 
+# Services told where local destinations live: the runner writes there, the gateway
+# looks there when a destination is registered.
+USES_DESTINATION_ROOT = ("api-gateway", "backup-runner")
+
 InstanceKey = tuple[str, int]
 """A service's name and instance number (0, 1, ...): one running process."""
 
@@ -51,7 +55,8 @@ def log_name(key: InstanceKey) -> str:
 class Stack:
     """Starts, watches and stops the services, ``replicas`` instances of each; instance
     ``n`` of a service logs to ``log_dir/<name>[-<n>].log``. Gateways listen on
-    consecutive ports from ``gateway_port``; the other services on free ports."""
+    consecutive ports from ``gateway_port``; the other services on free ports. Local
+    destinations live under ``destination_root`` (``<root>/<organization>/<path>``)."""
 
     database_url: str
     kafka_bootstrap: str
@@ -64,6 +69,7 @@ class Stack:
     # The keys that seal stored secrets, shared by every service (a new one per stack
     # unless given: a stack's secrets need not outlive it).
     secrets_keys: str = field(default_factory=lambda: KeyRing.generate("k1"))
+    destination_root: Path | None = None
     services: dict[InstanceKey, RunningService] = field(default_factory=dict)
 
     @property
@@ -90,6 +96,8 @@ class Stack:
         }
         if spec.name == "api-gateway":
             env["TIDEMARK_API_GATEWAY_JWT_SECRET"] = self.jwt_secret
+        if self.destination_root is not None and spec.name in USES_DESTINATION_ROOT:
+            env[f"{spec.settings_prefix}DESTINATION_ROOT"] = str(self.destination_root)
         return env
 
     def start(self, only: str | None = None, instance: int | None = None) -> None:

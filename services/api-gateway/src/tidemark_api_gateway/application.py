@@ -10,9 +10,11 @@ the pending read-model row, so ``202`` means durable even while Kafka is away.
 from __future__ import annotations
 
 import asyncio
+import stat
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
@@ -73,18 +75,40 @@ class Gone(Exception):
     """The aggregate the request names does not exist (for this organization)."""
 
 
-class InvalidReference(Exception):
-    """A credential reference the organization may not use; the message never repeats it."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
 # A recorded use of a secret whose registration never got saved (the gateway stopped in
 # between) is dropped when the secret is deleted, once it is older than this.
 STALE_USE_SECONDS = 60.0
+
+
+class Refused(Exception):
+    """A field the request's schema allows, refused after looking at the world (a link
+    where a destination goes, a reference to a secret the organization does not have);
+    the reason never repeats the value."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def link_below(root: Path, organization_id: uuid.UUID, path: str) -> bool:
+    """Whether ``<root>/<organization>/<path>`` goes through a symbolic link below the root
+    as far as it exists now (the organization's directory included).
+
+    Runners refuse any link there when they write, so one that would lead out later is
+    refused as much as one that leads out now; this check only says so early."""
+    current = root
+    for name in [str(organization_id), *path.split("/")]:
+        current = current / name
+        try:
+            mode = current.lstat().st_mode
+        except FileNotFoundError:
+            return False  # the rest is created by the runner, as real directories
+        except NotADirectoryError:
+            return False  # a file in the way: the backup will fail, saying so
+        if stat.S_ISLNK(mode):
+            return True
+    return False
 
 
 class CatalogApplication(EventStoreApplication):
@@ -199,6 +223,7 @@ class Gateway:
         vault: SecretVault,
         *,
         allow_operator_refs: bool = False,
+        destination_root: Path | None = None,
     ) -> None:
         self.catalog = catalog
         self.catalog_view = catalog_view
@@ -206,6 +231,7 @@ class Gateway:
         self._wake_relays = wake_relays
         self.vault = vault
         self.allow_operator_refs = allow_operator_refs
+        self._destination_root = destination_root
 
     async def _recorded(self, events: Sequence[Any]) -> None:
         """Apply new catalog events to our view now, and have the relay publish them."""
@@ -229,7 +255,7 @@ class Gateway:
 
     def _secret_names(self, refs: dict[str, str | None]) -> dict[str, str]:
         """The stored secrets that ``refs`` (field → reference) name, by name → field;
-        ``InvalidReference`` for a reference the organization may not use."""
+        ``Refused`` for a reference the organization may not use."""
         names: dict[str, str] = {}
         for field, ref in refs.items():
             if ref is None:
@@ -238,7 +264,7 @@ class Gateway:
             if name is not None:
                 names.setdefault(name, field)
             elif not self.allow_operator_refs:
-                raise InvalidReference(
+                raise Refused(
                     field,
                     "env: and file: references are disabled by the operator; store the "
                     "credential with POST /api/v1/secrets and name it as secret:NAME",
@@ -263,9 +289,7 @@ class Gateway:
                     self.vault.add_uses, organization_id, list(names), kind, registration.id
                 )
             except SecretNotFound as exc:
-                raise InvalidReference(
-                    names[exc.name], "names no secret of this organization"
-                ) from None
+                raise Refused(names[exc.name], "names no secret of this organization") from None
         try:
             return await self._register(registration, kind, scope, name)
         except BaseException:
@@ -352,6 +376,18 @@ class Gateway:
         config: dict[str, Any],
         is_default: bool,
     ) -> uuid.UUID:
+        """Register a destination; ``Refused`` when a local one's directory is a link."""
+        root = self._destination_root
+        if (
+            destination_type == "local"
+            and root is not None
+            and await asyncio.to_thread(link_below, root, organization_id, config["path"])
+        ):
+            raise Refused(
+                "config.path",
+                "leads through a symbolic link; a local destination must be a real "
+                "directory inside the organization's directory",
+            )
         destination = Destination(
             destination_id=uuid.uuid4(),
             organization_id=organization_id,

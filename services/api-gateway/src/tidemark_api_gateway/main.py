@@ -74,6 +74,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
         wake_relays,
         vault,
         allow_operator_refs=settings.allow_operator_secret_refs,
+        destination_root=settings.destination_root,
     )
 
     registry = ServiceRegistry(settings.expected_services, settings.heartbeat_timeout_seconds)

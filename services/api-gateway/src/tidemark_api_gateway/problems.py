@@ -16,7 +16,7 @@ from litestar.exceptions import (
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from tidemark_platform.logging import get_logger
 
-from tidemark_api_gateway.application import InvalidReference
+from tidemark_api_gateway.application import Refused
 
 log = get_logger(__name__)
 
@@ -90,11 +90,9 @@ def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
     return errors or [{"field": "body", "message": str(exc.detail)}]
 
 
-def handle_invalid_reference(
-    _: Request[Any, Any, Any], exc: InvalidReference
-) -> Response[dict[str, Any]]:
+def handle_refused(_: Request[Any, Any, Any], exc: Refused) -> Response[dict[str, Any]]:
     return problem_response(
-        422, f"{exc.field}: {exc.message}", [{"field": exc.field, "message": exc.message}]
+        422, f"{exc.field}: {exc.reason}", [{"field": exc.field, "message": exc.reason}]
     )
 
 
@@ -124,7 +122,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     Problem: handle_problem,
-    InvalidReference: handle_invalid_reference,
+    Refused: handle_refused,
     ValidationException: handle_validation,
     NotAuthorizedException: handle_http,
     PermissionDeniedException: handle_http,

@@ -9,7 +9,14 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 from pydantic.alias_generators import to_camel
 from tidemark_contracts import UtcDatetime
-from tidemark_contracts.backup import BackupStatus, BackupTrigger, BackupType
+from tidemark_contracts.backup import (
+    LOCAL_NAME_MAX_BYTES,
+    LOCAL_PATH_MAX_BYTES,
+    BackupStatus,
+    BackupTrigger,
+    BackupType,
+    local_path_problem,
+)
 
 SECRET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"  # noqa: S105 (a pattern)
 CREDENTIAL_REF = re.compile(rf"^(secret:{SECRET_NAME}|env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)$")
@@ -117,7 +124,33 @@ class EnvironmentOut(ResponseBody):
 
 
 class LocalConfigIn(RequestBody):
-    path: Annotated[str, Field(pattern=r"^/", description="absolute directory path")]
+    path: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=LOCAL_PATH_MAX_BYTES,
+            description=(
+                "The destination's directory, relative to the organization's directory "
+                "under the operator's destination root (`<root>/<organizationId>/<path>`): "
+                "directory names separated by `/`, e.g. `backups/nightly`. Refused (422): "
+                'an absolute path, a `..`, an empty or `.` component (so `""` and `.`, '
+                "which would mean the organization's directory itself: a destination always "
+                "has a directory of its own), a backslash, NUL or other control characters, "
+                f"a name over {LOCAL_NAME_MAX_BYTES} bytes; and, where the gateway shares "
+                "the runners' filesystem, a path through a symbolic link. Runners refuse a "
+                "symbolic link anywhere below the root whenever they write. Backups' "
+                "`location`s are relative to this directory."
+            ),
+        ),
+    ]
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_organization(cls, value: str) -> str:
+        problem = local_path_problem(value)
+        if problem is not None:
+            raise ValueError(problem)  # the reason, never the value
+        return value
 
 
 class S3ConfigIn(RequestBody):
@@ -204,7 +237,15 @@ class BackupDestinationOut(ResponseBody):
     name: str
     type: str
     status: Literal["pending", "uploaded", "failed", "deleted"]
-    location: str | None = None
+    location: Annotated[
+        str | None,
+        Field(
+            description=(
+                "where the artifact is, relative to the destination (for a `local` one, to "
+                "its `config.path`): `<environmentId>/<backupId>.<type>.pgdump.zst`"
+            )
+        ),
+    ] = None
     size_bytes: int | None = None
     uploaded_at: UtcDatetime | None = None
 

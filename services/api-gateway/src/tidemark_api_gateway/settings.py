@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, model_validator
 from tidemark_contracts.services import API_GATEWAY, SERVICES
 from tidemark_platform.settings import SecretSettings, ServiceSettings, settings_config
@@ -22,6 +24,13 @@ class GatewaySettings(ServiceSettings, SecretSettings):
         default_factory=lambda: [s.name for s in SERVICES if s is not API_GATEWAY]
     )
     heartbeat_timeout_seconds: float = 20.0
+    destination_root: Path | None = Field(
+        default=None,
+        description=(
+            "the backup-runners' root of local destinations, when the gateway sees the same "
+            "filesystem: registration then refuses a path through a symbolic link"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_key_source(self) -> GatewaySettings:

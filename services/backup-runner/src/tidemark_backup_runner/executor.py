@@ -8,6 +8,7 @@ import itertools
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from uuid import UUID
 
 import psycopg
@@ -72,8 +73,9 @@ def failure_reason(exc: Exception) -> str:
 
 
 def artifact_key(backup: Backup) -> str:
-    name = f"{backup.backup_id}.{backup.type}.pgdump.zst"
-    return f"{backup.organization_id}/{backup.environment_id}/{name}"
+    """Where the artifact goes in each destination: also its recorded location, so
+    relative to the destination (the organization is already in a local one's path)."""
+    return f"{backup.environment_id}/{backup.backup_id}.{backup.type}.pgdump.zst"
 
 
 class BackupExecutor:
@@ -101,6 +103,7 @@ class BackupExecutor:
         credential_policy: CredentialPolicy | None = None,
         vault: SecretVault | None = None,
         save_attempts: int = 12,
+        destination_root: Path | None = None,
     ) -> None:
         self.app = app
         self.work = work
@@ -116,6 +119,7 @@ class BackupExecutor:
         self._policy = credential_policy or CredentialPolicy()
         self._vault = vault
         self._save_attempts = save_attempts
+        self._destination_root = destination_root
         self._progress_interval = progress_interval
         self._poll_seconds = poll_seconds
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -291,7 +295,11 @@ class BackupExecutor:
         # The partial file names its owner and attempt; any later attempt finds and removes
         # it by the artifact's name.
         tag = f"{lease.owner.hex}-{lease.attempt}"
-        return destinations, [writer_for(d, key, tag) for d in destinations]
+        writers = [
+            writer_for(d, backup.organization_id, key, tag, local_root=self._destination_root)
+            for d in destinations
+        ]
+        return destinations, writers
 
     async def _carry_out(self, claim: Claim) -> None:
         lease = claim.lease

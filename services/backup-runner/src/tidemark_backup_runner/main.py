@@ -82,6 +82,7 @@ def create_app(settings: Settings) -> Litestar:
             settings.allow_operator_secret_refs,
         ),
         vault=vault,
+        destination_root=settings.destination_root,
     )
     register_handlers(broker, app, executor, relay.wake, service=SERVICE)
     runtime.add_background(executor.run)

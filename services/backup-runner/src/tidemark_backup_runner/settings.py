@@ -24,6 +24,9 @@ class Settings(ServiceSettings, SecretSettings):
     stall_timeout_seconds: float = Field(default=900.0, gt=0)
     credential_env_prefix: str = Field(default="TIDEMARK_SECRET_", min_length=1)
     credential_file_root: Path | None = None
+    # Local destinations live under <root>/<organization id>/<path>; without a root they
+    # are refused (a backup to one fails, saying so).
+    destination_root: Path | None = None
     lease_seconds: float = Field(default=30.0, gt=0)
     lease_renew_fraction: float = Field(default=1 / 3, gt=0, lt=1)
     max_attempts: int = Field(default=3, ge=1)

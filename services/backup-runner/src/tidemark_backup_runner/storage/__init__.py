@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
+from uuid import UUID
 
 from tidemark_contracts.backup import DestinationTarget, LocalDestinationConfig
 
-from tidemark_backup_runner.storage.local import LocalArtifactWriter
+from tidemark_backup_runner.storage.local import DestinationRefused, LocalArtifactWriter
+
+__all__ = [
+    "ArtifactWriter",
+    "DestinationRefused",
+    "LocalArtifactWriter",
+    "UnsupportedDestination",
+    "writer_for",
+]
 
 
 class ArtifactWriter(Protocol):
@@ -15,7 +25,8 @@ class ArtifactWriter(Protocol):
     def open(self) -> None: ...
     def write(self, chunk: bytes) -> None: ...
     def commit(self) -> str:
-        """Make the artifact durable and visible; returns its location."""
+        """Make the artifact durable and visible; returns its location, relative to the
+        destination (never a path of the runner's machine)."""
         ...
 
     def abort(self) -> None:
@@ -31,11 +42,27 @@ class UnsupportedDestination(Exception):
     pass
 
 
-def writer_for(destination: DestinationTarget, key: str, tag: str | None = None) -> ArtifactWriter:
-    """A writer of the artifact ``key``; ``tag`` names its temporary copy (who writes it)."""
+def writer_for(
+    destination: DestinationTarget,
+    organization_id: UUID,
+    key: str,
+    tag: str | None = None,
+    *,
+    local_root: Path | None = None,
+) -> ArtifactWriter:
+    """A writer of the artifact ``key`` (relative to the destination) for the organization
+    that owns the destination; ``tag`` names its temporary copy (who writes it).
+    ``local_root`` is the operator's root of local destinations (none: they are refused)."""
     config = destination.config
     if isinstance(config, LocalDestinationConfig):
-        return LocalArtifactWriter(config.path, key, tag)
+        return LocalArtifactWriter(
+            local_root,
+            organization_id,
+            config.path,
+            key,
+            tag,
+            label=f"destination {destination.name!r}",
+        )
     raise UnsupportedDestination(
         f"destination {destination.name!r}: type {destination.type!r} is not supported yet"
     )
