@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tidemark_backup_runner.pgtools import libpq_env, summarize_stderr
+from tidemark_backup_runner.pgtools import libpq_env, summarize_stderr, target_conninfo
 from tidemark_backup_runner.secrets import CredentialPolicy, SecretError, resolve_secret
 from tidemark_backup_runner.storage.local import LocalArtifactWriter
 from tidemark_contracts.backup import DatabaseTarget
@@ -84,9 +84,8 @@ def test_unresolvable_references_never_repeat_the_reference(ref: str, tmp_path: 
 
 def test_the_password_reaches_libpq_only_through_the_environment() -> None:
     target = DatabaseTarget(host="h", port=1, dbname="d", user="u", password_ref="env:X")
-    env = libpq_env(target, "pw")
-    assert env["PGPASSWORD"] == "pw"
-    assert "PGPASSWORD" not in libpq_env(target, None)
+    assert libpq_env("pw")["PGPASSWORD"] == "pw"
+    assert "pw" not in target_conninfo(target, application_name="a")
 
 
 def test_pg_dump_diagnostics_are_summarized() -> None:

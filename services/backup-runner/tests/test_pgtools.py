@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -10,9 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 import zstandard
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from tidemark_backup_runner.pgtools import (
     DumpError,
+    TargetError,
     dump_application_name,
     dump_database,
     estimate_size,
@@ -142,7 +146,7 @@ def test_a_silent_pg_dump_is_stopped_by_the_stall_watchdog(tmp_path: Path) -> No
     (tmp_path / "root").mkdir()
     with pytest.raises(DumpError, match="no output for 1 s"):
         dump_database(
-            target, None, [writer], lambda _: None, pg_dump=str(silent), stall_timeout_seconds=1
+            target, "pw", [writer], lambda _: None, pg_dump=str(silent), stall_timeout_seconds=1
         )
     writer.abort()
     assert [p for p in (tmp_path / "root").rglob("*") if p.is_file()] == []
@@ -167,3 +171,115 @@ def test_a_new_attempt_ends_the_sessions_earlier_attempts_left_behind(
     finally:
         for conn in (earlier, current, other):
             conn.close()
+
+
+def the_runners_own_libpq_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, password: str
+) -> None:
+    """A runner whose environment, password files and service file all hold a valid way
+    into the database of ``url``: what a tenant's connection must never fall back on."""
+    info = conninfo_to_dict(url)
+    line = f"*:*:*:*:{password}\n"
+    home = tmp_path / "home"
+    home.mkdir()
+    for pgpass in (home / ".pgpass", tmp_path / "pgpass"):
+        pgpass.write_text(line)
+        pgpass.chmod(0o600)
+    service = (
+        f"[runner]\nhost={info['host']}\nport={info['port']}\ndbname={info['dbname']}\n"
+        f"user={info['user']}\npassword={password}\n"
+    )
+    (home / ".pg_service.conf").write_text(service)
+    (tmp_path / "pg_service.conf").write_text(service)
+    for name, value in {
+        "HOME": str(home),
+        "PGPASSFILE": str(tmp_path / "pgpass"),
+        "PGSERVICEFILE": str(tmp_path / "pg_service.conf"),
+        "PGHOST": str(info["host"]),
+        "PGPORT": str(info["port"]),
+        "PGDATABASE": str(info["dbname"]),
+        "PGUSER": str(info["user"]),
+        "PGPASSWORD": password,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_the_runners_pg_variables_and_password_files_never_serve_a_tenants_connection(
+    create_database: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = create_database("envleak", owner_password="pw-envleak-test")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g")
+    target, _ = target_of(url)
+    the_runners_own_libpq_settings(tmp_path, monkeypatch, url, "pw-envleak-test")
+    # The setup is real: plain libpq, given no password, gets in with the runner's.
+    with psycopg.connect("", connect_timeout=10) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (target.user,)
+    plain = subprocess.run(
+        [
+            PG_DUMP,
+            "--schema-only",
+            "--no-password",
+            f"--host={target.host}",
+            f"--port={target.port}",
+            f"--username={target.user}",
+            f"--dbname={target.dbname}",
+        ],
+        env={"HOME": os.environ["HOME"]},
+        capture_output=True,
+    )
+    assert plain.returncode == 0, plain.stderr
+
+    writer = LocalArtifactWriter(str(tmp_path / "out"), "a.zst")
+    with pytest.raises(DumpError) as raised:
+        dump_database(target, "the-wrong-one", [writer], lambda _: None, pg_dump=PG_DUMP)
+    assert "password authentication failed" in str(raised.value)
+    writer.abort()
+    assert estimate_size(target, "the-wrong-one") is None
+    assert stop_earlier_attempts(target, "the-wrong-one", uuid.uuid4(), 2) == 0
+    # No password is no fallback to any of the runner's.
+    with pytest.raises(TargetError, match="empty password"):
+        dump_database(target, "", [writer], lambda _: None, pg_dump=PG_DUMP)
+    assert estimate_size(target, "") is None
+    # With the tenant's own password the same runner dumps the tenant's database.
+    result = dump_database(target, "pw-envleak-test", [writer], lambda _: None, pg_dump=PG_DUMP)
+    assert result.raw_bytes > 0
+    assert estimate_size(target, "pw-envleak-test")
+
+
+def test_names_with_quotes_spaces_and_backslashes_reach_pg_dump_as_themselves(
+    database_url: str, tmp_path: Path
+) -> None:
+    name = f'tm it\'s "odd" \\ {uuid.uuid4().hex[:6]}'
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal("pw-odd-test")
+            )
+        )
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(name)
+            )
+        )
+    try:
+        info = conninfo_to_dict(database_url)
+        target = DatabaseTarget(
+            host=str(info["host"]), port=int(str(info["port"])), dbname=name, user=name
+        )
+        writer = LocalArtifactWriter(str(tmp_path), "a.zst")
+        result = dump_database(target, "pw-odd-test", [writer], lambda _: None, pg_dump=PG_DUMP)
+        raw = (
+            zstandard.ZstdDecompressor()
+            .decompressobj()
+            .decompress(Path(writer.commit()).read_bytes())
+        )
+        assert raw.startswith(b"PGDMP")
+        assert result.raw_bytes == len(raw)
+        assert estimate_size(target, "pw-odd-test")
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))

@@ -327,3 +327,80 @@ async def test_a_runner_that_loses_the_lease_kills_its_dump_and_removes_its_part
             running.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await running
+
+
+@pytest.mark.parametrize(
+    ("database", "reason"),
+    [
+        ({"password_ref": None}, "database.passwordRef is not set"),
+        ({"password_ref": "env:TIDEMARK_SECRET_EMPTY_TEST"}, "empty password"),
+        ({"dbname": "host=/var/run/postgresql user=postgres"}, "database.dbname must not"),
+        ({"user": "postgresql://postgres@/x?host=/tmp"}, "database.user must not"),
+        ({"host": "/var/run/postgresql"}, "database.host must be"),
+    ],
+    ids=["no-ref", "empty", "dbname-conninfo", "user-uri", "host-socket"],
+)
+async def test_unusable_settings_or_no_password_end_the_backup_before_any_connection(
+    database: dict[str, Any],
+    reason: str,
+    app: BackupRunnerApplication,
+    work: WorkTable,
+    create_database: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = create_database("refused", owner_password="pw-refused-test")
+    info = conninfo_to_dict(source)
+    # Everything the runner has would get in: its PG* variables and its ~/.pgpass.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".pgpass").write_text("*:*:*:*:pw-refused-test\n")
+    (home / ".pgpass").chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PGPASSWORD", "pw-refused-test")
+    monkeypatch.setenv("PGUSER", str(info["user"]))
+    monkeypatch.setenv("TIDEMARK_SECRET_REFUSED_TEST", "pw-refused-test")
+    monkeypatch.setenv("TIDEMARK_SECRET_EMPTY_TEST", "")
+    fields: dict[str, Any] = {
+        "host": str(info["host"]),
+        "port": int(str(info["port"])),
+        "dbname": str(info["dbname"]),
+        "user": str(info["user"]),
+        "password_ref": "env:TIDEMARK_SECRET_REFUSED_TEST",
+    }
+    target = DatabaseTarget.model_validate({**fields, **database})
+    backup_id = request(app, database=target, path=str(tmp_path / "dest"))
+    work.ensure(backup_id)
+    started = tmp_path / "pg_dump-started"
+    pg_dump = tmp_path / "pg_dump"
+    pg_dump.write_text(f"#!/bin/sh\ntouch {started}\n")
+    pg_dump.chmod(0o755)
+
+    async def no_progress(*_: Any) -> None:
+        return None
+
+    executor = BackupExecutor(
+        app, work, no_progress, lambda: None, owner=uuid.uuid4(), pg_dump=str(pg_dump), policy=LONG
+    )
+    running = asyncio.create_task(executor.run())
+    try:
+        deadline = time.monotonic() + 20
+        while (row := work.row(backup_id)) is None or row["state"] != "finished":
+            assert time.monotonic() < deadline, row
+            await asyncio.sleep(0.1)
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    backup: Backup = app.get_backup(backup_id)
+    assert backup.status == "failed"
+    assert backup.error is not None
+    assert reason in backup.error
+    assert "pw-refused-test" not in backup.error
+    for value in database.values():
+        if value and not str(value).startswith("env:"):
+            assert str(value) not in backup.error, "the refused value is not repeated"
+    assert backup.started_at is None, "it ended before it started"
+    assert not started.exists(), "pg_dump never ran"
+    destination = tmp_path / "dest"
+    assert not destination.exists() or files_under(destination) == []

@@ -9,6 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from tidemark_contracts.base import Message, UtcDatetime, WireModel
+from tidemark_contracts.connection import connection_problems
 
 BackupType = Literal["db", "full"]
 BackupTrigger = Literal["manual", "scheduled"]
@@ -24,6 +25,11 @@ class DatabaseTarget(WireModel):
     dbname: str
     user: str
     password_ref: str | None = None
+
+    def problems(self) -> dict[str, str]:
+        """Fields that libpq would read as more than their value (``tidemark_contracts.
+        connection``), with why; a runner connects only when this is empty."""
+        return connection_problems(self.host, self.port, self.dbname, self.user)
 
 
 # Limits of a local destination's path: Linux's NAME_MAX per directory name, and a bound

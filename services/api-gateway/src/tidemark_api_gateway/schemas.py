@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
@@ -17,6 +18,7 @@ from tidemark_contracts.backup import (
     BackupType,
     local_path_problem,
 )
+from tidemark_contracts.connection import HOST_PATTERN, NAME_PATTERN, host_problem, name_problem
 
 SECRET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"  # noqa: S105 (a pattern)
 CREDENTIAL_REF = re.compile(rf"^(secret:{SECRET_NAME}|env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)$")
@@ -70,16 +72,32 @@ class ProjectOut(ResponseBody):
 # --- environments ---------------------------------------------------------------------
 
 
+def _refused_by(check: Callable[[str], str | None]) -> Callable[[Any], Any]:
+    """A validator run before the field's pattern, so a refusal says why."""
+
+    def validate(value: Any) -> Any:
+        reason = check(value) if isinstance(value, str) else None
+        if reason is not None:
+            raise ValueError(reason)  # the reason, never the value (it may be an attack)
+        return value
+
+    return validate
+
+
 class DatabaseIn(RequestBody):
-    # A TCP host: a Unix-socket directory would reach the runner's own local servers.
-    host: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/@\s]+$")]
+    # Each field reaches libpq as itself only (tidemark_contracts.connection): a TCP host
+    # (a Unix-socket directory would reach the runner's own local servers), and names that
+    # libpq cannot read as a connection string or URI overriding the other fields.
+    host: Annotated[str, Field(min_length=1, max_length=253, pattern=HOST_PATTERN)]
     port: Annotated[int, Field(ge=1, le=65535)] = 5432
-    dbname: Annotated[str, Field(min_length=1, max_length=63)]
-    user: Annotated[str, Field(min_length=1, max_length=63)]
+    dbname: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)]
+    user: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)]
     # Required: a missing password is an error, never a fallback to the runner's own.
     password_ref: CredentialRef
 
     _ref = field_validator("password_ref")(check_credential_ref)
+    _host = field_validator("host", mode="before")(_refused_by(host_problem))
+    _names = field_validator("dbname", "user", mode="before")(_refused_by(name_problem))
 
 
 class ClusterIn(RequestBody):

@@ -26,9 +26,12 @@ from tidemark_backup_runner.domain import Backup, WorkPolicy
 from tidemark_backup_runner.pgtools import (
     DumpError,
     DumpResult,
+    TargetError,
+    check_target,
     dump_application_name,
     dump_database,
     estimate_size,
+    require_password,
     stop_earlier_attempts,
 )
 from tidemark_backup_runner.secrets import CredentialPolicy, SecretError, resolve_secret
@@ -340,14 +343,19 @@ class BackupExecutor:
             return
         target = DatabaseTarget.model_validate(backup.database)
         try:
-            password = await asyncio.to_thread(
-                resolve_secret,
-                target.password_ref,
-                backup.organization_id,
-                self._policy,
-                self._vault,
+            # Before any connection: settings libpq would read as more than themselves,
+            # and a missing password (libpq would look for one of the runner's), end it.
+            check_target(target)
+            password = require_password(
+                await asyncio.to_thread(
+                    resolve_secret,
+                    target.password_ref,
+                    backup.organization_id,
+                    self._policy,
+                    self._vault,
+                )
             )
-        except SecretError as exc:
+        except (SecretError, TargetError) as exc:
             await self._fail(backup, lease, str(exc))
             return
         if lease.attempt > 1:
@@ -404,7 +412,7 @@ class BackupExecutor:
         self,
         backup: Backup,
         target: DatabaseTarget,
-        password: str | None,
+        password: str,
         writers: list[ArtifactWriter],
         estimate: int | None,
         lease: Lease,

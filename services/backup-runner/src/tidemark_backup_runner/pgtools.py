@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from uuid import UUID
 
 import psycopg
 import zstandard
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tidemark_contracts.backup import DatabaseTarget
 
 from tidemark_backup_runner.storage import ArtifactWriter
@@ -60,40 +62,151 @@ def dump_application_name(backup_id: UUID, attempt: int) -> str:
     return f"tidemark-backup {backup_id} {attempt}"
 
 
-def libpq_env(
-    target: DatabaseTarget, password: str | None, application_name: str = APPLICATION_NAME
-) -> dict[str, str]:
-    # The password travels in the child's environment only: never argv (visible in ps),
-    # never an event or a log line.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-    env.update(PGCONNECT_TIMEOUT="10", PGAPPNAME=application_name)
-    if password is not None:
-        env["PGPASSWORD"] = password
-    return env
+class TargetError(DumpError):
+    """The database settings (or the password) cannot be used as they are: no connection
+    was attempted, and retrying cannot help. The message names the field, not its value."""
+
+
+CONNECT_TIMEOUT_SECONDS = 10
+# libpq's files of the connecting user (~/.pgpass, ~/.postgresql/postgresql.key, root.crt,
+# root.crl): named explicitly, inside an empty directory of the runner, so no default
+# reaches the runner's own credentials on a tenant's connection.
+LIBPQ_FILES = ("passfile", "sslcert", "sslkey", "sslrootcert", "sslcrl")
+# Every other connection option libpq would take from a PG* variable of the runner's
+# environment, fixed to libpq's own default for the runner's own sessions (pg_dump gets no
+# PG* variables at all). A test checks this covers every such option of the linked libpq.
+SESSION_OPTIONS = {
+    "hostaddr": "",
+    "client_encoding": "UTF8",
+    "channel_binding": "prefer",
+    "sslmode": "prefer",
+    "sslnegotiation": "postgres",
+    "sslcompression": "0",
+    "sslcertmode": "allow",
+    "sslsni": "1",
+    "requirepeer": "",
+    # A password, or nothing at all; never a Kerberos/GSS ticket of the runner's.
+    "require_auth": "password,md5,scram-sha-256,none",
+    "min_protocol_version": "3.0",
+    "max_protocol_version": "3.0",
+    "ssl_min_protocol_version": "TLSv1.2",
+    "ssl_max_protocol_version": "",
+    "gssencmode": "disable",
+    "krbsrvname": "postgres",
+    "gsslib": "",
+    "gssdelegation": "0",
+    "target_session_attrs": "any",
+    "load_balance_hosts": "disable",
+}
+_known_options = frozenset(o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults())
+_nowhere: Path | None = None
+
+
+def nowhere() -> Path:
+    """An empty private directory: the home of libpq's files on tenants' connections."""
+    global _nowhere
+    if _nowhere is None or not _nowhere.is_dir():
+        _nowhere = Path(tempfile.mkdtemp(prefix="tidemark-libpq-"))
+    return _nowhere
+
+
+def check_target(target: DatabaseTarget) -> None:
+    """Refuse settings libpq would read as more than themselves (a ``dbname`` that is a
+    connection string or URI, a socket directory as ``host``), before any connection."""
+    problems = target.problems()
+    if problems:
+        raise TargetError(
+            "unusable database settings: "
+            + "; ".join(f"database.{field} {reason}" for field, reason in problems.items())
+        )
+
+
+def require_password(password: str | None) -> str:
+    """The password, or a permanent error: libpq would otherwise look for one elsewhere
+    (a password file, the runner's environment), so a missing one is never a fallback."""
+    if password is None:
+        raise TargetError(
+            "database.passwordRef is not set or resolves to nothing: a backup needs the "
+            "database's password"
+        )
+    if password == "":
+        raise TargetError("database.passwordRef resolves to an empty password")
+    if "\x00" in password:
+        raise TargetError("database.passwordRef resolves to a password with a NUL character")
+    return password
+
+
+def target_conninfo(
+    target: DatabaseTarget, *, application_name: str, extra: dict[str, str] | None = None
+) -> str:
+    """One libpq connection string of ``target``'s validated parts, libpq's files pointed
+    into an empty directory, and ``extra``; checked by libpq's own parser to hold exactly
+    these options with exactly these values (make_conninfo quotes every value)."""
+    check_target(target)
+    home = nowhere()
+    parts = {
+        "host": target.host,
+        "port": str(target.port),
+        "dbname": target.dbname,
+        "user": target.user,
+        **{key: str(home / key) for key in LIBPQ_FILES},
+        "gssencmode": "disable",
+        "application_name": application_name,
+        "connect_timeout": str(CONNECT_TIMEOUT_SECONDS),
+        **(extra or {}),
+    }
+    try:
+        conninfo = make_conninfo("", **parts)
+        parsed = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        raise TargetError("unusable database settings: libpq cannot parse them") from None
+    if parsed != parts:
+        raise TargetError("unusable database settings: libpq reads them differently")
+    return conninfo
+
+
+def libpq_env(password: str) -> dict[str, str]:
+    """pg_dump's whole environment: an allow-list, not the runner's environment minus PG*.
+
+    The password travels here only: never argv (visible in ps), never an event or a log
+    line. ``HOME`` is empty, so nothing of the runner's (~/.pgpass, ~/.pg_service.conf,
+    ~/.postgresql) applies; messages are in English, for the reasons a backup records.
+    """
+    return {"HOME": str(nowhere()), "LC_ALL": "C", "PGPASSWORD": password}
 
 
 def connect(
-    target: DatabaseTarget, password: str | None, *, statement_timeout_ms: int
+    target: DatabaseTarget, password: str, *, statement_timeout_ms: int
 ) -> psycopg.Connection[tuple[Any, ...]]:
-    """A short session of the runner's own on the database it backs up."""
-    return psycopg.connect(
-        host=target.host,
-        port=target.port,
-        dbname=target.dbname,
-        user=target.user,
-        password=password,
-        connect_timeout=10,
+    """A short session of the runner's own on the database it backs up.
+
+    libpq runs in this process, so the runner's PG* variables would fill every option not
+    given: each is given (``SESSION_OPTIONS``). ``PGSERVICE`` cannot be overridden per
+    connection (its service would fill the rest), so it is refused.
+    """
+    if os.environ.get("PGSERVICE"):
+        raise TargetError(
+            "the runner's environment sets PGSERVICE, which would apply to tenants' "
+            "connections: unset it"
+        )
+    options = {k: v for k, v in SESSION_OPTIONS.items() if k in _known_options}
+    options["sslcrldir"] = str(nowhere() / "sslcrldir")
+    options["options"] = f"-c statement_timeout={statement_timeout_ms}"
+    options["password"] = require_password(password)
+    conninfo = target_conninfo(
+        target,
         application_name=APPLICATION_NAME,
-        options=f"-c statement_timeout={statement_timeout_ms}",
+        extra={k: v for k, v in options.items() if k in _known_options},
     )
+    return psycopg.connect(conninfo)
 
 
-def estimate_size(target: DatabaseTarget, password: str | None) -> int | None:
+def estimate_size(target: DatabaseTarget, password: str) -> int | None:
     """The database's size, to turn bytes dumped into a rough percentage; None if unknown."""
     try:
         with connect(target, password, statement_timeout_ms=10_000) as conn:
             row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-    except psycopg.Error:
+    except (psycopg.Error, TargetError):
         return None  # pg_dump will report the real reason
     return int(row[0]) if row else None
 
@@ -103,7 +216,7 @@ TERMINATE_WAIT_MS = 5000
 
 
 def stop_earlier_attempts(
-    target: DatabaseTarget, password: str | None, backup_id: UUID, attempt: int
+    target: DatabaseTarget, password: str, backup_id: UUID, attempt: int
 ) -> int:
     """End the database sessions of this backup's earlier attempts, waiting for them.
 
@@ -122,7 +235,7 @@ def stop_earlier_attempts(
                 "AND application_name <> %s",
                 (TERMINATE_WAIT_MS, f"tidemark-backup {backup_id} %", mine),
             ).fetchall()
-    except psycopg.Error:
+    except (psycopg.Error, TargetError):
         return 0
     return sum(1 for row in rows if row[0])
 
@@ -136,7 +249,7 @@ def summarize_stderr(stderr: bytes) -> str:
 
 def dump_database(
     target: DatabaseTarget,
-    password: str | None,
+    password: str,
     writers: Sequence[ArtifactWriter],
     on_progress: Callable[[int], None],
     *,
@@ -160,7 +273,12 @@ def dump_database(
     (a database host that accepts the connection and then goes silent, a dropped route)
     is killed, so a backup cannot hang forever. ``on_process`` receives pg_dump's
     process, for a caller that must be able to kill it (shutdown).
+    The database is reached only through one connection string of ``target``'s validated
+    parts (``target_conninfo``), with the password in pg_dump's environment and nothing
+    else of the runner's; unusable settings raise ``TargetError`` before pg_dump starts.
     """
+    conninfo = target_conninfo(target, application_name=application_name)
+    env = libpq_env(require_password(password))
     command = [
         pg_dump,
         "--format=custom",
@@ -168,10 +286,7 @@ def dump_database(
         "--no-password",
         # Fail, rather than wait forever, when DDL holds a lock the dump needs.
         f"--lock-wait-timeout={lock_wait_timeout_seconds}s",
-        f"--host={target.host}",
-        f"--port={target.port}",
-        f"--username={target.user}",
-        f"--dbname={target.dbname}",
+        f"--dbname={conninfo}",
     ]
     for writer in writers:
         writer.open()
@@ -179,7 +294,7 @@ def dump_database(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=libpq_env(target, password, application_name),
+        env=env,
     )
     on_process(process)
     assert process.stdout is not None
