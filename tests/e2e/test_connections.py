@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -88,7 +87,6 @@ def test_a_command_whose_dbname_is_a_connection_string_fails_before_reaching_the
     create_database: Callable[..., str],
     database_url: str,
     kafka_bootstrap: str,
-    tmp_path: Path,
 ) -> None:
     # What the dbname would lead to: another database of the same server, whose owner
     # has the environment's password (so on a runner that let libpq expand the dbname,
@@ -101,7 +99,7 @@ def test_a_command_whose_dbname_is_a_connection_string_fails_before_reaching_the
     assert before >= 1, "the server counts sessions"
 
     environment = api.environment(source_database)
-    destination = api.destination(tmp_path)
+    destination = api.destination()
     command = api.backup_command(environment, destination)
     hostile = (
         f"host={decoy['host']} port={decoy['port']} dbname={decoy['dbname']} user={decoy['user']}"
@@ -124,4 +122,5 @@ def test_a_command_whose_dbname_is_a_connection_string_fails_before_reaching_the
     # No session of the runner's reached the decoy (statistics of a session that had
     # reached it would be counted by now: the count above took far less).
     assert wait_for_sessions(database_url, str(decoy["dbname"]), before + 1, timeout=3) == before
-    assert not [p for p in tmp_path.rglob("*") if p.is_file()], "no artifact, not even a part"
+    written = api.organization_directory
+    assert not written.exists() or not [p for p in written.rglob("*") if p.is_file()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -65,6 +66,8 @@ ODD_BUT_PLAIN_NAMES = [
     "?query&x",
     "postgres:/not-a-uri",
 ]
+
+ORG = uuid.uuid4()
 
 
 def target(**fields: object) -> DatabaseTarget:
@@ -194,7 +197,7 @@ def test_a_refused_target_or_password_never_starts_pg_dump(tmp_path: Path, passw
     fake = tmp_path / "pg_dump"
     fake.write_text(f"#!/bin/sh\ntouch {started}\n")
     fake.chmod(0o755)
-    writer = LocalArtifactWriter(str(tmp_path / "out"), "a.zst")
+    writer = LocalArtifactWriter(tmp_path, ORG, "out", "a.zst")
     hostile = target(host="127.0.0.1", port=1, dbname="host=/tmp user=postgres")
     refused = hostile if password else target(host="127.0.0.1", port=1)
     with pytest.raises(TargetError):

@@ -230,7 +230,7 @@ def test_the_runners_pg_variables_and_password_files_never_serve_a_tenants_conne
     )
     assert plain.returncode == 0, plain.stderr
 
-    writer = LocalArtifactWriter(str(tmp_path / "out"), "a.zst")
+    writer = LocalArtifactWriter(tmp_path, ORG, "out", "a.zst")
     with pytest.raises(DumpError) as raised:
         dump_database(target, "the-wrong-one", [writer], lambda _: None, pg_dump=PG_DUMP)
     assert "password authentication failed" in str(raised.value)
@@ -267,7 +267,7 @@ def test_names_with_quotes_spaces_and_backslashes_reach_pg_dump_as_themselves(
         target = DatabaseTarget(
             host=str(info["host"]), port=int(str(info["port"])), dbname=name, user=name
         )
-        writer = LocalArtifactWriter(str(tmp_path), "a.zst")
+        writer = LocalArtifactWriter(tmp_path, ORG, "out", "a.zst")
         result = dump_database(target, "pw-odd-test", [writer], lambda _: None, pg_dump=PG_DUMP)
         raw = (
             zstandard.ZstdDecompressor()

@@ -380,7 +380,16 @@ async def test_unusable_settings_or_no_password_end_the_backup_before_any_connec
         return None
 
     executor = BackupExecutor(
-        app, work, no_progress, lambda: None, owner=uuid.uuid4(), pg_dump=str(pg_dump), policy=LONG
+        app,
+        work,
+        no_progress,
+        lambda: None,
+        owner=uuid.uuid4(),
+        pg_dump=str(pg_dump),
+        policy=LONG,
+        # The operator's env: references, enabled here: the settings are under test.
+        credential_policy=CredentialPolicy(allow_operator_refs=True),
+        destination_root=tmp_path,
     )
     running = asyncio.create_task(executor.run())
     try:
