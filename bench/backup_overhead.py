@@ -487,7 +487,12 @@ def check_artifact(
 
 
 def make_token(secret: str, org_id: uuid.UUID) -> str:
-    claims = {"sub": "bench", "org_id": str(org_id), "exp": int(time.time()) + 24 * 3600}
+    claims = {
+        "sub": "bench",
+        "org_id": str(org_id),
+        "exp": int(time.time()) + 24 * 3600,
+        "scope": "backups:read backups:write",  # the gateway grants nothing without one
+    }
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

@@ -89,7 +89,21 @@ def test_a_token_signed_with_none_is_refused(anonymous: httpx.Client) -> None:
     assert_problem(response, 401)
 
 
-def test_scopes_when_present_separate_reads_from_writes(api_for: Callable[..., Api]) -> None:
+def test_a_token_without_a_scope_claim_gets_no_access(api_for: Callable[..., Api]) -> None:
+    # The stack configures no default scopes: a token that states none may do nothing.
+    unscoped = api_for(scope=None)
+    for response in (
+        unscoped.get("/api/v1/projects"),
+        unscoped.post("/api/v1/projects", json={"name": "nope"}),
+        unscoped.get(f"/api/v1/backups/{uuid.uuid4()}"),
+    ):
+        body = assert_problem(response, 403)
+        assert "scope" in body["detail"]
+        token = unscoped.client.headers["authorization"].removeprefix("Bearer ")
+        assert all(part not in response.text for part in token.split("."))
+
+
+def test_scopes_separate_reads_from_writes(api_for: Callable[..., Api]) -> None:
     reader = api_for(scope="backups:read")
     assert reader.get("/api/v1/projects").status_code == 200
     assert_problem(reader.post("/api/v1/projects", json={"name": "nope"}), 403)

@@ -25,6 +25,9 @@ SOURCE_PASSWORD = "s3cret-source-Pa55word"
 SOURCE_SECRET = "source-password"
 SOURCE_PASSWORD_REF = f"secret:{SOURCE_SECRET}"
 TERMINAL = ("completed", "failed")
+# What a test token may do unless a test says otherwise: the gateway grants nothing to a
+# token without a scope claim.
+FULL_SCOPE = "backups:read backups:write"
 
 
 def make_token(
@@ -33,9 +36,10 @@ def make_token(
     sub: str = "e2e-user",
     expires_in: int = 3600,
     secret: str = JWT_SECRET,
-    scope: str | None = None,
+    scope: str | None = FULL_SCOPE,
     **claims: Any,
 ) -> str:
+    """An HS256 token for ``org_id``; ``scope=None`` mints one without a scope claim."""
     payload: dict[str, Any] = {
         "sub": sub,
         "org_id": str(org_id),

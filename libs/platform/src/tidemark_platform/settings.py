@@ -51,8 +51,11 @@ class ServiceSettings(BaseSettings):
 
 
 def settings_config(service: ServiceDescription) -> SettingsConfigDict:
-    """A service's settings configuration: its variables carry its prefix."""
-    return SettingsConfigDict(env_prefix=service.settings_prefix, extra="ignore")
+    """A service's settings configuration: its variables carry its prefix. A refused value
+    is not repeated in the error (it may be a secret: a JWT secret, the sealing keys)."""
+    return SettingsConfigDict(
+        env_prefix=service.settings_prefix, extra="ignore", hide_input_in_errors=True
+    )
 
 
 class SecretSettings(BaseSettings):
