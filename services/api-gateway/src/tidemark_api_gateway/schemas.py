@@ -6,13 +6,47 @@ import re
 import uuid
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    StrictBool,
+    WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
 from tidemark_contracts import UtcDatetime
 from tidemark_contracts.backup import BackupStatus, BackupTrigger, BackupType
 
-CREDENTIAL_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)$")
-NAME = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")]
+# PostgreSQL cannot store U+0000 (text or jsonb), and no name, host or path of ours needs a
+# control character: strings that reach the catalog refuse them (CONTROL) up front, before
+# anything is recorded. The patterns are served in the OpenAPI document, so they are read
+# alike by JSON Schema (ECMA) and Python: no ``\s`` (the two disagree on U+0085, U+FEFF).
+CONTROL = r"\x00-\x1f\x7f-\x9f"
+SPACE = r" \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+PRINTABLE = rf"^[^{CONTROL}]*$"
+ABSOLUTE_PATH = rf"^/[^{CONTROL}]*$"
+CREDENTIAL_REF = re.compile(rf"^(env:[A-Za-z_][A-Za-z0-9_]*|file:/[^{SPACE}{CONTROL}]+)$")
+NAME = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=100,
+        pattern=rf"^[^{SPACE}{CONTROL}]([^{CONTROL}]*[^{SPACE}{CONTROL}])?$",
+    ),
+]
+
+
+def json_number(value: Any) -> Any:
+    """A number must be sent as one: pydantic's lax mode would take ``"5432"`` or ``true``."""
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+PORT = Annotated[int, Field(ge=1, le=65535), BeforeValidator(json_number)]
 
 
 class RequestBody(BaseModel):
@@ -25,12 +59,26 @@ class ResponseBody(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
 
-def check_credential_ref(value: str | None) -> str | None:
-    if value is not None and not CREDENTIAL_REF.match(value):
+def check_credential_ref(value: str) -> str:
+    if not CREDENTIAL_REF.match(value):
         raise ValueError(
             "must be a credential reference, env:NAME or file:/path; plain secrets are refused"
         )
     return value
+
+
+# The validator's own message (a pattern error would be less clear), the pattern in the schema.
+CredentialRef = Annotated[
+    str,
+    AfterValidator(check_credential_ref),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": CREDENTIAL_REF.pattern,
+            "description": "a credential reference, env:NAME or file:/path, never the secret",
+        }
+    ),
+]
 
 
 # --- projects -------------------------------------------------------------------------
@@ -52,26 +100,24 @@ class ProjectOut(ResponseBody):
 
 class DatabaseIn(RequestBody):
     # A TCP host: a Unix-socket directory would reach the runner's own local servers.
-    host: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/@\s]+$")]
-    port: Annotated[int, Field(ge=1, le=65535)] = 5432
-    dbname: Annotated[str, Field(min_length=1, max_length=63)]
-    user: Annotated[str, Field(min_length=1, max_length=63)]
-    password_ref: str | None = None
-
-    _ref = field_validator("password_ref")(check_credential_ref)
+    host: Annotated[str, Field(min_length=1, max_length=255, pattern=rf"^[^/@{SPACE}{CONTROL}]+$")]
+    port: PORT = 5432
+    dbname: Annotated[str, Field(min_length=1, max_length=63, pattern=PRINTABLE)]
+    user: Annotated[str, Field(min_length=1, max_length=63, pattern=PRINTABLE)]
+    password_ref: CredentialRef | None = None
 
 
 class ClusterIn(RequestBody):
-    data_directory: Annotated[str, Field(pattern=r"^/")]
-    bin_directory: Annotated[str, Field(pattern=r"^/")]
-    port: Annotated[int, Field(ge=1, le=65535)]
+    data_directory: Annotated[str, Field(pattern=ABSOLUTE_PATH)]
+    bin_directory: Annotated[str, Field(pattern=ABSOLUTE_PATH)]
+    port: PORT
 
 
 class CreateEnvironment(RequestBody):
     name: NAME
     database: DatabaseIn
     cluster: ClusterIn | None = None
-    files_path: Annotated[str, Field(pattern=r"^/")] | None = None
+    files_path: Annotated[str, Field(pattern=ABSOLUTE_PATH)] | None = None
 
 
 class DatabaseOut(ResponseBody):
@@ -103,32 +149,30 @@ class EnvironmentOut(ResponseBody):
 
 
 class LocalConfigIn(RequestBody):
-    path: Annotated[str, Field(pattern=r"^/", description="absolute directory path")]
+    path: Annotated[str, Field(pattern=ABSOLUTE_PATH, description="absolute directory path")]
 
 
 class S3ConfigIn(RequestBody):
-    bucket: Annotated[str, Field(min_length=3, max_length=63)]
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_ref: str | None = None
-    secret_key_ref: str | None = None
-
-    _refs = field_validator("access_key_ref", "secret_key_ref")(check_credential_ref)
+    bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=PRINTABLE)]
+    prefix: Annotated[str, Field(max_length=1024, pattern=PRINTABLE)] = ""
+    endpoint_url: Annotated[str, Field(max_length=2048, pattern=PRINTABLE)] | None = None
+    region: Annotated[str, Field(max_length=64, pattern=PRINTABLE)] | None = None
+    access_key_ref: CredentialRef | None = None
+    secret_key_ref: CredentialRef | None = None
 
 
 class CreateLocalDestination(RequestBody):
     name: NAME
     type: Literal["local"]
     config: LocalConfigIn
-    is_default: bool = False
+    is_default: StrictBool = False
 
 
 class CreateS3Destination(RequestBody):
     name: NAME
     type: Literal["s3"]
     config: S3ConfigIn
-    is_default: bool = False
+    is_default: StrictBool = False
 
 
 class CreateDestination(
@@ -152,7 +196,7 @@ class DestinationOut(ResponseBody):
 
 class CreateBackup(RequestBody):
     type: BackupType
-    label: Annotated[str, Field(max_length=200)] | None = None
+    label: Annotated[str, Field(max_length=200, pattern=PRINTABLE)] | None = None
     destination_ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=10)] | None = None
 
 
