@@ -13,7 +13,6 @@ from pydantic import (
     ConfigDict,
     Field,
     RootModel,
-    StrictBool,
     WithJsonSchema,
 )
 from pydantic.alias_generators import to_camel
@@ -46,7 +45,16 @@ def json_number(value: Any) -> Any:
     return value
 
 
+def json_boolean(value: Any) -> Any:
+    """``true`` or ``false`` only (not 0, 1 or "yes"). Not StrictBool: Litestar validates
+    with ``strict=False``, which overrides a field's own strictness."""
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
 PORT = Annotated[int, Field(ge=1, le=65535), BeforeValidator(json_number)]
+BOOLEAN = Annotated[bool, BeforeValidator(json_boolean)]
 
 
 class RequestBody(BaseModel):
@@ -165,14 +173,14 @@ class CreateLocalDestination(RequestBody):
     name: NAME
     type: Literal["local"]
     config: LocalConfigIn
-    is_default: StrictBool = False
+    is_default: BOOLEAN = False
 
 
 class CreateS3Destination(RequestBody):
     name: NAME
     type: Literal["s3"]
     config: S3ConfigIn
-    is_default: StrictBool = False
+    is_default: BOOLEAN = False
 
 
 class CreateDestination(
