@@ -34,6 +34,7 @@ NAME = Annotated[
         min_length=1,
         max_length=100,
         pattern=rf"^[^{SPACE}{CONTROL}]([^{CONTROL}]*[^{SPACE}{CONTROL}])?$",
+        examples=["shop production"],
     ),
 ]
 
