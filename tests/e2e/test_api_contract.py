@@ -203,14 +203,46 @@ def test_backup_requests_are_validated(api: Api, source_database: str) -> None:
     )
     # A full backup needs the environment's cluster.
     assert_invalid(api.post(path, json={"type": "full"}), "type")
-    assert_problem(
-        api.post(path, content=b"{not json", headers={"content-type": "application/json"}), 400
+    # A body that is not JSON is invalid input too (the API answers no 400).
+    assert_invalid(
+        api.post(path, content=b"{not json", headers={"content-type": "application/json"}), "body"
     )
     assert_problem(api.request_backup(str(uuid.uuid4())), 404)
     assert (
         api.post("/api/v1/environments/not-a-uuid/backups", json={"type": "db"}).status_code == 404
     )
     assert api.get(f"/api/v1/environments/{environment['id']}/backups").json()["total"] == 0
+
+
+def test_what_postgresql_cannot_hold_is_refused_with_422_not_500(api: Api) -> None:
+    # Each of these answered 500 (a huge offset overflowed bigint; U+0000 is no text).
+    assert_invalid(api.get("/api/v1/projects", params={"offset": 2**63}), "offset")
+    assert api.get("/api/v1/projects", params={"offset": 10**9}).status_code == 200
+    assert_invalid(api.post("/api/v1/projects", json={"name": "a\u0000b"}), "name")
+    s3 = {"name": "s3-nul", "type": "s3", "config": {"bucket": "bu\u0000cket"}}
+    assert_invalid(api.post("/api/v1/destinations", json=s3), "bucket")
+    assert api.get("/api/v1/destinations").json()["total"] == 0
+
+
+def test_json_types_are_not_coerced(api: Api) -> None:
+    s3 = {"name": "s3", "type": "s3", "config": {"bucket": "bucket"}, "isDefault": 0}
+    assert_invalid(api.post("/api/v1/destinations", json=s3), "isDefault")
+    project = api.project()
+    database = {"host": "127.0.0.1", "port": "5432", "dbname": "app", "user": "app"}
+    response = api.post(
+        f"/api/v1/projects/{project['id']}/environments", json={"name": "e", "database": database}
+    )
+    assert_invalid(response, "port")
+
+
+def test_options_names_every_method_of_the_path(api: Api) -> None:
+    for path, allowed in [
+        ("/api/v1/projects", "GET, OPTIONS, POST"),
+        (f"/api/v1/destinations/{uuid.uuid4()}", "DELETE, GET, OPTIONS"),
+    ]:
+        response = api.client.options(path)
+        assert response.status_code == 204, response.text
+        assert response.headers["allow"] == allowed
 
 
 def test_environments_refuse_plain_secrets(api: Api) -> None:

@@ -25,7 +25,7 @@ _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9_.-]+)?")
 HOST_PATTERN = (
     rf"^(?:{_LABEL}(?:\.{_LABEL})*\.?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9_.-]+)?)$"
 )
-NAME_PATTERN = r"^[^=\x00-\x1f\x7f]+$"
+NAME_PATTERN = r"^(?![Pp][Oo][Ss][Tt][Gg][Rr][Ee][Ss](?:[Qq][Ll])?://)[^=\x00-\x1f\x7f]+$"
 
 URI_PREFIXES = ("postgresql://", "postgres://")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

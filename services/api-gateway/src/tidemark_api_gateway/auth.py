@@ -241,6 +241,8 @@ def auth_middleware(settings: GatewaySettings) -> DefineMiddleware:
 
 def scope_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Reads need ``backups:read`` and writes ``backups:write``; no scope, no access."""
+    if connection.scope.get("method") == "OPTIONS":
+        return  # answered by Litestar with the allowed methods; no token, no data
     principal: Principal = connection.user
     needed = READ_SCOPE if connection.scope.get("method") in ("GET", "HEAD") else WRITE_SCOPE
     if needed not in principal.scopes:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from litestar import Litestar, Request, Router
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.pydantic import PydanticPlugin
 from tidemark_platform.catalog import CatalogView
 from tidemark_platform.database import connection_pool
@@ -23,17 +22,63 @@ from tidemark_api_gateway.application import CATALOG_SCHEMA, CatalogApplication,
 from tidemark_api_gateway.auth import Principal, auth_middleware, scope_guard
 from tidemark_api_gateway.controllers import CONTROLLERS
 from tidemark_api_gateway.heartbeats import ServiceRegistry, subscribe_heartbeats
+from tidemark_api_gateway.openapi import openapi_config
 from tidemark_api_gateway.outbox import OutboxSource
 from tidemark_api_gateway.problems import EXCEPTION_HANDLERS
 from tidemark_api_gateway.projection import BackupsView
 from tidemark_api_gateway.readmodel import SCHEMA, migrate
-from tidemark_api_gateway.requests import answer_and_log, request_context_middleware
+from tidemark_api_gateway.requests import (
+    allow_every_method,
+    answer_and_log,
+    request_context_middleware,
+)
 from tidemark_api_gateway.settings import GatewaySettings
 
 SERVICE = "api-gateway"
 PROJECTION_GROUP = "gateway-projection"
 CATALOG_GROUP = "gateway-catalog"
 CATALOG_RELAY = "gateway-catalog"
+
+
+def provide_principal(request: Request[Principal, Any, Any]) -> Principal:
+    return request.user
+
+
+def api_router(dependencies: Mapping[str, Provide]) -> Router:
+    """``/api/v1``: every controller, behind the scope guard, with what they depend on."""
+    return Router(
+        path="/api/v1",
+        route_handlers=CONTROLLERS,
+        guards=[scope_guard],
+        dependencies={
+            **dependencies,
+            "principal": Provide(provide_principal, sync_to_thread=False),
+        },
+        security=[{"bearer": []}],
+    )
+
+
+def api_options() -> dict[str, Any]:
+    """The app options the API's behaviour and its OpenAPI document depend on."""
+    return {
+        "exception_handlers": EXCEPTION_HANDLERS,
+        "before_send": [answer_and_log, allow_every_method],
+        "plugins": [PydanticPlugin(prefer_alias=True)],
+        "openapi_config": openapi_config(),
+    }
+
+
+def documentation_app() -> Litestar:
+    """The API without its runtime (no database, no Kafka): to read its OpenAPI document."""
+
+    def unavailable(name: str) -> Provide:
+        def provide() -> None:
+            raise RuntimeError(f"the documentation app has no {name}")
+
+        return Provide(provide, sync_to_thread=False)
+
+    api = api_router({"pool": unavailable("pool"), "gateway": unavailable("gateway")})
+    return Litestar(route_handlers=[api], **api_options())
 
 
 def create_app(settings: GatewaySettings) -> Litestar:
@@ -93,39 +138,18 @@ def create_app(settings: GatewaySettings) -> Litestar:
         async with pool.connection() as conn:
             await migrate(conn, catalog_view, backups_view)
 
-    def provide_principal(request: Request[Principal, Any, Any]) -> Principal:
-        return request.user
-
-    api = Router(
-        path="/api/v1",
-        route_handlers=CONTROLLERS,
-        guards=[scope_guard],
-        dependencies={
+    api = api_router(
+        {
             "pool": Provide(lambda: pool, sync_to_thread=False),
             "gateway": Provide(lambda: gateway, sync_to_thread=False),
-            "principal": Provide(provide_principal, sync_to_thread=False),
-        },
-        security=[{"bearer": []}],
+        }
     )
     return build_service_app(
         runtime,
         [api],
         on_startup=[open_pool],
         middleware=[request_context_middleware, auth_middleware(settings)],
-        before_send=[answer_and_log],
-        exception_handlers=EXCEPTION_HANDLERS,
-        plugins=[PydanticPlugin(prefer_alias=True)],
-        openapi_config=OpenAPIConfig(
-            title="Tidemark API",
-            version="1.0.0",
-            description="The backup control plane's HTTP API (see API.md).",
-            path="/schema",
-            components=Components(
-                security_schemes={
-                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
-                }
-            ),
-        ),
+        **api_options(),
     )
 
 

@@ -13,7 +13,8 @@ from litestar.exceptions import (
     PermissionDeniedException,
     ValidationException,
 )
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
+from pydantic import BaseModel, Field
 from tidemark_platform.logging import get_logger
 
 from tidemark_api_gateway.application import Refused
@@ -33,6 +34,23 @@ TITLES = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="the input at fault: a body field (camelCase), a parameter")
+    message: str
+
+
+class ProblemDetail(BaseModel):
+    """An error, as RFC 9457 problem details (``application/problem+json``)."""
+
+    type: str = Field(description="always about:blank: the status says what went wrong")
+    title: str = Field(description="the status's reason phrase")
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="what went wrong, for a person")
+    errors: list[FieldError] | None = Field(
+        default=None, description="with 422: each invalid input and why (absent otherwise)"
+    )
 
 
 class Problem(Exception):
@@ -109,6 +127,10 @@ def handle_validation(
 
 
 def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    if exc.status_code == HTTP_400_BAD_REQUEST:
+        # Litestar's 400s are bodies it cannot read (malformed JSON): invalid input, which
+        # the API answers with 422 everywhere (and documents as such).
+        return problem_response(422, str(exc.detail), [{"field": "body", "message": exc.detail}])
     headers = dict(exc.headers or {})
     if isinstance(exc, NotAuthorizedException):
         headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')

@@ -97,3 +97,20 @@ async def answer_and_log(message: Message, scope: Scope) -> None:
         duration_ms=round((time.monotonic() - context.started) * 1000, 1),
         organization_id=str(getattr(user, "organization_id", "")) or None,
     )
+
+
+async def allow_every_method(message: Message, scope: Scope) -> None:
+    """``before_send``: an ``OPTIONS`` answer's ``Allow`` names every method of the path.
+
+    Litestar 2.25 builds a path's ``OPTIONS`` handler with the first handler registered on
+    it and keeps it when more join (``GET`` and ``POST`` of ``/projects``), so its ``Allow``
+    would leave some out.
+    """
+    if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+        return
+    handler = scope.get("route_handler")
+    for route in scope["app"].routes:
+        if handler in getattr(route, "route_handlers", ()):
+            headers = MutableScopeHeaders.from_message(message)
+            headers["allow"] = ", ".join(sorted(route.methods))
+            return

@@ -7,7 +7,16 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 from tidemark_contracts import UtcDatetime
 from tidemark_contracts.backup import (
@@ -20,9 +29,59 @@ from tidemark_contracts.backup import (
 )
 from tidemark_contracts.connection import HOST_PATTERN, NAME_PATTERN, host_problem, name_problem
 
+# PostgreSQL cannot store U+0000 (text or jsonb), and no name, host or path of ours needs a
+# control character: strings that reach the catalog refuse them (CONTROL) up front, before
+# anything is recorded. The patterns are served in the OpenAPI document, so they are read
+# alike by JSON Schema (ECMA) and Python: no ``\s`` (the two disagree on U+0085, U+FEFF).
+CONTROL = r"\x00-\x1f\x7f-\x9f"
+SPACE = r" \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+PRINTABLE = rf"^[^{CONTROL}]*$"
+ABSOLUTE_PATH = rf"^/[^{CONTROL}]*$"
 SECRET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"  # noqa: S105 (a pattern)
-CREDENTIAL_REF = re.compile(rf"^(secret:{SECRET_NAME}|env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)$")
-NAME = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")]
+SECRET_REF = rf"^secret:{SECRET_NAME}$"
+CREDENTIAL_REF = re.compile(
+    rf"^(secret:{SECRET_NAME}|env:[A-Za-z_][A-Za-z0-9_]*|file:/[^{SPACE}{CONTROL}]+)$"
+)
+NAME = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=100,
+        pattern=rf"^[^{SPACE}{CONTROL}]([^{CONTROL}]*[^{SPACE}{CONTROL}])?$",
+        examples=["shop production"],
+    ),
+]
+
+
+# A local destination's path as a pattern (what ``local_path_problem`` accepts, a little
+# stricter so it can be said in characters): names of at most 63 characters (255 bytes in
+# UTF-8 at most) separated by '/', none of them '.' or '..', no backslash or control
+# character; at most 256 characters (1024 bytes).
+LOCAL_NAME_MAX_CHARS = 63
+LOCAL_PATH_MAX_CHARS = 256
+_LOCAL_NAME = rf"(?!\.\.?(?:/|$))[^/\\{CONTROL}]{{1,{LOCAL_NAME_MAX_CHARS}}}"
+LOCAL_PATH = rf"^{_LOCAL_NAME}(?:/{_LOCAL_NAME})*$"
+assert LOCAL_PATH_MAX_CHARS * 4 <= LOCAL_PATH_MAX_BYTES
+assert LOCAL_NAME_MAX_CHARS * 4 <= LOCAL_NAME_MAX_BYTES
+
+
+def json_number(value: Any) -> Any:
+    """A number must be sent as one: pydantic's lax mode would take ``"5432"`` or ``true``."""
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+def json_boolean(value: Any) -> Any:
+    """``true`` or ``false`` only (not 0, 1 or "yes"). Not StrictBool: Litestar validates
+    with ``strict=False``, which overrides a field's own strictness."""
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+PORT = Annotated[int, Field(ge=1, le=65535), BeforeValidator(json_number)]
+BOOLEAN = Annotated[bool, BeforeValidator(json_boolean)]
 
 
 class RequestBody(BaseModel):
@@ -35,8 +94,8 @@ class ResponseBody(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
 
-def check_credential_ref(value: str | None) -> str | None:
-    if value is not None and not CREDENTIAL_REF.match(value):
+def check_credential_ref(value: str) -> str:
+    if not CREDENTIAL_REF.match(value):
         raise ValueError(
             "must be a credential reference, secret:NAME (env:NAME and file:/path when the "
             "operator enables them); plain secrets are refused"
@@ -44,13 +103,23 @@ def check_credential_ref(value: str | None) -> str | None:
     return value
 
 
+# The validator's own message (a pattern error would be less clear), the pattern in the
+# schema. The schema shows ``secret:NAME`` only: env: and file: are the operator's, refused
+# (422) unless TIDEMARK_ALLOW_OPERATOR_SECRET_REFS is set.
 CredentialRef = Annotated[
     str,
-    Field(
-        max_length=300,
-        description="secret:NAME, a secret stored through /api/v1/secrets "
-        "(env:NAME and file:/path only where the operator enables them)",
-        examples=["secret:db-password"],
+    Field(max_length=300),
+    AfterValidator(check_credential_ref),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 300,
+            "pattern": SECRET_REF,
+            "description": "secret:NAME, a secret the organization stored through "
+            "/api/v1/secrets, never the secret itself (env:NAME and file:/path only where "
+            "the operator enables them)",
+            "examples": ["secret:db-password"],
+        }
     ),
 ]
 
@@ -89,28 +158,27 @@ class DatabaseIn(RequestBody):
     # (a Unix-socket directory would reach the runner's own local servers), and names that
     # libpq cannot read as a connection string or URI overriding the other fields.
     host: Annotated[str, Field(min_length=1, max_length=253, pattern=HOST_PATTERN)]
-    port: Annotated[int, Field(ge=1, le=65535)] = 5432
+    port: PORT = 5432
     dbname: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)]
     user: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)]
     # Required: a missing password is an error, never a fallback to the runner's own.
     password_ref: CredentialRef
 
-    _ref = field_validator("password_ref")(check_credential_ref)
     _host = field_validator("host", mode="before")(_refused_by(host_problem))
     _names = field_validator("dbname", "user", mode="before")(_refused_by(name_problem))
 
 
 class ClusterIn(RequestBody):
-    data_directory: Annotated[str, Field(pattern=r"^/")]
-    bin_directory: Annotated[str, Field(pattern=r"^/")]
-    port: Annotated[int, Field(ge=1, le=65535)]
+    data_directory: Annotated[str, Field(pattern=ABSOLUTE_PATH)]
+    bin_directory: Annotated[str, Field(pattern=ABSOLUTE_PATH)]
+    port: PORT
 
 
 class CreateEnvironment(RequestBody):
     name: NAME
     database: DatabaseIn
     cluster: ClusterIn | None = None
-    files_path: Annotated[str, Field(pattern=r"^/")] | None = None
+    files_path: Annotated[str, Field(pattern=ABSOLUTE_PATH)] | None = None
 
 
 class DatabaseOut(ResponseBody):
@@ -146,7 +214,8 @@ class LocalConfigIn(RequestBody):
         str,
         Field(
             min_length=1,
-            max_length=LOCAL_PATH_MAX_BYTES,
+            max_length=LOCAL_PATH_MAX_CHARS,
+            pattern=LOCAL_PATH,
             description=(
                 "The destination's directory, relative to the organization's directory "
                 "under the operator's destination root (`<root>/<organizationId>/<path>`): "
@@ -154,7 +223,7 @@ class LocalConfigIn(RequestBody):
                 'an absolute path, a `..`, an empty or `.` component (so `""` and `.`, '
                 "which would mean the organization's directory itself: a destination always "
                 "has a directory of its own), a backslash, NUL or other control characters, "
-                f"a name over {LOCAL_NAME_MAX_BYTES} bytes; and, where the gateway shares "
+                f"a name over {LOCAL_NAME_MAX_CHARS} characters; and, where the gateway shares "
                 "the runners' filesystem, a path through a symbolic link. Runners refuse a "
                 "symbolic link anywhere below the root whenever they write. Backups' "
                 "`location`s are relative to this directory."
@@ -172,28 +241,26 @@ class LocalConfigIn(RequestBody):
 
 
 class S3ConfigIn(RequestBody):
-    bucket: Annotated[str, Field(min_length=3, max_length=63)]
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
+    bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=PRINTABLE)]
+    prefix: Annotated[str, Field(max_length=1024, pattern=PRINTABLE)] = ""
+    endpoint_url: Annotated[str, Field(max_length=2048, pattern=PRINTABLE)] | None = None
+    region: Annotated[str, Field(max_length=64, pattern=PRINTABLE)] | None = None
     access_key_ref: CredentialRef | None = None
     secret_key_ref: CredentialRef | None = None
-
-    _refs = field_validator("access_key_ref", "secret_key_ref")(check_credential_ref)
 
 
 class CreateLocalDestination(RequestBody):
     name: NAME
     type: Literal["local"]
     config: LocalConfigIn
-    is_default: bool = False
+    is_default: BOOLEAN = False
 
 
 class CreateS3Destination(RequestBody):
     name: NAME
     type: Literal["s3"]
     config: S3ConfigIn
-    is_default: bool = False
+    is_default: BOOLEAN = False
 
 
 class CreateDestination(
@@ -246,7 +313,7 @@ class SecretOut(ResponseBody):
 
 class CreateBackup(RequestBody):
     type: BackupType
-    label: Annotated[str, Field(max_length=200)] | None = None
+    label: Annotated[str, Field(max_length=200, pattern=PRINTABLE)] | None = None
     destination_ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=10)] | None = None
 
 

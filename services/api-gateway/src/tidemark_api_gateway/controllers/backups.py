@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
@@ -14,28 +14,19 @@ from tidemark_contracts.backup import BackupStatus, BackupType
 from tidemark_api_gateway import queries
 from tidemark_api_gateway.application import Gateway
 from tidemark_api_gateway.auth import Principal
-from tidemark_api_gateway.controllers.common import Limit, Offset, page_of
+from tidemark_api_gateway.controllers.common import Limit, Offset, answers, location, page_of
 from tidemark_api_gateway.problems import Problem, invalid, not_found
 from tidemark_api_gateway.readmodel import SCHEMA, Pool
 from tidemark_api_gateway.requests import RequestContext
 from tidemark_api_gateway.schemas import BackupOut, CreateBackup, Page
 
+# ``?status=&type=`` as API.md writes it: an empty value is no filter.
 StatusFilter = Annotated[
-    str | None, Parameter(description=f"one of {', '.join(get_args(BackupStatus))}; empty: all")
+    BackupStatus | Literal[""] | None, Parameter(description="only backups in this status")
 ]
 TypeFilter = Annotated[
-    str | None,
-    Parameter(query="type", description=f"one of {', '.join(get_args(BackupType))}; empty: all"),
+    BackupType | Literal[""] | None, Parameter(query="type", description="only this type")
 ]
-
-
-def choice(field: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
-    """A filter's value: empty means "no filter" (``?status=&type=`` as API.md writes it)."""
-    if not value:
-        return None
-    if value not in allowed:
-        raise invalid(field, f"must be one of {', '.join(allowed)}")
-    return value
 
 
 async def _environment(pool: Pool, principal: Principal, env_id: uuid.UUID) -> DictRow:
@@ -74,7 +65,12 @@ async def _destinations(
 class BackupController(Controller):
     tags = ["backups"]
 
-    @post("/environments/{env_id:uuid}/backups", status_code=HTTP_202_ACCEPTED)
+    @post(
+        "/environments/{env_id:uuid}/backups",
+        status_code=HTTP_202_ACCEPTED,
+        responses=answers(404),
+        response_headers=location("backup"),
+    )
     async def request_backup(
         self,
         request: Request[Principal, str, Any],
@@ -106,7 +102,7 @@ class BackupController(Controller):
             headers={"Location": f"/api/v1/backups/{backup_id}"},
         )
 
-    @get("/environments/{env_id:uuid}/backups")
+    @get("/environments/{env_id:uuid}/backups", responses=answers(404))
     async def list_environment_backups(
         self,
         principal: Principal,
@@ -114,15 +110,15 @@ class BackupController(Controller):
         pool: Pool,
         status: StatusFilter = None,
         backup_type: TypeFilter = None,
-        limit: Limit = None,
+        limit: Limit = 20,
         offset: Offset = 0,
     ) -> Page[BackupOut]:
         await _environment(pool, principal, env_id)
         where, params = queries.backup_filters(
             "organization_id = %s AND environment_id = %s",
             [principal.organization_id, env_id],
-            choice("status", status, get_args(BackupStatus)),
-            choice("type", backup_type, get_args(BackupType)),
+            status or None,
+            backup_type or None,
         )
         return await page_of(
             BackupOut,
@@ -132,17 +128,16 @@ class BackupController(Controller):
             "created_at DESC, id",
             limit=limit,
             offset=offset,
-            default=20,
         )
 
-    @get("/projects/{project_id:uuid}/backups")
+    @get("/projects/{project_id:uuid}/backups", responses=answers(404))
     async def list_project_backups(
         self,
         principal: Principal,
         project_id: uuid.UUID,
         pool: Pool,
         status: StatusFilter = None,
-        limit: Limit = None,
+        limit: Limit = 50,
         offset: Offset = 0,
     ) -> Page[BackupOut]:
         if await queries.project(pool, principal.organization_id, project_id) is None:
@@ -150,7 +145,7 @@ class BackupController(Controller):
         where, params = queries.backup_filters(
             "b.organization_id = %s AND b.project_id = %s",
             [principal.organization_id, project_id],
-            choice("status", status, get_args(BackupStatus)),
+            status or None,
             None,
             alias="b.",
         )
@@ -163,11 +158,10 @@ class BackupController(Controller):
             "b.created_at DESC, b.id",
             limit=limit,
             offset=offset,
-            default=50,
             columns="b.*, json_build_object('id', e.id, 'name', e.name) AS environment",
         )
 
-    @get("/backups/{backup_id:uuid}")
+    @get("/backups/{backup_id:uuid}", responses=answers(404))
     async def get_backup(self, principal: Principal, backup_id: uuid.UUID, pool: Pool) -> BackupOut:
         row = await queries.backup(pool, principal.organization_id, backup_id)
         if row is None:

@@ -10,7 +10,14 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from tidemark_api_gateway import queries
 from tidemark_api_gateway.application import Conflict, Gateway, Gone
 from tidemark_api_gateway.auth import Principal
-from tidemark_api_gateway.controllers.common import Limit, Offset, created, page_of
+from tidemark_api_gateway.controllers.common import (
+    Limit,
+    Offset,
+    answers,
+    created,
+    location,
+    page_of,
+)
 from tidemark_api_gateway.problems import Problem, not_found
 from tidemark_api_gateway.readmodel import SCHEMA, Pool
 from tidemark_api_gateway.schemas import CreateDestination, DestinationOut, Page
@@ -20,7 +27,12 @@ class DestinationController(Controller):
     path = "/destinations"
     tags = ["destinations"]
 
-    @post("/", status_code=HTTP_201_CREATED)
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        responses=answers(409),
+        response_headers=location("destination"),
+    )
     async def create_destination(
         self, principal: Principal, data: CreateDestination, gateway: Gateway, pool: Pool
     ) -> Response[DestinationOut]:
@@ -40,9 +52,9 @@ class DestinationController(Controller):
             DestinationOut.model_validate(rows[0]), f"/api/v1/destinations/{destination_id}"
         )
 
-    @get("/")
+    @get("/", responses=answers())
     async def list_destinations(
-        self, principal: Principal, pool: Pool, limit: Limit = None, offset: Offset = 0
+        self, principal: Principal, pool: Pool, limit: Limit = 50, offset: Offset = 0
     ) -> Page[DestinationOut]:
         return await page_of(
             DestinationOut,
@@ -52,10 +64,9 @@ class DestinationController(Controller):
             "created_at DESC, id",
             limit=limit,
             offset=offset,
-            default=50,
         )
 
-    @get("/{destination_id:uuid}")
+    @get("/{destination_id:uuid}", responses=answers(404))
     async def get_destination(
         self, principal: Principal, destination_id: uuid.UUID, pool: Pool
     ) -> DestinationOut:
@@ -64,7 +75,7 @@ class DestinationController(Controller):
             raise not_found("destination")
         return DestinationOut.model_validate(rows[0])
 
-    @delete("/{destination_id:uuid}", status_code=HTTP_204_NO_CONTENT)
+    @delete("/{destination_id:uuid}", status_code=HTTP_204_NO_CONTENT, responses=answers(404, 409))
     async def delete_destination(
         self, principal: Principal, destination_id: uuid.UUID, gateway: Gateway
     ) -> None:

@@ -10,7 +10,14 @@ from litestar.status_codes import HTTP_201_CREATED
 from tidemark_api_gateway import queries
 from tidemark_api_gateway.application import Conflict, Gateway
 from tidemark_api_gateway.auth import Principal
-from tidemark_api_gateway.controllers.common import Limit, Offset, created, page_of
+from tidemark_api_gateway.controllers.common import (
+    Limit,
+    Offset,
+    answers,
+    created,
+    location,
+    page_of,
+)
 from tidemark_api_gateway.problems import Problem, not_found
 from tidemark_api_gateway.readmodel import SCHEMA, Pool
 from tidemark_api_gateway.schemas import CreateEnvironment, EnvironmentOut, Page
@@ -24,7 +31,12 @@ async def _require_project(pool: Pool, principal: Principal, project_id: uuid.UU
 class EnvironmentController(Controller):
     tags = ["environments"]
 
-    @post("/projects/{project_id:uuid}/environments", status_code=HTTP_201_CREATED)
+    @post(
+        "/projects/{project_id:uuid}/environments",
+        status_code=HTTP_201_CREATED,
+        responses=answers(404, 409),
+        response_headers=location("environment"),
+    )
     async def create_environment(
         self,
         principal: Principal,
@@ -51,13 +63,13 @@ class EnvironmentController(Controller):
         assert row is not None  # applied before register_environment returned
         return created(EnvironmentOut.model_validate(row), f"/api/v1/environments/{environment_id}")
 
-    @get("/projects/{project_id:uuid}/environments")
+    @get("/projects/{project_id:uuid}/environments", responses=answers(404))
     async def list_environments(
         self,
         principal: Principal,
         project_id: uuid.UUID,
         pool: Pool,
-        limit: Limit = None,
+        limit: Limit = 50,
         offset: Offset = 0,
     ) -> Page[EnvironmentOut]:
         await _require_project(pool, principal, project_id)
@@ -69,10 +81,9 @@ class EnvironmentController(Controller):
             "created_at DESC, id",
             limit=limit,
             offset=offset,
-            default=50,
         )
 
-    @get("/environments/{env_id:uuid}")
+    @get("/environments/{env_id:uuid}", responses=answers(404))
     async def get_environment(
         self, principal: Principal, env_id: uuid.UUID, pool: Pool
     ) -> EnvironmentOut:

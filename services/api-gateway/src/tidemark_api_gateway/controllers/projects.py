@@ -10,7 +10,14 @@ from litestar.status_codes import HTTP_201_CREATED
 from tidemark_api_gateway import queries
 from tidemark_api_gateway.application import Conflict, Gateway
 from tidemark_api_gateway.auth import Principal
-from tidemark_api_gateway.controllers.common import Limit, Offset, created, page_of
+from tidemark_api_gateway.controllers.common import (
+    Limit,
+    Offset,
+    answers,
+    created,
+    location,
+    page_of,
+)
 from tidemark_api_gateway.problems import Problem, not_found
 from tidemark_api_gateway.readmodel import SCHEMA, Pool
 from tidemark_api_gateway.schemas import CreateProject, Page, ProjectOut
@@ -20,7 +27,12 @@ class ProjectController(Controller):
     path = "/projects"
     tags = ["projects"]
 
-    @post("/", status_code=HTTP_201_CREATED)
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        responses=answers(409),
+        response_headers=location("project"),
+    )
     async def create_project(
         self, principal: Principal, data: CreateProject, gateway: Gateway, pool: Pool
     ) -> Response[ProjectOut]:
@@ -32,7 +44,7 @@ class ProjectController(Controller):
         assert row is not None  # applied before register_project returned
         return created(ProjectOut.model_validate(row), f"/api/v1/projects/{project_id}")
 
-    @get("/{project_id:uuid}")
+    @get("/{project_id:uuid}", responses=answers(404))
     async def get_project(
         self, principal: Principal, project_id: uuid.UUID, pool: Pool
     ) -> ProjectOut:
@@ -41,9 +53,9 @@ class ProjectController(Controller):
             raise not_found("project")
         return ProjectOut.model_validate(row)
 
-    @get("/")
+    @get("/", responses=answers())
     async def list_projects(
-        self, principal: Principal, pool: Pool, limit: Limit = None, offset: Offset = 0
+        self, principal: Principal, pool: Pool, limit: Limit = 50, offset: Offset = 0
     ) -> Page[ProjectOut]:
         return await page_of(
             ProjectOut,
@@ -53,5 +65,4 @@ class ProjectController(Controller):
             "created_at DESC, id",
             limit=limit,
             offset=offset,
-            default=50,
         )

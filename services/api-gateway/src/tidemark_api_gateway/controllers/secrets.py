@@ -14,7 +14,14 @@ from tidemark_platform.vault import NAME_PATTERN, SecretExists, SecretInUse, Sec
 
 from tidemark_api_gateway.application import Gateway
 from tidemark_api_gateway.auth import Principal
-from tidemark_api_gateway.controllers.common import MAX_PAGE, Limit, Offset, created
+from tidemark_api_gateway.controllers.common import (
+    MAX_PAGE,
+    Limit,
+    Offset,
+    answers,
+    created,
+    location,
+)
 from tidemark_api_gateway.problems import Problem, not_found
 from tidemark_api_gateway.schemas import CreateSecret, Page, ReplaceSecret, SecretOut
 
@@ -29,7 +36,12 @@ class SecretController(Controller):
     path = "/secrets"
     tags = ["secrets"]
 
-    @post("/", status_code=HTTP_201_CREATED)
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        responses=answers(409),
+        response_headers=location("secret"),
+    )
     async def create_secret(
         self, principal: Principal, data: CreateSecret, gateway: Gateway
     ) -> Response[SecretOut]:
@@ -39,15 +51,15 @@ class SecretController(Controller):
             raise Problem(409, "a secret of that name exists; PUT replaces its value") from None
         return created(_out(info), f"/api/v1/secrets/{data.name}")
 
-    @get("/")
+    @get("/", responses=answers())
     async def list_secrets(
-        self, principal: Principal, gateway: Gateway, limit: Limit = None, offset: Offset = 0
+        self, principal: Principal, gateway: Gateway, limit: Limit = 50, offset: Offset = 0
     ) -> Page[SecretOut]:
-        size = 50 if limit is None else min(limit, MAX_PAGE)
+        size = min(limit, MAX_PAGE)
         infos, total = await gateway.list_secrets(principal.organization_id, size, offset)
         return Page(items=[_out(i) for i in infos], total=total, limit=size, offset=offset)
 
-    @put("/{name:str}")
+    @put("/{name:str}", responses=answers(404))
     async def replace_secret(
         self,
         principal: Principal,
@@ -61,7 +73,7 @@ class SecretController(Controller):
             raise not_found("secret") from None
         return _out(info)
 
-    @delete("/{name:str}", status_code=HTTP_204_NO_CONTENT)
+    @delete("/{name:str}", status_code=HTTP_204_NO_CONTENT, responses=answers(404, 409))
     async def delete_secret(self, principal: Principal, name: SecretName, gateway: Gateway) -> None:
         try:
             await gateway.delete_secret(principal.organization_id, name)
