@@ -47,7 +47,7 @@ def test_the_openapi_field_documents_the_rule() -> None:
     schema = CreateDestination.model_json_schema(by_alias=True)
     path = schema["$defs"]["LocalConfigIn"]["properties"]["path"]
     assert "relative to the organization's directory" in path["description"]
-    assert (path["minLength"], path["maxLength"]) == (1, 1024)
+    assert (path["minLength"], path["maxLength"]) == (1, 256)
 
 
 def test_no_link_below_the_root_when_nothing_exists_yet(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import pytest
 from tidemark_devstack.e2e import make_token
 from tidemark_devstack.paths import free_port
 from tidemark_devstack.postgres import create_database_at, drop_database_at
+from tidemark_platform.vault import KeyRing
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +68,7 @@ def lone_gateway(
             "KAFKA_BOOTSTRAP_SERVERS": refused_kafka,
             "TIDEMARK_API_GATEWAY_HTTP_PORT": str(port),
             "TIDEMARK_API_GATEWAY_JWT_SECRET": JWT_SECRET,
+            "TIDEMARK_SECRETS_KEYS": KeyRing.generate("k1"),
             "TIDEMARK_API_GATEWAY_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }

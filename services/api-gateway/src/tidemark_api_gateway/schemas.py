@@ -87,7 +87,14 @@ BOOLEAN = Annotated[bool, BeforeValidator(json_boolean)]
 class RequestBody(BaseModel):
     """Unknown fields are refused: a typo must not silently become a default."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="forbid")
+    # Python's regular expressions: the served patterns use look-ahead (JSON Schema's
+    # ECMA dialect has it; pydantic's default Rust engine does not).
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=False,
+        extra="forbid",
+        regex_engine="python-re",
+    )
 
 
 class ResponseBody(BaseModel):
@@ -231,10 +238,10 @@ class LocalConfigIn(RequestBody):
         ),
     ]
 
-    @field_validator("path")
+    @field_validator("path", mode="before")
     @classmethod
-    def _inside_the_organization(cls, value: str) -> str:
-        problem = local_path_problem(value)
+    def _inside_the_organization(cls, value: Any) -> Any:
+        problem = local_path_problem(value) if isinstance(value, str) else None
         if problem is not None:
             raise ValueError(problem)  # the reason, never the value
         return value
