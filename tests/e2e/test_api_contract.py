@@ -321,7 +321,7 @@ def test_destinations_are_validated_and_can_be_deleted(api: Api) -> None:
         ("../../etc", "'..'"),
         ("/etc", "not absolute"),
         ("backups/../../other-org", "'..'"),
-        ("", "at least 1 character"),
+        ("", "must name a directory"),
         (".", "must name a directory"),
         ("..\\..\\etc", "backslashes"),
         ("a\u0000b", "control characters"),

@@ -272,7 +272,7 @@ def test_names_with_quotes_spaces_and_backslashes_reach_pg_dump_as_themselves(
         raw = (
             zstandard.ZstdDecompressor()
             .decompressobj()
-            .decompress(Path(writer.commit()).read_bytes())
+            .decompress((tmp_path / str(ORG) / "out" / writer.commit()).read_bytes())
         )
         assert raw.startswith(b"PGDMP")
         assert result.raw_bytes == len(raw)
