@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from tidemark_devstack.e2e import JWT_SECRET, Api, make_token
+from tidemark_devstack.e2e import JWT_SECRET, SOURCE_SECRET, Api, make_token
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +50,8 @@ def leaks(response: httpx.Response, victim: Victim) -> list[str]:
             victim.backup["id"],
             victim.project["id"],
             victim.destination["name"],
+            victim.project["name"],
+            SOURCE_SECRET,
             str(victim.api.org_id),
         )
         if value in text
@@ -133,6 +135,18 @@ def test_another_organization_cannot_use_list_read_or_learn_of_anything(
         elif leaks(response, a):
             failures.append(f"{what}: the answer names {leaks(response, a)}")
     assert failures == []
+    # Naming A's secret is refused exactly as naming one nobody has: nothing to learn.
+    borrowed, nobodys = (
+        intruder.post(
+            f"/api/v1/projects/{project['id']}/environments",
+            json={"name": "probe", "database": {**database, "passwordRef": ref}},
+        ).json()
+        for ref in (a.environment["database"]["passwordRef"], "secret:nobody-has-this")
+    )
+    assert borrowed == nobodys
+    assert borrowed["errors"] == [
+        {"field": "database.passwordRef", "message": "names no secret of this organization"}
+    ]
     # B's lists hold only B's own things, and never A's secret names.
     listed = {
         path: intruder.get(path)
@@ -167,6 +181,8 @@ def test_hostile_references_and_connection_fields_are_refused_before_anything_ru
         ("env ref", {**good, "passwordRef": "env:DATABASE_URL"}, "passwordRef"),
         ("file ref", {**good, "passwordRef": "file:/etc/shadow"}, "passwordRef"),
         ("plain secret", {**good, "passwordRef": "hunter2"}, "passwordRef"),
+        ("newline ref", {**good, "passwordRef": f"{ref}\n"}, "passwordRef"),
+        ("newline dbname", {**good, "dbname": "app\n"}, "dbname"),
         ("no password", {k: v for k, v in good.items() if k != "passwordRef"}, "passwordRef"),
     ]
     failures = []

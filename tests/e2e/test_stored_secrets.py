@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from tidemark_devstack.e2e import SOURCE_PASSWORD, Api, send_backup_command
 
@@ -26,6 +27,9 @@ def test_secrets_are_created_listed_replaced_and_deleted_without_their_values(ap
     assert created.headers["location"] == "/api/v1/secrets/db.primary"
     assert set(created.json()) == {"name", "createdAt", "updatedAt"}
     assert created.json()["name"] == "db.primary"
+    read = api.get(created.headers["location"])
+    assert read.status_code == 200, read.text
+    assert read.json() == created.json()
     problem(api.post("/api/v1/secrets", json={"name": "db.primary", "value": "x"}), 409)
 
     listed = api.get("/api/v1/secrets")
@@ -55,6 +59,7 @@ def test_secrets_are_created_listed_replaced_and_deleted_without_their_values(ap
         ({"name": "a b", "value": "v"}, "name"),
         ({"name": "", "value": "v"}, "name"),
         ({"name": "x" * 101, "value": "v"}, "name"),
+        ({"name": "abc\n", "value": "v"}, "name"),
         ({"name": "ok", "value": ""}, "value"),
         ({"name": "ok"}, "value"),
         ({"name": "ok", "value": "v", "organizationId": "x"}, "organizationId"),
@@ -66,12 +71,19 @@ def test_bad_secrets_are_refused_naming_the_field(api: Api, body: dict, field: s
 
 
 def test_a_secret_in_use_cannot_be_deleted_until_nothing_uses_it(
-    api: Api, source_database: str
+    api: Api, source_database: str, database_url: str
 ) -> None:
     environment = api.environment(source_database)  # uses secret:source-password
     refused = problem(api.delete("/api/v1/secrets/source-password"), 409)
     assert environment["id"] in refused["detail"]
     assert SOURCE_PASSWORD not in refused["detail"]
+    # Even if its recorded use were lost, the registered environment holds the secret.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        dropped = conn.execute(
+            "DELETE FROM secrets.uses WHERE user_id = %s", (environment["id"],)
+        ).rowcount
+    assert dropped == 1
+    problem(api.delete("/api/v1/secrets/source-password"), 409)
 
     for name in ("ak", "sk"):
         api.secret(name, f"s3-{name}-value")

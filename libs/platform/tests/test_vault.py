@@ -164,8 +164,8 @@ def test_rotation_reseals_every_value_under_the_new_key(
     after = SecretVault(url, KeyRing.parse(f"{new},{old}"))
     after.open()
     try:
-        assert after.rotate(batch=3) == 7
-        assert after.rotate() == 0
+        assert after.rotate(batch=3) == (7, 0)
+        assert after.rotate() == (0, 0)
     finally:
         after.close()
     only_new = SecretVault(url, KeyRing.parse(new))
@@ -176,3 +176,16 @@ def test_rotation_reseals_every_value_under_the_new_key(
         ]
     finally:
         only_new.close()
+    # A value no configured key opens is counted and left; the rest are still re-sealed.
+    stray = SecretVault(url, KeyRing.parse(KeyRing.generate("stray")))
+    stray.open()
+    try:
+        stray.create(ORG_B, "sealed-elsewhere", "x")
+    finally:
+        stray.close()
+    again = SecretVault(url, KeyRing.parse(f"{KeyRing.generate('newer')},{new}"))
+    again.open()
+    try:
+        assert again.rotate(batch=2) == (7, 1)
+    finally:
+        again.close()

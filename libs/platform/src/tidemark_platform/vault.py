@@ -117,7 +117,7 @@ def secret_name(ref: str) -> str | None:
     if not ref.startswith(SECRET_PREFIX):
         return None
     name = ref[len(SECRET_PREFIX) :]
-    return name if _NAME.match(name) else None
+    return name if _NAME.fullmatch(name) else None
 
 
 class KeyRing:
@@ -138,7 +138,7 @@ class KeyRing:
         keys = []
         for position, item in enumerate(part.strip() for part in text.split(",") if part.strip()):
             key_id, sep, encoded = item.partition(":")
-            if not sep or not _KEY_ID.match(key_id):
+            if not sep or not _KEY_ID.fullmatch(key_id):
                 raise KeyRingError(
                     f"TIDEMARK_SECRETS_KEYS entry {position + 1}: expected id:base64key "
                     "(id of letters, digits, '_', '.', '-')"
@@ -291,6 +291,17 @@ class SecretVault:
         assert total is not None
         return [SecretInfo(**row) for row in rows], int(total["n"])
 
+    def info(self, organization_id: uuid.UUID, name: str) -> SecretInfo:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                f"SELECT name, created_at, updated_at FROM {SCHEMA}.values "
+                "WHERE organization_id = %s AND name = %s",
+                (organization_id, name),
+            ).fetchone()
+        if row is None:
+            raise SecretNotFound(name)
+        return SecretInfo(**row)
+
     def reveal(self, organization_id: uuid.UUID, name: str) -> str:
         """The value of the organization's secret ``name``; nobody else's, by construction."""
         with self._pool.connection() as conn:
@@ -326,29 +337,39 @@ class SecretVault:
         with self._pool.connection() as conn:
             conn.execute(f"DELETE FROM {SCHEMA}.uses WHERE user_id = %s", (user_id,))
 
-    def rotate(self, batch: int = 500) -> int:
-        """Re-seal every value not sealed with the active key; returns how many."""
-        done = 0
+    def rotate(self, batch: int = 500) -> tuple[int, int]:
+        """Re-seal every value not sealed with the active key. Returns (re-sealed, left):
+        ``left`` counts values no configured key opens (they stay as they are, and the old
+        key must not be dropped while any is left)."""
+        done = left = 0
+        after: tuple[uuid.UUID, str] = (uuid.UUID(int=0), "")  # before every row
         while True:
             with self._pool.connection() as conn, conn.transaction():
                 rows = conn.execute(
                     f"SELECT organization_id, name, key_id, sealed FROM {SCHEMA}.values "
-                    "WHERE key_id <> %s LIMIT %s FOR UPDATE SKIP LOCKED",
-                    (self.keys.active_id, batch),
+                    "WHERE key_id <> %s AND (organization_id, name) > (%s, %s) "
+                    "ORDER BY organization_id, name LIMIT %s FOR UPDATE",
+                    (self.keys.active_id, *after, batch),
                 ).fetchall()
                 for row in rows:
-                    value = self.keys.open(
-                        row["organization_id"], row["name"], row["key_id"], bytes(row["sealed"])
-                    )
-                    key_id, sealed = self.keys.seal(row["organization_id"], row["name"], value)
+                    organization_id, name = row["organization_id"], row["name"]
+                    try:
+                        value = self.keys.open(
+                            organization_id, name, row["key_id"], bytes(row["sealed"])
+                        )
+                    except SecretUnreadable:
+                        left += 1
+                        continue
+                    key_id, sealed = self.keys.seal(organization_id, name, value)
                     conn.execute(
                         f"UPDATE {SCHEMA}.values SET key_id = %s, sealed = %s "
                         "WHERE organization_id = %s AND name = %s",
-                        (key_id, sealed, row["organization_id"], row["name"]),
+                        (key_id, sealed, organization_id, name),
                     )
-            done += len(rows)
+                    done += 1
             if len(rows) < batch:
-                return done
+                return done, left
+            after = (rows[-1]["organization_id"], rows[-1]["name"])
 
 
 def keyring_from_environment(environ: dict[str, str] | None = None) -> KeyRing:
@@ -372,9 +393,17 @@ def _cli(argv: list[str]) -> int:
     vault = SecretVault(url, keyring_from_environment())
     vault.open()
     try:
-        print(f"re-sealed {vault.rotate()} secret(s) under key {vault.keys.active_id!r}")
+        done, left = vault.rotate()
     finally:
         vault.close()
+    print(f"re-sealed {done} secret(s) under key {vault.keys.active_id!r}")
+    if left:
+        print(
+            f"{left} secret(s) open with no configured key and were left as they are: "
+            "keep the keys they were sealed with",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -106,6 +106,8 @@ def link_below(root: Path, organization_id: uuid.UUID, path: str) -> bool:
             return False  # the rest is created by the runner, as real directories
         except NotADirectoryError:
             return False  # a file in the way: the backup will fail, saying so
+        except OSError:
+            return False  # unreadable to the gateway: the runner checks when it writes
         if stat.S_ISLNK(mode):
             return True
     return False
@@ -242,13 +244,25 @@ class Gateway:
         self._wake_relays()
 
     async def _register(
-        self, registration: Aggregate, kind: str, scope: uuid.UUID, name: str
+        self,
+        registration: Aggregate,
+        kind: str,
+        scope: uuid.UUID,
+        name: str,
+        *,
+        undo: Callable[[], None] | None = None,
     ) -> uuid.UUID:
-        """Record a registration with the claim on its name within ``scope``, atomically."""
+        """Record a registration with the claim on its name within ``scope``, atomically;
+        ``undo`` runs when (and only when) it could not be saved."""
 
         def record() -> list[Any]:
-            claim = self.catalog.claim(kind, scope, name, registration.id)
-            return self.catalog.register(registration, claim)
+            try:
+                claim = self.catalog.claim(kind, scope, name, registration.id)
+                return self.catalog.register(registration, claim)
+            except BaseException:
+                if undo is not None:
+                    undo()
+                raise
 
         await self._recorded(await asyncio.to_thread(record))
         return registration.id
@@ -281,7 +295,8 @@ class Gateway:
         refs: dict[str, str | None],
     ) -> uuid.UUID:
         """Register, having recorded the registration's use of the secrets it names (each
-        must exist in the organization); a failed registration drops those uses again."""
+        must exist in the organization); a registration that could not be saved drops those
+        uses again (one saved keeps them, whatever happens after: its view, a shutdown)."""
         names = self._secret_names(refs)
         if names:
             try:
@@ -290,18 +305,22 @@ class Gateway:
                 )
             except SecretNotFound as exc:
                 raise Refused(names[exc.name], "names no secret of this organization") from None
-        try:
-            return await self._register(registration, kind, scope, name)
-        except BaseException:
-            if names:
-                await asyncio.to_thread(self.vault.drop_uses, registration.id)
-            raise
+        return await self._register(
+            registration,
+            kind,
+            scope,
+            name,
+            undo=(lambda: self.vault.drop_uses(registration.id)) if names else None,
+        )
 
     async def create_secret(self, organization_id: uuid.UUID, name: str, value: str) -> SecretInfo:
         return await asyncio.to_thread(self.vault.create, organization_id, name, value)
 
     async def replace_secret(self, organization_id: uuid.UUID, name: str, value: str) -> SecretInfo:
         return await asyncio.to_thread(self.vault.replace, organization_id, name, value)
+
+    async def secret(self, organization_id: uuid.UUID, name: str) -> SecretInfo:
+        return await asyncio.to_thread(self.vault.info, organization_id, name)
 
     async def list_secrets(
         self, organization_id: uuid.UUID, limit: int, offset: int
@@ -310,7 +329,11 @@ class Gateway:
 
     async def delete_secret(self, organization_id: uuid.UUID, name: str) -> None:
         """Delete the secret; ``SecretInUse`` while a registered environment or destination
-        names it (uses left by registrations that never got saved do not count)."""
+        names it (uses left by registrations that never got saved do not count). The catalog
+        view is asked too, so a registration whose recorded use got lost still holds it."""
+        registered = await self._registered_users(organization_id, f"secret:{name}")
+        if registered:
+            raise SecretInUse(registered)
         try:
             await asyncio.to_thread(self.vault.delete, organization_id, name)
             return
@@ -321,6 +344,21 @@ class Gateway:
             for use in stale:
                 await asyncio.to_thread(self.vault.drop_uses, use.user_id)
         await asyncio.to_thread(self.vault.delete, organization_id, name)
+
+    async def _registered_users(self, organization_id: uuid.UUID, ref: str) -> list[SecretUse]:
+        schema = self.catalog_view.schema
+        async with self.catalog_view.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    f"SELECT 'environment' AS kind, id FROM {schema}.environments "
+                    "WHERE organization_id = %s AND database->>'passwordRef' = %s "
+                    f"UNION ALL SELECT 'destination', id FROM {schema}.destinations "
+                    "WHERE organization_id = %s "
+                    "AND (config->>'accessKeyRef' = %s OR config->>'secretKeyRef' = %s)",
+                    (organization_id, ref, organization_id, ref, ref),
+                )
+            ).fetchall()
+        return [SecretUse(row["kind"], row["id"], 0.0) for row in rows]
 
     def _is_stale(self, use: SecretUse) -> bool:
         if use.age_seconds < STALE_USE_SECONDS:

@@ -53,6 +53,7 @@ LINKS: dict[str, dict[str, tuple[str, str]]] = {
         "GetBackup": ("getBackup", "backup_id"),
     },
     "createSecret": {
+        "GetSecret": ("getSecret", "name"),
         "ReplaceSecret": ("replaceSecret", "name"),
         "DeleteSecret": ("deleteSecret", "name"),
     },

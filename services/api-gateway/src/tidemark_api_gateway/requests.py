@@ -40,7 +40,7 @@ class RequestContext:
 
     @classmethod
     def from_header(cls, value: str | None) -> RequestContext:
-        if value and ACCEPTED_REQUEST_ID.match(value):
+        if value and ACCEPTED_REQUEST_ID.fullmatch(value):
             try:
                 correlation_id = uuid.UUID(value)
             except ValueError:

@@ -87,14 +87,16 @@ BOOLEAN = Annotated[bool, BeforeValidator(json_boolean)]
 class RequestBody(BaseModel):
     """Unknown fields are refused: a typo must not silently become a default."""
 
-    # Python's regular expressions: the served patterns use look-ahead (JSON Schema's
-    # ECMA dialect has it; pydantic's default Rust engine does not).
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=False,
-        extra="forbid",
-        regex_engine="python-re",
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="forbid")
+
+
+# For the few patterns that need look-ahead (JSON Schema's ECMA dialect has it, pydantic's
+# Rust engine does not). Python's ``$`` also matches before a final newline, so a model
+# using it checks each such field without patterns too (a before-validator that refuses
+# control characters).
+LOOKAHEAD = ConfigDict(
+    alias_generator=to_camel, populate_by_name=False, extra="forbid", regex_engine="python-re"
+)
 
 
 class ResponseBody(BaseModel):
@@ -102,7 +104,7 @@ class ResponseBody(BaseModel):
 
 
 def check_credential_ref(value: str) -> str:
-    if not CREDENTIAL_REF.match(value):
+    if not CREDENTIAL_REF.fullmatch(value):
         raise ValueError(
             "must be a credential reference, secret:NAME (env:NAME and file:/path when the "
             "operator enables them); plain secrets are refused"
@@ -161,6 +163,7 @@ def _refused_by(check: Callable[[str], str | None]) -> Callable[[Any], Any]:
 
 
 class DatabaseIn(RequestBody):
+    model_config = LOOKAHEAD
     # Each field reaches libpq as itself only (tidemark_contracts.connection): a TCP host
     # (a Unix-socket directory would reach the runner's own local servers), and names that
     # libpq cannot read as a connection string or URI overriding the other fields.
@@ -217,6 +220,7 @@ class EnvironmentOut(ResponseBody):
 
 
 class LocalConfigIn(RequestBody):
+    model_config = LOOKAHEAD
     path: Annotated[
         str,
         Field(

@@ -10,7 +10,6 @@ from tidemark_contracts.backup import BackupProgress
 from tidemark_contracts.services import BACKUP_RUNNER
 from tidemark_platform.kafka import make_broker
 from tidemark_platform.leadership import Leadership
-from tidemark_platform.logging import get_logger
 from tidemark_platform.notification_log import NotificationLogSource
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
 from tidemark_platform.vault import SecretVault
@@ -27,8 +26,6 @@ from tidemark_backup_runner.work import WorkTable
 SERVICE = BACKUP_RUNNER.name
 SCHEMA = "backup_runner"
 RELAY_NAME = "kafka"
-
-log = get_logger(__name__)
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -54,9 +51,14 @@ def create_app(settings: Settings) -> Litestar:
 
     work = WorkTable(settings.database_url, SCHEMA)
     keyring = settings.keyring()
-    vault = SecretVault(settings.database_url, keyring) if keyring is not None else None
-    if vault is None:
-        log.warning("stored_secrets_unavailable", reason="TIDEMARK_SECRETS_KEYS is not set")
+    if keyring is None:
+        # Without the keys every backup naming a stored secret would fail here while other
+        # runners could take it: a misconfigured runner must not start at all.
+        raise SystemExit(
+            "TIDEMARK_SECRETS_KEYS is not set: the runner opens organizations' stored "
+            "credentials with the same keys as the gateway"
+        )
+    vault = SecretVault(settings.database_url, keyring)
     executor = BackupExecutor(
         app,
         work,
@@ -88,11 +90,8 @@ def create_app(settings: Settings) -> Litestar:
     runtime.add_background(executor.run)
     runtime.on_shutdown(app.close)
     runtime.on_shutdown(work.close)
-    startup = [work.open]
-    if vault is not None:
-        startup.append(vault.open)
-        runtime.on_shutdown(vault.close)
-    return build_service_app(runtime, on_startup=startup)
+    runtime.on_shutdown(vault.close)
+    return build_service_app(runtime, on_startup=[work.open, vault.open])
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def resolve_secret(
             "env: and file: credential references are disabled "
             "(the operator enables them with TIDEMARK_ALLOW_OPERATOR_SECRET_REFS)"
         )
-    if kind == "env" and _ENV_NAME.match(name):
+    if kind == "env" and _ENV_NAME.fullmatch(name):
         if not name.startswith(policy.env_prefix):
             raise SecretError(
                 "the env: credential reference names a variable outside the prefix the "

@@ -59,6 +59,16 @@ class SecretController(Controller):
         infos, total = await gateway.list_secrets(principal.organization_id, size, offset)
         return Page(items=[_out(i) for i in infos], total=total, limit=size, offset=offset)
 
+    @get("/{name:str}", responses=answers(404))
+    async def get_secret(
+        self, principal: Principal, name: SecretName, gateway: Gateway
+    ) -> SecretOut:
+        """The secret's name and dates (never its value)."""
+        try:
+            return _out(await gateway.secret(principal.organization_id, name))
+        except SecretNotFound:
+            raise not_found("secret") from None
+
     @put("/{name:str}", responses=answers(404))
     async def replace_secret(
         self,
