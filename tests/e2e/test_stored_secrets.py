@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -143,7 +144,42 @@ def test_a_command_naming_another_organizations_secret_fails_before_anything_run
     send_backup_command(kafka_bootstrap, stolen)
     backup = intruder.wait_for(str(stolen.backup_id), missing_ok=True)
     assert backup["status"] == "failed", backup
-    assert "no secret of that name in this organization" in backup["error"]
+    assert "is not registered to the organization" in backup["error"]
     assert backup["startedAt"] is None, "refused before pg_dump ever ran"
     written = intruder.organization_directory, owner.organization_directory
     assert [p for d in written if d.exists() for p in d.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("forged", ["database", "destination"])
+def test_a_command_that_would_send_an_organizations_secret_elsewhere_is_refused(
+    api: Api, source_database: str, kafka_bootstrap: str, forged: str
+) -> None:
+    """A command in the organization's own name, for its own environment and with its own
+    secret, but to a database server (or destination) of the sender's choosing: the runner
+    serves only what the organization registered, so the secret never leaves."""
+    environment = api.environment(source_database)
+    destination = api.destination()
+    command = api.backup_command(environment, destination)
+    with socket.socket() as elsewhere:
+        elsewhere.bind(("127.0.0.1", 0))
+        elsewhere.listen()
+        elsewhere.setblocking(False)
+        if forged == "database":
+            port = elsewhere.getsockname()[1]
+            command = command.model_copy(
+                update={"database": command.database.model_copy(update={"port": port})}
+            )
+        else:
+            moved = command.destinations[0].model_copy(
+                update={"config": command.destinations[0].config.model_copy(update={"path": "x"})}
+            )
+            command = command.model_copy(update={"destinations": [moved]})
+        send_backup_command(kafka_bootstrap, command)
+        backup = api.wait_for(str(command.backup_id), missing_ok=True)
+        assert backup["status"] == "failed", backup
+        assert "registered" in backup["error"]
+        assert backup["startedAt"] is None, "refused before any connection"
+        with pytest.raises(BlockingIOError):
+            elsewhere.accept()  # nobody came
+    written = api.organization_directory
+    assert not written.exists() or not [p for p in written.rglob("*") if p.is_file()]

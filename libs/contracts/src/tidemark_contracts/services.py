@@ -65,7 +65,7 @@ BACKUP_RUNNER = ServiceDescription(
     "backup-runner",
     "Owns the Backup aggregate; runs pg_dump into every destination.",
     8102,
-    consumes=(BACKUP_COMMANDS,),
+    consumes=(BACKUP_COMMANDS, CATALOG_EVENTS),
     produces=(BACKUP_EVENTS, BACKUP_PROGRESS, SERVICE_HEARTBEATS),
 )
 RESTORE_RUNNER = ServiceDescription(

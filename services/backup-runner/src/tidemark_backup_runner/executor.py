@@ -34,6 +34,7 @@ from tidemark_backup_runner.pgtools import (
     require_password,
     stop_earlier_attempts,
 )
+from tidemark_backup_runner.registry import Registrations
 from tidemark_backup_runner.secrets import CredentialPolicy, SecretError, resolve_secret
 from tidemark_backup_runner.storage import ArtifactWriter, UnsupportedDestination, writer_for
 from tidemark_backup_runner.work import Claim, Lease, LeaseLost, WorkTable
@@ -105,6 +106,7 @@ class BackupExecutor:
         stall_timeout_seconds: float = 900.0,
         credential_policy: CredentialPolicy | None = None,
         vault: SecretVault | None = None,
+        registrations: Registrations | None = None,
         save_attempts: int = 12,
         destination_root: Path | None = None,
     ) -> None:
@@ -121,6 +123,8 @@ class BackupExecutor:
         self._stall_timeout = stall_timeout_seconds
         self._policy = credential_policy or CredentialPolicy()
         self._vault = vault
+        # None only where a test drives the executor without a catalog: main always has it.
+        self._registrations = registrations
         self._save_attempts = save_attempts
         self._destination_root = destination_root
         self._progress_interval = progress_interval
@@ -346,6 +350,13 @@ class BackupExecutor:
             # Before any connection: settings libpq would read as more than themselves,
             # and a missing password (libpq would look for one of the runner's), end it.
             check_target(target)
+            # Before any credential is opened: only what the organization registered.
+            if self._registrations is not None:
+                refusal = await self._registrations.refusal(
+                    backup.organization_id, backup.environment_id, target, destinations
+                )
+                if refusal is not None:
+                    raise TargetError(refusal)
             password = require_password(
                 await asyncio.to_thread(
                     resolve_secret,

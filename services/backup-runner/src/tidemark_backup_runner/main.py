@@ -19,6 +19,7 @@ from tidemark_backup_runner.domain import WorkPolicy
 from tidemark_backup_runner.executor import BackupExecutor
 from tidemark_backup_runner.handlers import register_handlers
 from tidemark_backup_runner.pgtools import find_tool
+from tidemark_backup_runner.registry import Registrations
 from tidemark_backup_runner.secrets import CredentialPolicy
 from tidemark_backup_runner.settings import Settings
 from tidemark_backup_runner.work import WorkTable
@@ -26,6 +27,8 @@ from tidemark_backup_runner.work import WorkTable
 SERVICE = BACKUP_RUNNER.name
 SCHEMA = "backup_runner"
 RELAY_NAME = "kafka"
+# The runner's own view of what organizations registered (see registry.py).
+CATALOG_SCHEMA = "backup_runner_catalog"
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -50,6 +53,7 @@ def create_app(settings: Settings) -> Litestar:
         await broker.publish(envelope.to_bytes(), BACKUP_PROGRESS.name, key=envelope.key)
 
     work = WorkTable(settings.database_url, SCHEMA)
+    catalog = runtime.follow_catalog(CATALOG_SCHEMA)
     keyring = settings.keyring()
     if keyring is None:
         # Without the keys every backup naming a stored secret would fail here while other
@@ -84,6 +88,9 @@ def create_app(settings: Settings) -> Litestar:
             settings.allow_operator_secret_refs,
         ),
         vault=vault,
+        registrations=Registrations(
+            catalog.pool, catalog.schema, wait_seconds=settings.catalog_wait_seconds
+        ),
         destination_root=settings.destination_root,
     )
     register_handlers(broker, app, executor, relay.wake, service=SERVICE)

@@ -9,6 +9,7 @@ from tidemark_contracts.services import BACKUP_RUNNER
 from tidemark_platform.settings import SecretSettings, ServiceSettings, settings_config
 
 from tidemark_backup_runner.executor import DEFAULT_POLL_SECONDS
+from tidemark_backup_runner.registry import DEFAULT_WAIT_SECONDS
 
 
 class Settings(ServiceSettings, SecretSettings):
@@ -30,4 +31,10 @@ class Settings(ServiceSettings, SecretSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     lease_renew_fraction: float = Field(default=1 / 3, gt=0, lt=1)
     max_attempts: int = Field(default=3, ge=1)
+    catalog_wait_seconds: float = Field(
+        default=DEFAULT_WAIT_SECONDS,
+        gt=0,
+        description="how long a backup waits for its environment's registration to reach "
+        "this runner's catalog view before it fails",
+    )
     work_poll_seconds: float = Field(default=DEFAULT_POLL_SECONDS, gt=0)

@@ -1,0 +1,107 @@
+"""What the gateway registered: the only databases and destinations a runner will serve.
+
+A command on ``backup.commands`` names its organization, environment, database settings
+and destinations, and anyone who can write to the topic can name anything: another
+organization's id with a host of their own and that organization's ``secret:NAME``, and
+the runner would send the secret there. So the runner follows the catalog
+(``catalog.events``, written only by the gateway from what each organization registered)
+into a view of its own, and carries out a backup only when the command's environment is
+registered to the command's organization with exactly the command's database settings,
+and each destination is registered to it with exactly the command's configuration.
+
+Registrations never change after they are made, so a difference is a refusal at once. A
+registration the view has not received yet (it lags the gateway by a moment) is waited
+for, a bounded time. The reasons never say whether an id exists in another organization.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from uuid import UUID
+
+from tidemark_contracts.backup import DatabaseTarget, DestinationTarget
+from tidemark_platform.database import Pool
+
+DEFAULT_WAIT_SECONDS = 60.0
+
+
+class Registrations:
+    def __init__(
+        self,
+        pool: Pool,
+        schema: str,
+        *,
+        wait_seconds: float = DEFAULT_WAIT_SECONDS,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self._pool = pool
+        self._schema = schema
+        self._wait = wait_seconds
+        self._poll = poll_seconds
+
+    async def refusal(
+        self,
+        organization_id: UUID,
+        environment_id: UUID,
+        database: DatabaseTarget,
+        destinations: Sequence[DestinationTarget],
+    ) -> str | None:
+        """Why the command may not be carried out, or None when all it names is registered
+        to its organization exactly as it says."""
+        deadline = time.monotonic() + self._wait
+        while True:
+            reason, final = await self._check(
+                organization_id, environment_id, database, destinations
+            )
+            if reason is None or final or time.monotonic() >= deadline:
+                return reason
+            await asyncio.sleep(self._poll)
+
+    async def _check(
+        self,
+        organization_id: UUID,
+        environment_id: UUID,
+        database: DatabaseTarget,
+        destinations: Sequence[DestinationTarget],
+    ) -> tuple[str | None, bool]:
+        """(reason, final): ``final`` when waiting cannot change the answer."""
+        async with self._pool.connection() as conn:
+            environment = await (
+                await conn.execute(
+                    f"SELECT database FROM {self._schema}.environments "
+                    "WHERE id = %s AND organization_id = %s",
+                    (environment_id, organization_id),
+                )
+            ).fetchone()
+            rows = await (
+                await conn.execute(
+                    f"SELECT id, name, type, config FROM {self._schema}.destinations "
+                    "WHERE id = ANY(%s) AND organization_id = %s",
+                    ([d.destination_id for d in destinations], organization_id),
+                )
+            ).fetchall()
+        if environment is None:
+            return f"environment {environment_id} is not registered to the organization", False
+        if DatabaseTarget.model_validate(environment["database"]) != database:
+            return "the command's database settings are not the environment's registered ones", True
+        registered = {
+            row["id"]: DestinationTarget.of(row["id"], row["name"], row["type"], row["config"])
+            for row in rows
+        }
+        for destination in destinations:
+            known = registered.get(destination.destination_id)
+            if known is None:
+                return (
+                    f"destination {destination.destination_id} is not registered to the "
+                    "organization (or was removed)",
+                    False,
+                )
+            if (known.type, known.config) != (destination.type, destination.config):
+                return (
+                    f"the command's destination {destination.destination_id} is not the "
+                    "registered one",
+                    True,
+                )
+        return None, True
