@@ -59,7 +59,10 @@ def resolve_secret(
                 f"credential directory {allowed}"
             )
         try:
-            return path.read_text().rstrip("\r\n")
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             raise SecretError(f"credential reference {ref!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            # Never the bytes themselves: they may be most of the secret.
+            raise SecretError(f"credential reference {ref!r}: the file is not UTF-8 text") from None
     raise SecretError(f"credential reference {ref!r} is neither env:NAME nor file:/path")
