@@ -19,6 +19,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from prometheus_client import Counter, Gauge, Histogram
 from psycopg_pool import PoolTimeout
+from pydantic import ValidationError
 from tidemark_contracts import utc_now
 from tidemark_contracts.backup import BackupProgress, DatabaseTarget, DestinationTarget
 from tidemark_platform.failures import is_transient
@@ -332,8 +333,15 @@ class BackupExecutor:
                     # a bounded number of times, and redoes only what did not happen.
                     raise
                 # Bad data or a bug: no retry can change it. The backup ends now, saying why.
-                log.exception("backup_failed_permanently", backup_id=str(lease.backup_id))
-                await self._fail_permanently(lease, failure_reason(exc))
+                # (A validation error's traceback would repeat the rejected values.)
+                reason = failure_reason(exc)
+                log.error(
+                    "backup_failed_permanently",
+                    backup_id=str(lease.backup_id),
+                    reason=reason,
+                    exc_info=not isinstance(exc, ValidationError),
+                )
+                await self._fail_permanently(lease, reason)
 
     async def _fail_permanently(self, lease: Lease, reason: str) -> None:
         # As stored: the failed attempt may have left the object half changed.
