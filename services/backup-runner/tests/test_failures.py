@@ -162,6 +162,53 @@ async def test_a_credential_file_that_is_not_utf8_fails_the_backup_at_once(
     assert time.monotonic() - started < 5
 
 
+async def test_a_progress_publication_stuck_in_kafkas_client_holds_no_backup(
+    app: BackupRunnerApplication, work: WorkTable, tmp_path: Path
+) -> None:
+    released = asyncio.Event()
+
+    async def stuck(*_: Any) -> None:
+        # As a client whose send does not give way to cancellation (until the test ends):
+        # wait_for would wait for it as long.
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await released.wait()
+
+    backup_ids = []
+    for offset in (1, 2):
+        command = backup_request(
+            database=DatabaseTarget(
+                host="127.0.0.1", port=1, dbname="d", user="u", password_ref="env:UNSET_X"
+            ),
+            destinations=local_destination(tmp_path),
+        )
+        assert app.request_backup(command, Tracking("backup.commands:0", offset))
+        work.ensure(command.backup_id)
+        backup_ids.append(command.backup_id)
+    executor = BackupExecutor(
+        app,
+        work,
+        stuck,
+        lambda: None,
+        owner=uuid.uuid4(),
+        pg_dump="pg_dump",
+        policy=WorkPolicy(lease_seconds=3.0, max_attempts=3),
+        poll_seconds=0.2,
+        max_concurrent=1,
+    )
+    try:
+        async with running(executor):
+            # One slot: the second backup runs only once the first let it go.
+            await until(
+                lambda: all(finished(work, b) for b in backup_ids), 20, "a backup was held up"
+            )
+    finally:
+        released.set()
+    for backup_id in backup_ids:
+        assert app.get_backup(backup_id).status == "failed"
+        assert [a["outcome"] for a in work.attempts(backup_id)] == ["failed"]
+
+
 async def test_a_stored_request_that_no_longer_validates_fails_at_once_with_the_reason(
     app: BackupRunnerApplication, work: WorkTable, tmp_path: Path
 ) -> None:

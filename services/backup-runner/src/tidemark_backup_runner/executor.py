@@ -71,6 +71,8 @@ DEFAULT_POLL_SECONDS = 2.0
 # How often an idle runner also reads the log's tail for requests without a work row.
 INDEX_EVERY_SECONDS = 10.0
 WORK_LOG = "requests"
+# Progress publications in flight at most; beyond them running ticks are dropped.
+MAX_PROGRESS_IN_FLIGHT = 200
 
 
 T = TypeVar("T")
@@ -131,6 +133,7 @@ class BackupExecutor:
         )
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
         self._indexed_at = 0.0
 
     async def submit(self, backup_id: UUID) -> None:
@@ -299,7 +302,7 @@ class BackupExecutor:
         BACKUPS_FINISHED.labels(backup.type, outcome).inc()
         if outcome == "failed":
             log.warning("backup_failed", backup_id=str(backup.id), reason=error)
-            await self._progress(backup, "failed", "failed", 0, None, error)
+            self._progress(backup, "failed", "failed", 0, None, error)
 
     def _writers(
         self, backup: Backup, lease: Lease
@@ -449,7 +452,7 @@ class BackupExecutor:
             size_bytes=result.size_bytes,
             seconds=round(time.monotonic() - started, 3),
         )
-        await self._progress(backup, "completed", "completed", result.raw_bytes, result.raw_bytes)
+        self._progress(backup, "completed", "completed", result.raw_bytes, result.raw_bytes)
 
     async def _sealed_copies(
         self, backup: Backup, writers: list[ArtifactWriter]
@@ -501,7 +504,7 @@ class BackupExecutor:
         )
         raw = copies[0].manifest.get("rawBytes")
         done = raw if isinstance(raw, int) else copies[0].size_bytes
-        await self._progress(backup, "completed", "completed", done, done)
+        self._progress(backup, "completed", "completed", done, done)
 
     async def _publish(self, lease: Lease, steps: list[Callable[[], str]]) -> list[str]:
         """Make the sealed artifact visible in every destination, once the lease is
@@ -563,7 +566,7 @@ class BackupExecutor:
         async def tick() -> None:
             while True:
                 await asyncio.sleep(self._progress_interval)
-                await self._progress(backup, "running", "dumping", done, estimate)
+                self._progress(backup, "running", "dumping", done, estimate)
 
         ticker = asyncio.create_task(tick())
         processes: list[subprocess.Popen[bytes]] = []
@@ -590,10 +593,11 @@ class BackupExecutor:
             raise
         finally:
             ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            # Waited for without swallowing a cancellation of this task (suppressing the
+            # ticker's CancelledError here would also suppress ours).
+            await asyncio.wait({ticker})
 
-    async def _progress(
+    def _progress(
         self,
         backup: Backup,
         status: str,
@@ -616,11 +620,22 @@ class BackupExecutor:
             message=message,
             at=utc_now(),
         )
+        # Progress is ephemeral: a tick is sent beside the backup, never waited for by it.
+        # A publication stuck in Kafka's client (wait_for waits for the cancellation of
+        # what it times out, however long that takes) must not hold a backup, its slot,
+        # or its shutdown; while too many are in flight, running ticks are dropped.
+        if status == "running" and len(self._publishing) >= MAX_PROGRESS_IN_FLIGHT:
+            return
+        task = asyncio.create_task(self._send_progress(tick, backup))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _send_progress(self, tick: BackupProgress, backup: Backup) -> None:
         try:
             await asyncio.wait_for(
                 self._publish_progress(tick, backup.organization_id, backup.correlation_id),
                 timeout=5.0,
             )
         except Exception as exc:
-            # Progress is ephemeral: losing a tick must never fail a backup.
+            # Losing a tick must never fail a backup.
             log.debug("progress_not_published", error=repr(exc))
