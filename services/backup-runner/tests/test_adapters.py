@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from pathlib import Path
 
@@ -137,3 +138,77 @@ def test_discard_removes_a_committed_artifact_and_earlier_partials(tmp_path: Pat
     unrelated.write_bytes(b"another backup")
     LocalArtifactWriter(tmp_path, ORG, "backups", "env/b.pgdump.zst").discard()
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [unrelated]
+
+
+def test_a_credential_file_that_is_not_utf8_is_refused_without_its_bytes(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / str(ORG)).mkdir()
+    secret_file = tmp_path / str(ORG) / "pw"
+    secret_file.write_bytes(b"s3cr\xff\xfet-bytes\n")
+    with pytest.raises(SecretError) as raised:
+        resolve_secret(f"file:{secret_file}", ORG, CredentialPolicy(file_root=tmp_path))
+    message = str(raised.value)
+    assert "not UTF-8" in message
+    assert "s3cr" not in message
+    assert "\\xff" not in message
+    assert raised.value.__cause__ is None  # the decoder's error (with the bytes) is not chained
+    assert raised.value.__suppress_context__
+
+
+KEY = "env/b.db.pgdump.zst"
+
+
+def in_destination(tmp_path: Path, name: str) -> Path:
+    """Where a file of the artifact's directory is (destination ``backups`` of ORG)."""
+    return tmp_path / str(ORG) / "backups" / "env" / name
+
+
+def sealed_writer(tmp_path: Path, tag: str, data: bytes) -> LocalArtifactWriter:
+    writer = LocalArtifactWriter(tmp_path, ORG, "backups", KEY, tag)
+    writer.open()
+    writer.write(data)
+    checksum = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    writer.seal({"sizeBytes": len(data), "checksum": checksum, "attempt": 1})
+    return writer
+
+
+def test_a_sealed_copy_survives_abort_and_is_found_and_adopted_by_a_later_writer(
+    tmp_path: Path,
+) -> None:
+    sealed_writer(tmp_path, "owner-a-1", b"the whole dump").abort()
+    later = LocalArtifactWriter(tmp_path, ORG, "backups", KEY, "owner-b-2")
+    copy = later.sealed()
+    assert copy is not None
+    assert copy.size_bytes == len(b"the whole dump")
+    assert copy.checksum == f"sha256:{hashlib.sha256(b'the whole dump').hexdigest()}"
+    location = later.adopt(copy)
+    assert location == KEY, "the location is relative to the destination"
+    assert in_destination(tmp_path, "b.db.pgdump.zst").read_bytes() == b"the whole dump"
+    # Renamed into place, it still proves itself until the backup is recorded.
+    again = later.sealed()
+    assert again is not None
+    assert again.name == "b.db.pgdump.zst"
+    later.forget_proofs()
+    assert later.sealed() is None
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["b.db.pgdump.zst"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered", "manifest unreadable", "unsealed"])
+def test_a_copy_that_does_not_match_its_manifest_proves_nothing(
+    tmp_path: Path, damage: str
+) -> None:
+    writer = sealed_writer(tmp_path, "owner-a-1", b"the whole dump")
+    partial, manifest = (in_destination(tmp_path, n) for n in (writer.partial, writer.manifest))
+    if damage == "truncated":
+        partial.write_bytes(b"the whole")
+    elif damage == "altered":
+        partial.write_bytes(b"the whole dumq")
+    elif damage == "manifest unreadable":
+        manifest.write_text("{not json")
+    else:
+        manifest.unlink()
+    later = LocalArtifactWriter(tmp_path, ORG, "backups", KEY, "owner-b-2")
+    assert later.sealed() is None
+    later.discard()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

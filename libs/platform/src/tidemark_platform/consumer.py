@@ -18,8 +18,11 @@ counted: it is retried with a capped back-off for as long as it takes and never 
 Nothing blocks a partition forever: a record that is not an envelope, an envelope of a type
 the topic does not carry, a payload that fails validation, or a message whose handler still
 raises on its ``max_attempts``-th attempt is parked on ``<topic>.dlq`` (see
-``dead_letters``) and then acknowledged. A type the topic carries but the service has no
-handler for is acknowledged and counted as ``ignored``.
+``dead_letters``) and then acknowledged. A service may instead *reject* an invalid payload
+of a type it names (``rejecters``): a command whose body fails the contract but which says
+enough to record its refusal (the backup it would have created ends ``failed``, saying why)
+is recorded and acknowledged; what says too little is still parked, at once. A type the
+topic carries but the service has no handler for is acknowledged and counted as ``ignored``.
 
 Tracking names carry the Kafka cluster id: ``"<cluster id>/<topic>:<partition>"``. Offsets
 mean something only within one cluster; a recreated cluster starts them at 0 again, and a
@@ -64,7 +67,8 @@ log = get_logger(__name__)
 CONSUMED = Counter(
     "tidemark_messages_consumed_total",
     "Messages taken by a tracked consumer, by outcome "
-    "(handled, ignored, failed = one failed attempt, dead_lettered)",
+    "(handled, rejected = an invalid payload whose refusal was recorded, ignored, "
+    "failed = one failed attempt, dead_lettered)",
     ["topic", "group", "outcome"],
 )
 CLUSTER_CHANGES = Counter(
@@ -85,6 +89,14 @@ class Delivery:
 
 MessageHandler = Callable[[Any, Delivery], Awaitable[None]]
 """A handler: ``async def on_x(message: X, delivery: Delivery) -> None``."""
+
+Rejecter = Callable[[Mapping[str, Any], str, Delivery], Awaitable[bool]]
+"""Records the refusal of a payload that failed validation:
+``async def on_invalid_x(payload, error, delivery) -> bool``, given the raw payload and the
+validation error (described without the rejected values). True: recorded (with
+``delivery.tracking``), the record is acknowledged; False: too little can be read to record
+anything, the record is parked at once. Raising is a failed attempt, retried like a
+handler's."""
 
 PositionLookup = Callable[[str], Awaitable[Mapping[str, int]]]
 """Given ``"<topic>:<partition>"``, the tracking names the service's store holds for it
@@ -147,8 +159,11 @@ class _TrackedSubscription:
         retry_delay_seconds: float,
         positions: PositionLookup | None,
         cluster_id: str | None,
+        rejecters: Mapping[type[Message], Rejecter] | None = None,
     ) -> None:
-        unknown = [cls.__name__ for cls in handlers if cls not in topic.messages]
+        unknown = [
+            cls.__name__ for cls in [*handlers, *(rejecters or {})] if cls not in topic.messages
+        ]
         if unknown:
             raise ValueError(f"{topic.name} carries no {', '.join(unknown)}")
         if max_attempts < 1:
@@ -157,6 +172,7 @@ class _TrackedSubscription:
         self.topic = topic
         self.group_id = group_id
         self.handlers = dict(handlers)
+        self.rejecters = dict(rejecters or {})
         self.service = service
         self.max_attempts = max_attempts
         self.retry_delay_seconds = retry_delay_seconds
@@ -272,11 +288,26 @@ class _TrackedSubscription:
             CONSUMED.labels(self.topic.name, self.group_id, "ignored").inc()
             log.debug("message_ignored")
             return
+        run: Callable[[Delivery], Awaitable[bool]]
+        invalid: str | None = None
         try:
             payload = message_class.model_validate(envelope.payload)
         except ValidationError as exc:
-            await self._park(record, Reason.INVALID_PAYLOAD, describe_error(exc), attempts=1)
-            return
+            invalid = describe_error(exc)
+            rejecter = self.rejecters.get(message_class)
+            if rejecter is None:
+                await self._park(record, Reason.INVALID_PAYLOAD, invalid, attempts=1)
+                return
+
+            async def run(delivery: Delivery) -> bool:
+                assert rejecter is not None
+                assert invalid is not None
+                return await rejecter(envelope.payload, invalid, delivery)
+        else:
+
+            async def run(delivery: Delivery) -> bool:
+                await handler(payload, delivery)
+                return True
 
         key = (record.partition, record.offset)
         failed, last_error = self._failures.get(key, (0, ""))
@@ -287,7 +318,7 @@ class _TrackedSubscription:
             return
         attempt = failed + 1
         try:
-            await handler(payload, Delivery(envelope, tracking, attempt))
+            recorded = await run(Delivery(envelope, tracking, attempt))
         except NotYet as exc:
             # Waiting for an earlier message (a gap a relay will fill): parking this one
             # would skip it for good, so it is retried for as long as the gap lasts.
@@ -318,7 +349,12 @@ class _TrackedSubscription:
             raise  # NACK: FastStream seeks back to this record
         self._failures.pop(key, None)
         self._waits.pop(key, None)
-        CONSUMED.labels(self.topic.name, self.group_id, "handled").inc()
+        if not recorded:
+            # A rejecter that could not read enough of the payload to record its refusal.
+            await self._park(record, Reason.INVALID_PAYLOAD, invalid or "", attempts=attempt)
+            return
+        outcome = "handled" if invalid is None else "rejected"
+        CONSUMED.labels(self.topic.name, self.group_id, outcome).inc()
 
     async def _park(self, record: Any, reason: Reason, error: str, *, attempts: int) -> None:
         """Publish ``record`` to the dead-letter topic; raises (so NACK) if Kafka refuses."""
@@ -373,6 +409,7 @@ def subscribe_tracked(
     max_poll_interval_ms: int = 300_000,
     positions: PositionLookup | None = None,
     cluster_id: str | None = None,
+    rejecters: Mapping[type[Message], Rejecter] | None = None,
 ) -> None:
     """Consume ``topic`` in consumer group ``group_id``, calling ``handlers`` by message type.
 
@@ -381,7 +418,8 @@ def subscribe_tracked(
     ``<topic>.dlq``. ``positions`` lets the
     consumer find positions its store recorded under another Kafka cluster (see the module
     docstring). ``cluster_id`` pins the cluster id instead of asking Kafka (for FastStream's
-    in-memory test broker, which has none).
+    in-memory test broker, which has none). ``rejecters`` record the refusal of invalid
+    payloads of the types they name instead of parking them (see ``Rejecter``).
     """
     subscription = _TrackedSubscription(
         broker,
@@ -393,6 +431,7 @@ def subscribe_tracked(
         retry_delay_seconds=retry_delay_seconds,
         positions=positions,
         cluster_id=cluster_id,
+        rejecters=rejecters,
     )
 
     @broker.subscriber(

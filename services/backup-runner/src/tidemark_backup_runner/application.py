@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
-from tidemark_contracts import BACKUP_EVENTS, Envelope, Message, Topic, event_message_id
+from tidemark_contracts import BACKUP_EVENTS, Envelope, Message, Topic, event_message_id, utc_now
 from tidemark_contracts.backup import (
     BackupCompleted,
     BackupFailed,
@@ -21,6 +21,7 @@ from tidemark_contracts.backup import (
 from tidemark_platform.eventstore import EventStoreApplication
 
 from tidemark_backup_runner.domain import Backup
+from tidemark_backup_runner.failures import RefusedRequest
 from tidemark_backup_runner.work import LogChange
 
 PRODUCER = "backup-runner"
@@ -71,6 +72,33 @@ class BackupRunnerApplication(EventStoreApplication):
             destinations=[d.model_dump(mode="json") for d in command.destinations],
             correlation_id=correlation_id,
         )
+        return self.save_tracked(tracking, backup)
+
+    def refuse_request(
+        self,
+        request: RefusedRequest,
+        reason: str,
+        tracking: Tracking,
+        correlation_id: UUID | None = None,
+    ) -> bool:
+        """Record a request that failed validation as a backup that failed at once, for
+        ``reason``; False (and no effect) when it was already recorded. Nothing of the
+        request's database or destination configuration is kept."""
+        backup = Backup(
+            backup_id=request.backup_id,
+            organization_id=request.organization_id,
+            project_id=request.project_id,
+            environment_id=request.environment_id,
+            type=request.type,
+            trigger=request.trigger,
+            label=request.label,
+            requested_by=request.requested_by,
+            requested_at=request.requested_at,
+            database={},
+            destinations=[d.model_dump(mode="json") for d in request.destinations],
+            correlation_id=correlation_id,
+        )
+        backup.fail(reason, utc_now())
         return self.save_tracked(tracking, backup)
 
     def get_backup(self, backup_id: UUID) -> Backup:

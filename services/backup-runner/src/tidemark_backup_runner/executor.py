@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import itertools
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -16,13 +20,16 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from prometheus_client import Counter, Gauge, Histogram
 from psycopg_pool import PoolTimeout
+from pydantic import ValidationError
 from tidemark_contracts import utc_now
 from tidemark_contracts.backup import BackupProgress, DatabaseTarget, DestinationTarget
+from tidemark_platform.failures import is_transient
 from tidemark_platform.logging import bound_log_context, get_logger
 from tidemark_platform.vault import SecretVault
 
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup, WorkPolicy
+from tidemark_backup_runner.failures import failure_reason
 from tidemark_backup_runner.pgtools import (
     DumpError,
     DumpResult,
@@ -36,7 +43,12 @@ from tidemark_backup_runner.pgtools import (
 )
 from tidemark_backup_runner.registry import Registrations
 from tidemark_backup_runner.secrets import CredentialPolicy, SecretError, resolve_secret
-from tidemark_backup_runner.storage import ArtifactWriter, UnsupportedDestination, writer_for
+from tidemark_backup_runner.storage import (
+    ArtifactWriter,
+    SealedCopy,
+    UnsupportedDestination,
+    writer_for,
+)
 from tidemark_backup_runner.work import Claim, Lease, LeaseLost, WorkTable
 
 log = get_logger(__name__)
@@ -65,15 +77,11 @@ DEFAULT_POLL_SECONDS = 2.0
 # How often an idle runner also reads the log's tail for requests without a work row.
 INDEX_EVERY_SECONDS = 10.0
 WORK_LOG = "requests"
+# Progress publications in flight at most; beyond them running ticks are dropped.
+MAX_PROGRESS_IN_FLIGHT = 200
 
 
-def failure_reason(exc: Exception) -> str:
-    if isinstance(exc, DumpError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        where = f": {exc.filename}" if exc.filename else ""
-        return f"storing the artifact failed: {exc.strerror or exc}{where}"
-    return f"internal error: {type(exc).__name__}"
+T = TypeVar("T")
 
 
 def artifact_key(backup: Backup) -> str:
@@ -130,8 +138,16 @@ class BackupExecutor:
         self._progress_interval = progress_interval
         self._poll_seconds = poll_seconds
         self._slots = asyncio.Semaphore(max_concurrent)
+        # A backup's long blocking work (pg_dump, its files, its database's sessions) runs
+        # on threads of its own: the loop's default executor, which asyncio.to_thread uses
+        # for the work table and the event store, is never taken by dumps. Each held
+        # backup runs one such call at a time, so one thread per slot is enough.
+        self._threads = ThreadPoolExecutor(
+            max_workers=max_concurrent, thread_name_prefix="backup-work"
+        )
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
         self._indexed_at = 0.0
 
     async def submit(self, backup_id: UUID) -> None:
@@ -175,6 +191,14 @@ class BackupExecutor:
             for task in list(self._tasks):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _blocking(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``function(*args, **kwargs)`` on the backups' own threads (with this task's
+        context, so its log lines name the backup)."""
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, function, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
 
     async def _index_log(self) -> None:
         self._indexed_at = time.monotonic()
@@ -275,7 +299,7 @@ class BackupExecutor:
                     break
                 raise
             except (PersistenceError, psycopg.Error) as exc:
-                if attempt >= self._save_attempts:
+                if not is_transient(exc) or attempt >= self._save_attempts:
                     raise
                 log.warning("event_store_unavailable", error=repr(exc), attempt=attempt)
                 await asyncio.sleep(delay)
@@ -292,7 +316,7 @@ class BackupExecutor:
         BACKUPS_FINISHED.labels(backup.type, outcome).inc()
         if outcome == "failed":
             log.warning("backup_failed", backup_id=str(backup.id), reason=error)
-            await self._progress(backup, "failed", "failed", 0, None, error)
+            self._progress(backup, "failed", "failed", 0, None, error)
 
     def _writers(
         self, backup: Backup, lease: Lease
@@ -320,7 +344,33 @@ class BackupExecutor:
         # Every line logged about this backup, here and in the threads it starts, says
         # which backup and which request it belongs to.
         with bound_log_context(backup_id=backup.id, correlation_id=backup.correlation_id):
-            await self._execute(backup, claim)
+            try:
+                await self._execute(backup, claim)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if is_transient(exc):
+                    # The store or Kafka away past every retry: a later attempt tries again,
+                    # a bounded number of times, and redoes only what did not happen.
+                    raise
+                # Bad data or a bug: no retry can change it. The backup ends now, saying why.
+                # (A validation error's traceback would repeat the rejected values.)
+                reason = failure_reason(exc)
+                log.error(
+                    "backup_failed_permanently",
+                    backup_id=str(lease.backup_id),
+                    reason=reason,
+                    exc_info=not isinstance(exc, ValidationError),
+                )
+                await self._fail_permanently(lease, reason)
+
+    async def _fail_permanently(self, lease: Lease, reason: str) -> None:
+        # As stored: the failed attempt may have left the object half changed.
+        backup = await asyncio.to_thread(self.app.get_backup, lease.backup_id)
+        if backup.is_terminal:
+            await asyncio.to_thread(self.work.finish, lease, f"already {backup.status}")
+            return
+        await self._fail(backup, lease, reason)
 
     async def _execute(self, backup: Backup, claim: Claim) -> None:
         lease = claim.lease
@@ -334,10 +384,16 @@ class BackupExecutor:
             await self._fail(backup, lease, str(exc))
             return
         if claim.previous_owner is not None or backup.status == "running":
-            # An earlier attempt was cut off: what it left (a partial file, or an artifact
-            # complete but never recorded) is not a backup anyone can rely on.
+            # An earlier attempt was cut off. If it finished its dump (sealed in every
+            # destination, the bytes matching the manifest), only the recording did not
+            # happen: record it. Anything less (a partial file, a copy without its proof)
+            # is not a backup anyone can rely on, and the dump starts over.
+            copies = await self._sealed_copies(backup, writers)
+            if copies is not None:
+                await self._adopt(backup, lease, destinations, writers, copies)
+                return
             for writer in writers:
-                await asyncio.to_thread(writer.discard)
+                await self._blocking(writer.discard)
         if claim.step == "give_up":
             backup.give_up(lease.attempt, claim.last_error or INTERRUPTED, utc_now())
             await self._end(backup, lease, "failed", backup.error)
@@ -358,7 +414,7 @@ class BackupExecutor:
                 if refusal is not None:
                     raise TargetError(refusal)
             password = require_password(
-                await asyncio.to_thread(
+                await self._blocking(
                     resolve_secret,
                     target.password_ref,
                     backup.organization_id,
@@ -370,45 +426,58 @@ class BackupExecutor:
             await self._fail(backup, lease, str(exc))
             return
         if lease.attempt > 1:
-            ended = await asyncio.to_thread(
+            ended = await self._blocking(
                 stop_earlier_attempts, target, password, backup.id, lease.attempt
             )
             if ended:
                 log.info("earlier_attempts_stopped", backup_id=str(backup.id), sessions=ended)
-        estimate = await asyncio.to_thread(estimate_size, target, password)
+        estimate = await self._blocking(estimate_size, target, password)
         backup.start(utc_now(), estimate, lease.attempt)
         await self._save(backup, lease)
         BACKUPS_RUNNING.inc()
         started = time.monotonic()
         try:
             result = await self._dump(backup, target, password, writers, estimate, lease)
-            # Checked just before the artifact becomes visible: a runner that lost the
-            # backup must not put its copy where the new owner's goes.
-            if not await asyncio.to_thread(self.work.renew, lease, self.policy):
-                raise LeaseLost(f"backup {lease.backup_id}: lost before storing the artifact")
-            locations = [await asyncio.to_thread(writer.commit) for writer in writers]
-        except (asyncio.CancelledError, LeaseLost):
-            # The lease is lost, or the service stops: remove only this attempt's partial
-            # files; whoever holds the backup next owns the rest.
+            manifest = {
+                "backupId": str(backup.id),
+                "attempt": lease.attempt,
+                "owner": str(lease.owner),
+                "sizeBytes": result.size_bytes,
+                "checksum": result.checksum,
+                "rawBytes": result.raw_bytes,
+            }
+            # From here on the dump is done for good: whatever happens to this attempt, a
+            # later one finds it sealed and records it instead of dumping again.
             for writer in writers:
-                await asyncio.to_thread(writer.abort)
+                await self._blocking(writer.seal, manifest)
+        except (asyncio.CancelledError, LeaseLost):
+            # The lease is lost, or the service stops: remove only this attempt's unsealed
+            # partial files; whoever holds the backup next owns the rest.
+            for writer in writers:
+                await self._blocking(writer.abort)
             raise
         except Exception as exc:
-            # Whatever went wrong, nothing partial stays behind (not even a copy already
-            # committed to another destination) and the backup says why.
             for writer in writers:
-                await asyncio.to_thread(writer.discard)
+                await self._blocking(writer.abort)
+            if is_transient(exc):
+                raise
+            # The dump or its storage failed: nothing partial stays behind (the failure is
+            # recorded first: a runner that lost the backup must not remove the new
+            # owner's files) and the backup says why.
             await self._fail(backup, lease, failure_reason(exc))
+            for writer in writers:
+                await self._blocking(writer.discard)
             if not isinstance(exc, DumpError | OSError):
                 log.exception("backup_crashed", backup_id=str(backup.id))
             return
         finally:
             BACKUPS_RUNNING.dec()
-        now = utc_now()
-        for destination, location in zip(destinations, locations, strict=True):
-            backup.record_upload(str(destination.destination_id), location, result.size_bytes, now)
-        backup.complete(result.size_bytes, result.checksum, "zstd", now)
-        await self._end(backup, lease, "completed", None)
+        locations = await self._publish(
+            lease, [functools.partial(writer.commit) for writer in writers]
+        )
+        await self._record(
+            backup, lease, destinations, writers, locations, result.size_bytes, result.checksum
+        )
         BACKUP_SECONDS.observe(time.monotonic() - started)
         log.info(
             "backup_completed",
@@ -417,7 +486,101 @@ class BackupExecutor:
             size_bytes=result.size_bytes,
             seconds=round(time.monotonic() - started, 3),
         )
-        await self._progress(backup, "completed", "completed", result.raw_bytes, result.raw_bytes)
+        self._progress(backup, "completed", "completed", result.raw_bytes, result.raw_bytes)
+
+    async def _sealed_copies(
+        self, backup: Backup, writers: list[ArtifactWriter]
+    ) -> list[SealedCopy] | None:
+        """The copies an earlier attempt sealed, one per destination and all the same
+        artifact; None unless every destination has one (and the backup was started)."""
+        if backup.status != "running":
+            return None
+        copies = []
+        for writer in writers:
+            copy = await self._blocking(writer.sealed)
+            if copy is None:
+                return None
+            copies.append(copy)
+        if len({(c.size_bytes, c.checksum) for c in copies}) != 1:
+            return None
+        return copies
+
+    async def _adopt(
+        self,
+        backup: Backup,
+        lease: Lease,
+        destinations: list[DestinationTarget],
+        writers: list[ArtifactWriter],
+        copies: list[SealedCopy],
+    ) -> None:
+        """Record the artifact an earlier attempt dumped and sealed, instead of dumping."""
+        log.info(
+            "sealed_artifact_adopted",
+            backup_id=str(backup.id),
+            attempt=lease.attempt,
+            sealed_by_attempt=copies[0].manifest.get("attempt"),
+        )
+        locations = await self._publish(
+            lease,
+            [
+                functools.partial(writer.adopt, copy)
+                for writer, copy in zip(writers, copies, strict=True)
+            ],
+        )
+        await self._record(
+            backup,
+            lease,
+            destinations,
+            writers,
+            locations,
+            copies[0].size_bytes,
+            copies[0].checksum,
+        )
+        raw = copies[0].manifest.get("rawBytes")
+        done = raw if isinstance(raw, int) else copies[0].size_bytes
+        self._progress(backup, "completed", "completed", done, done)
+
+    async def _publish(self, lease: Lease, steps: list[Callable[[], str]]) -> list[str]:
+        """Make the sealed artifact visible in every destination, once the lease is
+        confirmed: a runner that lost the backup must not put its copy where the new
+        owner's goes. While the work table is unreachable the confirmation is retried; the
+        renewer gives the attempt up once the lease may have run out."""
+        delay = 0.5
+        while True:
+            try:
+                held = await asyncio.to_thread(self.work.renew, lease, self.policy)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("lease_unconfirmed", backup_id=str(lease.backup_id), error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if not held:
+                raise LeaseLost(f"backup {lease.backup_id}: lost before storing the artifact")
+            break
+        return [await self._blocking(step) for step in steps]
+
+    async def _record(
+        self,
+        backup: Backup,
+        lease: Lease,
+        destinations: list[DestinationTarget],
+        writers: list[ArtifactWriter],
+        locations: list[str],
+        size_bytes: int,
+        checksum: str,
+    ) -> None:
+        """Record the uploads and the completion (retried while the store is away; an
+        attempt cut off meanwhile leaves the sealed artifact to the next one)."""
+        now = utc_now()
+        for destination, location in zip(destinations, locations, strict=True):
+            backup.record_upload(str(destination.destination_id), location, size_bytes, now)
+        backup.complete(size_bytes, checksum, "zstd", now)
+        await self._end(backup, lease, "completed", None)
+        for writer in writers:
+            with contextlib.suppress(OSError):
+                await self._blocking(writer.forget_proofs)
 
     async def _dump(
         self,
@@ -437,12 +600,12 @@ class BackupExecutor:
         async def tick() -> None:
             while True:
                 await asyncio.sleep(self._progress_interval)
-                await self._progress(backup, "running", "dumping", done, estimate)
+                self._progress(backup, "running", "dumping", done, estimate)
 
         ticker = asyncio.create_task(tick())
         processes: list[subprocess.Popen[bytes]] = []
         try:
-            return await asyncio.to_thread(
+            return await self._blocking(
                 dump_database,
                 target,
                 password,
@@ -464,10 +627,11 @@ class BackupExecutor:
             raise
         finally:
             ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            # Waited for without swallowing a cancellation of this task (suppressing the
+            # ticker's CancelledError here would also suppress ours).
+            await asyncio.wait({ticker})
 
-    async def _progress(
+    def _progress(
         self,
         backup: Backup,
         status: str,
@@ -490,11 +654,22 @@ class BackupExecutor:
             message=message,
             at=utc_now(),
         )
+        # Progress is ephemeral: a tick is sent beside the backup, never waited for by it.
+        # A publication stuck in Kafka's client (wait_for waits for the cancellation of
+        # what it times out, however long that takes) must not hold a backup, its slot,
+        # or its shutdown; while too many are in flight, running ticks are dropped.
+        if status == "running" and len(self._publishing) >= MAX_PROGRESS_IN_FLIGHT:
+            return
+        task = asyncio.create_task(self._send_progress(tick, backup))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _send_progress(self, tick: BackupProgress, backup: Backup) -> None:
         try:
             await asyncio.wait_for(
                 self._publish_progress(tick, backup.organization_id, backup.correlation_id),
                 timeout=5.0,
             )
         except Exception as exc:
-            # Progress is ephemeral: losing a tick must never fail a backup.
+            # Losing a tick must never fail a backup.
             log.debug("progress_not_published", error=repr(exc))

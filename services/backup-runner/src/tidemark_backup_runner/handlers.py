@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from faststream.kafka import KafkaBroker
 from tidemark_contracts import BACKUP_COMMANDS, Message
 from tidemark_contracts.backup import RequestBackup
-from tidemark_platform.consumer import Delivery, MessageHandler, subscribe_tracked
+from tidemark_platform.consumer import Delivery, MessageHandler, Rejecter, subscribe_tracked
 from tidemark_platform.logging import get_logger
 
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.executor import BackupExecutor
+from tidemark_backup_runner.failures import readable_request
 
 log = get_logger(__name__)
 
@@ -42,6 +44,34 @@ def make_handlers(
     return {RequestBackup: on_request_backup}
 
 
+def make_rejecters(
+    app: BackupRunnerApplication, on_saved: Callable[[], None]
+) -> Mapping[type[Message], Rejecter]:
+    async def on_invalid_request_backup(
+        payload: Mapping[str, Any], error: str, delivery: Delivery
+    ) -> bool:
+        """A request that fails the contract is no backup to take, but a backup that was
+        asked for (its requester may be showing it as pending): it ends ``failed`` at once,
+        saying why. One that does not say whose backup it is, is parked."""
+        request = readable_request(payload)
+        if request is None:
+            return False
+        reason = f"the backup request is invalid: {error}"
+        created = await asyncio.to_thread(
+            app.refuse_request, request, reason, delivery.tracking, delivery.envelope.correlation_id
+        )
+        if created:
+            on_saved()
+        log.warning(
+            "invalid_backup_request_refused" if created else "redelivered_message_skipped",
+            backup_id=str(request.backup_id),
+            reason=reason,
+        )
+        return True
+
+    return {RequestBackup: on_invalid_request_backup}
+
+
 def register_handlers(
     broker: KafkaBroker,
     app: BackupRunnerApplication,
@@ -60,4 +90,5 @@ def register_handlers(
         make_handlers(app, executor, on_saved),
         service=service,
         positions=positions,
+        rejecters=make_rejecters(app, on_saved),
     )

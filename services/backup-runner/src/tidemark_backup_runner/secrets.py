@@ -85,7 +85,10 @@ def resolve_secret(
                 "credential directory"
             )
         try:
-            return path.read_text().rstrip("\r\n")
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             raise SecretError(f"the file: credential cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            # Never the bytes themselves: they may be most of the secret.
+            raise SecretError("the file: credential is not UTF-8 text") from None
     raise SecretError("the credential reference is neither secret:NAME, env:NAME nor file:/path")

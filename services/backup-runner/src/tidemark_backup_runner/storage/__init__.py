@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from tidemark_contracts.backup import DestinationTarget, LocalDestinationConfig
 
 from tidemark_backup_runner.storage.local import DestinationRefused, LocalArtifactWriter
+from tidemark_backup_runner.storage.proof import SealedCopy
 
 __all__ = [
     "ArtifactWriter",
     "DestinationRefused",
     "LocalArtifactWriter",
+    "SealedCopy",
     "UnsupportedDestination",
     "writer_for",
 ]
@@ -24,9 +27,28 @@ class ArtifactWriter(Protocol):
 
     def open(self) -> None: ...
     def write(self, chunk: bytes) -> None: ...
+    def seal(self, manifest: Mapping[str, Any]) -> None:
+        """The artifact is complete: make it durable where it is (not yet visible) and keep
+        ``manifest`` (its size and checksum) beside it, as the proof a later attempt
+        verifies instead of dumping again. A sealed copy outlives ``abort``."""
+        ...
+
     def commit(self) -> str:
-        """Make the artifact durable and visible; returns its location, relative to the
-        destination (never a path of the runner's machine)."""
+        """Make the (sealed) artifact durable and visible; returns its location, relative
+        to the destination (never a path of the runner's machine)."""
+        ...
+
+    def sealed(self) -> SealedCopy | None:
+        """A complete copy of this artifact that some attempt sealed (committed or not)
+        whose bytes still match its manifest; None when there is none."""
+        ...
+
+    def adopt(self, copy: SealedCopy) -> str:
+        """Make ``copy`` (from ``sealed``) the visible artifact; returns its location."""
+        ...
+
+    def forget_proofs(self) -> None:
+        """Remove the manifests once the artifact is recorded (they proved what they had to)."""
         ...
 
     def abort(self) -> None:
