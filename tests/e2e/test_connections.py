@@ -8,10 +8,9 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
-from aiokafka import AIOKafkaProducer
 from psycopg.conninfo import conninfo_to_dict
-from tidemark_contracts import BACKUP_COMMANDS, Envelope
-from tidemark_devstack.e2e import SOURCE_PASSWORD, Api
+from tidemark_contracts import Envelope
+from tidemark_devstack.e2e import SOURCE_PASSWORD, Api, publish
 
 pytestmark = pytest.mark.integration
 
@@ -70,15 +69,6 @@ def wait_for_sessions(database_url: str, dbname: str, at_least: int, timeout: fl
             return seen
         time.sleep(0.2)
     return seen
-
-
-async def publish(bootstrap: str, envelope: Envelope) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        await producer.send_and_wait(BACKUP_COMMANDS.name, envelope.to_bytes(), key=envelope.key)
-    finally:
-        await producer.stop()
 
 
 def test_a_command_whose_dbname_is_a_connection_string_fails_before_reaching_the_server(

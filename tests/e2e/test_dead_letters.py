@@ -10,7 +10,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tidemark_contracts import BACKUP_COMMANDS, Envelope
-from tidemark_devstack.e2e import Api
+from tidemark_devstack.e2e import Api, dead_letters_counted
 from tidemark_devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -58,15 +58,6 @@ async def parked_records(
         return found
     finally:
         await consumer.stop()
-
-
-def dead_letters_counted(metrics: str, reason: str) -> float:
-    """tidemark_dead_letters_total for backup.commands in a Prometheus text exposition."""
-    labels = f'reason="{reason}",service="backup-runner",topic="backup.commands"'
-    for line in metrics.splitlines():
-        if line.startswith(f"tidemark_dead_letters_total{{{labels}}}"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_undecodable_and_invalid_commands_are_parked_and_later_work_completes(

@@ -9,9 +9,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import psycopg
 import pytest
-from aiokafka import AIOKafkaProducer
-from tidemark_contracts import BACKUP_COMMANDS, Envelope
-from tidemark_devstack.e2e import Api
+from tidemark_contracts import Envelope
+from tidemark_devstack.e2e import Api, dead_letters_counted, publish
 from tidemark_devstack.stack import RunningService, Stack
 
 pytestmark = pytest.mark.integration
@@ -19,28 +18,13 @@ pytestmark = pytest.mark.integration
 RUNNER = "backup-runner"
 
 
-async def publish(bootstrap: str, envelope: Envelope) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        await producer.send_and_wait(BACKUP_COMMANDS.name, envelope.to_bytes(), key=envelope.key)
-    finally:
-        await producer.stop()
-
-
-def dead_letters_counted(runner: RunningService, reason: str) -> float:
-    labels = f'reason="{reason}",service="backup-runner",topic="backup.commands"'
-    for line in httpx.get(f"{runner.url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(f"tidemark_dead_letters_total{{{labels}}}"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_a_backup_command_that_fails_validation_ends_failed_with_the_reason(
     api: Api, stack: Stack, source_database: str, kafka_bootstrap: str
 ) -> None:
     runner = stack.service(RUNNER)
-    parked_before = dead_letters_counted(runner, "invalid_payload")
+    parked_before = dead_letters_counted(
+        httpx.get(f"{runner.url}/metrics", timeout=5).text, "invalid_payload"
+    )
     environment = api.environment(source_database)
     destination = api.destination()
     command = api.backup_command(environment, destination)
@@ -70,7 +54,10 @@ def test_a_backup_command_that_fails_validation_ends_failed_with_the_reason(
     assert [d["destinationId"] for d in backup["destinations"]] == [destination["id"]]
     assert backup["startedAt"] is None
     # Ended, not parked: the runner parked nothing for it.
-    assert dead_letters_counted(runner, "invalid_payload") == parked_before
+    assert (
+        dead_letters_counted(httpx.get(f"{runner.url}/metrics", timeout=5).text, "invalid_payload")
+        == parked_before
+    )
     # And the environment's next backup is not held up by it.
     after = api.request_backup(environment["id"]).json()["id"]
     assert api.wait_for(after, timeout=90)["status"] == "completed"

@@ -147,7 +147,11 @@ def test_a_credential_file_that_is_not_utf8_is_refused_without_its_bytes(
     secret_file = tmp_path / str(ORG) / "pw"
     secret_file.write_bytes(b"s3cr\xff\xfet-bytes\n")
     with pytest.raises(SecretError) as raised:
-        resolve_secret(f"file:{secret_file}", ORG, CredentialPolicy(file_root=tmp_path))
+        resolve_secret(
+            f"file:{secret_file}",
+            ORG,
+            CredentialPolicy(file_root=tmp_path, allow_operator_refs=True),
+        )
     message = str(raised.value)
     assert "not UTF-8" in message
     assert "s3cr" not in message

@@ -160,7 +160,7 @@ async def test_a_credential_file_that_is_not_utf8_fails_the_backup_at_once(
     assert backup.status == "failed"
     assert backup.error is not None
     assert "not UTF-8" in backup.error
-    assert str(password_file) in backup.error
+    assert str(password_file) not in backup.error, "a reference is never repeated"
     assert "s3cret" not in backup.error
     # At once: the first attempt ended it, no lease ran out, nothing was retried.
     assert [(a["attempt"], a["outcome"]) for a in work.attempts(command.backup_id)] == [

@@ -256,6 +256,15 @@ async def publish(bootstrap: str, envelope: Envelope, topic: str = BACKUP_COMMAN
         await producer.stop()
 
 
+def dead_letters_counted(metrics: str, reason: str) -> float:
+    """How many backup commands the runner parked for ``reason``, from its ``/metrics``."""
+    labels = f'reason="{reason}",service="backup-runner",topic="backup.commands"'
+    for line in metrics.splitlines():
+        if line.startswith(f"tidemark_dead_letters_total{{{labels}}}"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def send_backup_command(
     bootstrap: str, command: RequestBackup, correlation_id: uuid.UUID | None = None
 ) -> Envelope:
