@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from tidemark_platform.settings import SecretSettings
 from tidemark_platform.vault import (
     KeyRing,
     KeyRingError,
@@ -189,3 +190,11 @@ def test_rotation_reseals_every_value_under_the_new_key(
         assert again.rotate(batch=2) == (7, 1)
     finally:
         again.close()
+
+
+def test_a_service_without_sealing_keys_does_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TIDEMARK_SECRETS_KEYS", raising=False)
+    with pytest.raises(SystemExit, match="TIDEMARK_SECRETS_KEYS is not set"):
+        SecretSettings().keyring()
+    monkeypatch.setenv("TIDEMARK_SECRETS_KEYS", KeyRing.generate("k9"))
+    assert SecretSettings().keyring().active_id == "k9"

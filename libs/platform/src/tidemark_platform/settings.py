@@ -77,7 +77,13 @@ class SecretSettings(BaseSettings):
         "organization could name them).",
     )
 
-    def keyring(self) -> KeyRing | None:
+    def keyring(self) -> KeyRing:
+        """The keys that seal stored secrets. A service that stores or opens them does not
+        start without: a runner lacking them would fail backups another runner could take."""
         if self.secrets_keys is None or not self.secrets_keys.get_secret_value().strip():
-            return None
+            raise SystemExit(
+                "TIDEMARK_SECRETS_KEYS is not set: stored credentials are sealed and opened "
+                "with it, the same keys on every gateway and runner "
+                "(python -m tidemark_platform.vault generate-key k1 makes one)"
+            )
         return KeyRing.parse(self.secrets_keys.get_secret_value())

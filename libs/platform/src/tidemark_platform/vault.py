@@ -291,27 +291,22 @@ class SecretVault:
         assert total is not None
         return [SecretInfo(**row) for row in rows], int(total["n"])
 
-    def info(self, organization_id: uuid.UUID, name: str) -> SecretInfo:
+    def _row(self, organization_id: uuid.UUID, name: str, columns: str) -> DictRow:
         with self._pool.connection() as conn:
             row = conn.execute(
-                f"SELECT name, created_at, updated_at FROM {SCHEMA}.values "
-                "WHERE organization_id = %s AND name = %s",
+                f"SELECT {columns} FROM {SCHEMA}.values WHERE organization_id = %s AND name = %s",
                 (organization_id, name),
             ).fetchone()
         if row is None:
             raise SecretNotFound(name)
-        return SecretInfo(**row)
+        return row
+
+    def info(self, organization_id: uuid.UUID, name: str) -> SecretInfo:
+        return SecretInfo(**self._row(organization_id, name, "name, created_at, updated_at"))
 
     def reveal(self, organization_id: uuid.UUID, name: str) -> str:
         """The value of the organization's secret ``name``; nobody else's, by construction."""
-        with self._pool.connection() as conn:
-            row = conn.execute(
-                f"SELECT key_id, sealed FROM {SCHEMA}.values "
-                "WHERE organization_id = %s AND name = %s",
-                (organization_id, name),
-            ).fetchone()
-        if row is None:
-            raise SecretNotFound(name)
+        row = self._row(organization_id, name, "key_id, sealed")
         return self.keys.open(organization_id, name, row["key_id"], bytes(row["sealed"]))
 
     def add_uses(

@@ -104,13 +104,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
         for relay in relays:
             relay.wake()
 
-    keyring = settings.keyring()
-    if keyring is None:
-        raise SystemExit(
-            "TIDEMARK_SECRETS_KEYS is not set: the gateway stores organizations' credentials "
-            "sealed with it (python -m tidemark_platform.vault generate-key k1 makes one)"
-        )
-    vault = SecretVault(settings.database_url, keyring)
+    vault = SecretVault(settings.database_url, settings.keyring())
     runtime.on_shutdown(vault.close)
     gateway = Gateway(
         catalog,

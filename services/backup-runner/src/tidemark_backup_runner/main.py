@@ -54,15 +54,7 @@ def create_app(settings: Settings) -> Litestar:
 
     work = WorkTable(settings.database_url, SCHEMA)
     catalog = runtime.follow_catalog(CATALOG_SCHEMA)
-    keyring = settings.keyring()
-    if keyring is None:
-        # Without the keys every backup naming a stored secret would fail here while other
-        # runners could take it: a misconfigured runner must not start at all.
-        raise SystemExit(
-            "TIDEMARK_SECRETS_KEYS is not set: the runner opens organizations' stored "
-            "credentials with the same keys as the gateway"
-        )
-    vault = SecretVault(settings.database_url, keyring)
+    vault = SecretVault(settings.database_url, settings.keyring())
     executor = BackupExecutor(
         app,
         work,
