@@ -428,3 +428,21 @@ def test_backup_lists_filter_and_validate(api: Api, source_database: str) -> Non
     [item] = project_page["items"]
     assert item["environment"] == {"id": environment["id"], "name": "production"}
     assert "environment" not in api.get(f"/api/v1/backups/{backup['id']}").json()
+
+
+def test_two_local_destinations_of_an_organization_cannot_share_a_directory(
+    api_for: Callable[..., Api],
+) -> None:
+    """They would write, discard and adopt each other's files; another organization's
+    directory of the same name is its own."""
+    api, other = api_for(), api_for()
+    first = api.destination("shared/dir")
+    body = {"name": "second", "type": "local", "config": {"path": "shared/dir"}}
+    refused = assert_problem(api.post("/api/v1/destinations", json=body), 409)
+    assert "already writes to that path" in refused["detail"]
+    assert other.post("/api/v1/destinations", json=body).status_code == 201
+    nested = {**body, "name": "nested", "config": {"path": "shared/dir/inner"}}
+    assert api.post("/api/v1/destinations", json=nested).status_code == 201
+    # Removing the first frees its directory.
+    assert api.delete(f"/api/v1/destinations/{first['id']}").status_code == 204
+    assert api.post("/api/v1/destinations", json=body).status_code == 201

@@ -10,6 +10,7 @@ the pending read-model row, so ``202`` means durable even while Kafka is away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import stat
 import uuid
 from collections.abc import Callable, Sequence
@@ -68,7 +69,12 @@ DESTINATION_CONFIG: TypeAdapter[DestinationConfig] = TypeAdapter(DestinationConf
 
 
 class Conflict(Exception):
-    """The request collides with what exists (a name already taken)."""
+    """The request collides with what exists (a name already taken); ``args[0]``, when
+    given, is the kind of claim that collided."""
+
+
+# The claim a local destination holds on its directory, within its organization.
+LOCAL_PATH = "local-path"
 
 
 class Gone(Exception):
@@ -136,7 +142,7 @@ class CatalogApplication(EventStoreApplication):
         try:
             existing.reclaim(owner_id)
         except NameTaken:
-            raise Conflict from None
+            raise Conflict(kind) from None
         return existing
 
     def remove_destination(
@@ -154,11 +160,19 @@ class CatalogApplication(EventStoreApplication):
             destination.remove(now)
         except CatalogError:
             raise Gone from None
-        claim: NameClaim = self.repository.get(
-            NameClaim.id_for("destination", organization_id, destination.name)
-        )
-        claim.release()
-        return self.register(destination, claim)
+        claims: list[NameClaim] = [
+            self.repository.get(NameClaim.id_for("destination", organization_id, destination.name))
+        ]
+        if destination.type == "local":
+            with contextlib.suppress(AggregateNotFoundError):  # registered before paths were
+                claims.append(
+                    self.repository.get(
+                        NameClaim.id_for(LOCAL_PATH, organization_id, destination.config["path"])
+                    )
+                )
+        for claim in claims:
+            claim.release()
+        return self.register(destination, *claims)
 
     def to_envelope(self, event: Any) -> tuple[Topic, Envelope] | None:
         """The public contract message of a stored catalog event (claims stay private)."""
@@ -250,15 +264,20 @@ class Gateway:
         scope: uuid.UUID,
         name: str,
         *,
+        also: Sequence[tuple[str, uuid.UUID, str]] = (),
         undo: Callable[[], None] | None = None,
     ) -> uuid.UUID:
-        """Record a registration with the claim on its name within ``scope``, atomically;
-        ``undo`` runs when (and only when) it could not be saved."""
+        """Record a registration with the claim on its name within ``scope`` (and the claims
+        ``also`` lists, (kind, scope, name) each), atomically; ``undo`` runs when (and only
+        when) it could not be saved."""
 
         def record() -> list[Any]:
             try:
-                claim = self.catalog.claim(kind, scope, name, registration.id)
-                return self.catalog.register(registration, claim)
+                claims = [
+                    self.catalog.claim(k, s, n, registration.id)
+                    for k, s, n in [(kind, scope, name), *also]
+                ]
+                return self.catalog.register(registration, *claims)
             except BaseException:
                 if undo is not None:
                     undo()
@@ -293,6 +312,7 @@ class Gateway:
         name: str,
         organization_id: uuid.UUID,
         refs: dict[str, str | None],
+        also: Sequence[tuple[str, uuid.UUID, str]] = (),
     ) -> uuid.UUID:
         """Register, having recorded the registration's use of the secrets it names (each
         must exist in the organization); a registration that could not be saved drops those
@@ -310,6 +330,7 @@ class Gateway:
             kind,
             scope,
             name,
+            also=also,
             undo=(lambda: self.vault.drop_uses(registration.id)) if names else None,
         )
 
@@ -445,6 +466,10 @@ class Gateway:
                 "config.accessKeyRef": config.get("accessKeyRef"),
                 "config.secretKeyRef": config.get("secretKeyRef"),
             },
+            # Two destinations writing one directory would take each other's files.
+            also=[(LOCAL_PATH, organization_id, config["path"])]
+            if destination_type == "local"
+            else [],
         )
 
     async def remove_destination(

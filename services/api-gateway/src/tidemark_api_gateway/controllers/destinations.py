@@ -8,7 +8,7 @@ from litestar import Controller, Response, delete, get, post
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from tidemark_api_gateway import queries
-from tidemark_api_gateway.application import Conflict, Gateway, Gone
+from tidemark_api_gateway.application import LOCAL_PATH, Conflict, Gateway, Gone
 from tidemark_api_gateway.auth import Principal
 from tidemark_api_gateway.controllers.common import (
     Limit,
@@ -45,7 +45,11 @@ class DestinationController(Controller):
                 spec.config.model_dump(by_alias=True),
                 spec.is_default,
             )
-        except Conflict:
+        except Conflict as exc:
+            if exc.args[:1] == (LOCAL_PATH,):
+                raise Problem(
+                    409, "another destination of the organization already writes to that path"
+                ) from None
             raise Problem(409, f"a destination named {spec.name!r} already exists") from None
         rows = await queries.destinations(pool, principal.organization_id, [destination_id])
         return created(
