@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,19 @@ def test_other_services_never_get_a_port_a_replica_gateway_will_use(
     monkeypatch.setattr(stack_module, "free_port", lambda: next(answers))
     services = Stack("postgresql://x", "127.0.0.1:1", "s", tmp_path, gateway_port=8000, replicas=2)
     assert services._unused_port() == 40001
+
+
+def test_a_replica_gateway_whose_next_port_is_taken_gets_a_free_one(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        first = holder.getsockname()[1] - 1  # the second gateway's port is held
+        services = Stack("postgresql://x", "127.0.0.1:1", "s", tmp_path, gateway_port=first)
+        gateway = next(spec for spec in SERVICES if spec.name == "api-gateway")
+        assert services._first_port(gateway, 0) == first
+        second = services._first_port(gateway, 1)
+        assert second != first + 1
+        assert port_is_bindable(second)
 
 
 def wait_for_run_file(path: Path, state: str, process: subprocess.Popen[bytes]) -> dict[str, Any]:

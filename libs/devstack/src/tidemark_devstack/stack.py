@@ -15,7 +15,7 @@ import httpx
 from tidemark_contracts.services import SERVICES, ServiceDescription
 from tidemark_platform.vault import KeyRing
 
-from tidemark_devstack.paths import free_port
+from tidemark_devstack.paths import free_port, port_is_bindable
 
 ServiceSpec = ServiceDescription  # what the stack starts: a service as the registry describes it
 
@@ -116,12 +116,7 @@ class Stack:
         previous = self.services.get(key)
         if previous is not None and previous.process.poll() is None:
             return
-        if spec.name == "api-gateway":
-            port = self.gateway_port + instance
-        elif previous is not None:
-            port = previous.port
-        else:
-            port = self._unused_port()
+        port = previous.port if previous is not None else self._first_port(spec, instance)
         log = (self.log_dir / log_name(key)).open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", spec.module],
@@ -131,6 +126,17 @@ class Stack:
             start_new_session=True,
         )
         self.services[key] = RunningService(spec, port, process, log, instance)
+
+    def _first_port(self, spec: ServiceSpec, instance: int) -> int:
+        """The port of an instance's first start (a restarted one keeps its own)."""
+        if spec.name != "api-gateway":
+            return self._unused_port()
+        port = self.gateway_port + instance
+        if instance > 0 and not port_is_bindable(port):
+            # The next port is not ours to count on: the kernel hands ports near a free one
+            # to clients' connections too. Any free one serves as well.
+            return self._unused_port()
+        return port
 
     def _unused_port(self) -> int:
         # free_port() releases the port it found, so two quick calls can return the same
