@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import socket
 import threading
 import time
@@ -19,7 +18,6 @@ from typing import Any
 import psycopg
 import pytest
 from eventsourcing.persistence import Tracking
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup, WorkPolicy
@@ -43,29 +41,6 @@ pytestmark = pytest.mark.integration
 
 SOURCE_PASSWORD = "pw-failures-test"
 PASSWORD_ENV = "TIDEMARK_SECRET_FAILURES_TEST"
-
-
-@pytest.fixture
-def schema(database_url: str) -> Iterator[str]:
-    name = f"br_fail_{secrets.token_hex(4)}"
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def app(database_url: str, schema: str) -> Iterator[BackupRunnerApplication]:
-    application: BackupRunnerApplication = BackupRunnerApplication.on_postgres(database_url, schema)
-    yield application
-    application.close()
-
-
-@pytest.fixture
-def work(database_url: str, schema: str) -> Iterator[WorkTable]:
-    table = WorkTable(database_url, schema)
-    table.open()
-    yield table
-    table.close()
 
 
 async def no_progress(*_: Any) -> None:

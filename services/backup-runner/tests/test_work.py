@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +30,6 @@ pytestmark = pytest.mark.integration
 
 SHORT = WorkPolicy(lease_seconds=0.3, max_attempts=3)
 LONG = WorkPolicy(lease_seconds=30, max_attempts=3)
-
-
-@pytest.fixture
-def schema(database_url: str) -> Iterator[str]:
-    name = f"br_test_{secrets.token_hex(4)}"
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def app(database_url: str, schema: str) -> Iterator[BackupRunnerApplication]:
-    application: BackupRunnerApplication = BackupRunnerApplication.on_postgres(database_url, schema)
-    yield application
-    application.close()
-
-
-@pytest.fixture
-def work(database_url: str, schema: str) -> Iterator[WorkTable]:
-    table = WorkTable(database_url, schema)
-    table.open()
-    yield table
-    table.close()
 
 
 def request(

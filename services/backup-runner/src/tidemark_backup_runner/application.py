@@ -21,7 +21,6 @@ from tidemark_contracts.backup import (
 from tidemark_platform.eventstore import EventStoreApplication
 
 from tidemark_backup_runner.domain import Backup
-from tidemark_backup_runner.failures import RefusedRequest
 from tidemark_backup_runner.work import LogChange
 
 PRODUCER = "backup-runner"
@@ -76,7 +75,7 @@ class BackupRunnerApplication(EventStoreApplication):
 
     def refuse_request(
         self,
-        request: RefusedRequest,
+        request: BackupRequested,
         reason: str,
         tracking: Tracking,
         correlation_id: UUID | None = None,

@@ -8,13 +8,11 @@ reasons become events, kept forever.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
-from tidemark_contracts.backup import BackupTrigger, BackupType, DestinationRef
-from tidemark_contracts.base import UtcDatetime, WireModel
+from tidemark_contracts.backup import BackupRequested, DestinationRef
 from tidemark_platform.dead_letters import describe_error
 from tidemark_platform.failures import is_transient
 
@@ -36,29 +34,14 @@ def failure_reason(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}"
 
 
-class RefusedRequest(WireModel):
+def readable_request(payload: Mapping[str, Any]) -> BackupRequested | None:
     """What a ``RequestBackup`` that failed validation must still say for its refusal to
-    be recorded as a backup that ``failed``: whose it is and what it asked for. The
-    database and the destinations' configurations are never kept: they are what is most
-    often invalid, and may hold what must not be stored (a secret where a reference
-    belongs)."""
-
-    backup_id: uuid.UUID
-    organization_id: uuid.UUID
-    project_id: uuid.UUID
-    environment_id: uuid.UUID
-    type: BackupType
-    trigger: BackupTrigger
-    label: str | None = None
-    requested_by: str
-    requested_at: UtcDatetime
-    destinations: list[DestinationRef]
-
-
-def readable_request(payload: Mapping[str, Any]) -> RefusedRequest | None:
-    """The parts of an invalid request's ``payload`` that identify the backup; None when
-    they cannot all be read (such a command is parked instead). Destinations that cannot
-    be read even as references are left out."""
+    be recorded as a backup that ``failed``: whose it is and what it asked for, as the
+    ``BackupRequested`` it would have become; None when that cannot all be read (such a
+    command is parked instead). The database and the destinations' configurations are
+    never kept: they are what is most often invalid, and may hold what must not be stored
+    (a secret where a reference belongs). Destinations that cannot be read even as
+    references are left out."""
     raw = payload.get("destinations")
     destinations = []
     for item in raw if isinstance(raw, list) else []:
@@ -67,6 +50,6 @@ def readable_request(payload: Mapping[str, Any]) -> RefusedRequest | None:
         except ValidationError:
             continue
     try:
-        return RefusedRequest.model_validate({**payload, "destinations": destinations})
+        return BackupRequested.model_validate({**payload, "destinations": destinations})
     except ValidationError:
         return None
