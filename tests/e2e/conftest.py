@@ -41,6 +41,10 @@ def stack(
             # Short leases, so a runner's death is noticed in seconds rather than 30.
             "TIDEMARK_BACKUP_RUNNER_LEASE_SECONDS": str(E2E_LEASE_SECONDS),
             "TIDEMARK_BACKUP_RUNNER_WORK_POLL_SECONDS": "0.5",
+            # A destination that cannot be cleaned is given up on within seconds.
+            "TIDEMARK_BACKUP_RUNNER_CLEANUP_MAX_ATTEMPTS": "3",
+            "TIDEMARK_BACKUP_RUNNER_CLEANUP_FIRST_DELAY_SECONDS": "0.2",
+            "TIDEMARK_BACKUP_RUNNER_CLEANUP_MAX_DELAY_SECONDS": "1",
         },
     )
     services.start()

@@ -99,7 +99,7 @@ def test_created_and_accepted_answers_carry_a_location(document: dict[str, Any])
                 headers = operation["responses"][status].get("headers", {})
                 assert headers.get("Location", {}).get("required") is True, (method, path)
                 assert headers["Location"]["schema"]["type"] == "string"
-    assert found == 5  # projects, environments, destinations, secrets, backups
+    assert found == 6  # projects, environments, destinations, secrets, backups, deletion
 
 
 def test_paging_parameters_document_their_bounds(document: dict[str, Any]) -> None:

@@ -8,7 +8,10 @@ from datetime import UTC, datetime
 import pytest
 from tidemark_api_gateway.projection import next_row
 from tidemark_contracts.backup import (
+    BackupCleanupFailed,
     BackupCompleted,
+    BackupDeleted,
+    BackupDeletionRequested,
     BackupFailed,
     BackupRequested,
     BackupStarted,
@@ -119,3 +122,41 @@ def test_a_new_attempt_runs_again_and_forgets_the_earlier_attempts_uploads() -> 
     assert (row["status"], row["started_at"]) == ("running", T1)
     assert row["destinations"][0]["status"] == "pending"
     assert row["destinations"][0]["location"] is None
+
+
+def test_a_deleted_backup_keeps_its_row_with_its_destinations_deleted() -> None:
+    row = next_row(next_row(None, requested()), STARTED)
+    row = next_row(
+        row,
+        BackupUploaded(
+            backup_id=BACKUP,
+            environment_id=ENV,
+            destination_id=DEST,
+            location="e/b.db.pgdump.zst",
+            size_bytes=7,
+            uploaded_at=T0,
+        ),
+    )
+    row = next_row(
+        row,
+        BackupDeletionRequested(
+            backup_id=BACKUP, environment_id=ENV, requested_by="u", requested_at=T1
+        ),
+    )
+    assert row["status"] == "deleting"
+    assert row["destinations"][0]["status"] == "uploaded"
+    failed = BackupCleanupFailed(
+        backup_id=BACKUP,
+        environment_id=ENV,
+        destination_id=DEST,
+        error="destination 'disk': removing the artifact failed: Operation not permitted",
+        attempt=1,
+        failed_at=T1,
+    )
+    row = next_row(row, failed)
+    assert (row["status"], row["error"]) == ("deleting", failed.error)
+    row = next_row(row, BackupDeleted(backup_id=BACKUP, environment_id=ENV, deleted_at=T1))
+    assert (row["status"], row["error"]) == ("deleted", None)
+    assert row["destinations"][0]["status"] == "deleted"
+    assert row["destinations"][0]["location"] == "e/b.db.pgdump.zst"
+    assert row["label"] == "nightly"

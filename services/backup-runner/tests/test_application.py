@@ -11,7 +11,14 @@ from eventsourcing.persistence import Tracking
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup
 from tidemark_contracts import BACKUP_EVENTS, Envelope
-from tidemark_contracts.backup import DatabaseTarget, RequestBackup
+from tidemark_contracts.backup import (
+    BackupCleanupFailed,
+    BackupDeleted,
+    BackupDeletionRequested,
+    DatabaseTarget,
+    DeleteBackup,
+    RequestBackup,
+)
 from tidemark_devstack.e2e import backup_request
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -106,3 +113,74 @@ def test_a_request_stored_before_correlation_ids_existed_still_loads_and_relays(
     (envelope,) = relayed(app)
     assert envelope.correlation_id is None
     assert envelope.aggregate_id == command.backup_id
+
+
+# -- deletion -----------------------------------------------------------------------------
+
+
+def delete_command(
+    command: RequestBackup, organization_id: uuid.UUID | None = None
+) -> DeleteBackup:
+    return DeleteBackup(
+        backup_id=command.backup_id,
+        organization_id=organization_id or command.organization_id,
+        environment_id=command.environment_id,
+        requested_by="deleter",
+        requested_at=T0,
+    )
+
+
+def test_a_deletion_is_recorded_once_and_relayed_as_its_contract() -> None:
+    app = BackupRunnerApplication()
+    command, correlation_id = request(), uuid.uuid4()
+    app.request_backup(command, Tracking("backup.commands:0", 1), correlation_id)
+    run_to_completion(app, command.backup_id)
+    delete = delete_command(command)
+    assert app.request_deletion(delete, Tracking("backup.commands:0", 2)) == "accepted"
+    assert app.request_deletion(delete, Tracking("backup.commands:0", 3)) == "already"
+    backup = app.get_backup(command.backup_id)
+    destination_id = backup.destinations[0]["destination_id"]
+    backup.record_cleanup_failure(destination_id, "destination 'n': nope", 1, True, T0)
+    backup.mark_deleted(T0)
+    app.save(backup)
+    envelopes = relayed(app)[-3:]
+    assert [e.message_type for e in envelopes] == [
+        "backup.BackupDeletionRequested",
+        "backup.BackupCleanupFailed",
+        "backup.BackupDeleted",
+    ]
+    assert {e.correlation_id for e in envelopes} == {correlation_id}
+    assert all(e.environment_id == command.environment_id for e in envelopes)
+    requested, failed, deleted = (
+        BACKUP_EVENTS.message_class(e.message_type).model_validate(e.payload)  # type: ignore[union-attr]
+        for e in envelopes
+    )
+    assert isinstance(requested, BackupDeletionRequested)
+    assert (requested.requested_by, requested.requested_at) == ("deleter", T0)
+    assert isinstance(failed, BackupCleanupFailed)
+    assert failed.destination_id == uuid.UUID(str(destination_id))
+    assert (failed.error, failed.attempt, failed.final) == ("destination 'n': nope", 1, True)
+    assert isinstance(deleted, BackupDeleted)
+    assert deleted.deleted_at == T0
+
+
+def test_a_deletion_of_a_pending_backup_is_refused_and_records_nothing() -> None:
+    app = BackupRunnerApplication()
+    command = request()
+    app.request_backup(command, Tracking("backup.commands:0", 1))
+    assert app.request_deletion(delete_command(command), Tracking("backup.commands:0", 2)) == (
+        "refused"
+    )
+    assert app.get_backup(command.backup_id).status == "pending"
+    assert len(relayed(app)) == 1
+
+
+def test_a_deletion_of_an_unknown_or_foreign_backup_is_no_effect() -> None:
+    app = BackupRunnerApplication()
+    command = request()
+    assert app.request_deletion(delete_command(command), Tracking("c:0", 1)) == "unknown"
+    app.request_backup(command, Tracking("backup.commands:0", 1))
+    run_to_completion(app, command.backup_id)
+    foreign = delete_command(command, organization_id=uuid.uuid4())
+    assert app.request_deletion(foreign, Tracking("backup.commands:0", 2)) == "unknown"
+    assert app.get_backup(command.backup_id).status == "completed"

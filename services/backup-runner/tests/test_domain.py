@@ -162,3 +162,109 @@ def test_a_started_event_stored_before_attempts_loads_as_the_first_attempt() -> 
     loaded = app.mapper.to_domain_event(old)
     assert isinstance(loaded, Backup.Started)
     assert (loaded.attempt, loaded.bytes_total_estimate) == (1, 100)
+
+
+# -- deletion -----------------------------------------------------------------------------
+
+
+def completed_backup(destinations: int = 1) -> Backup:
+    backup = new_backup(destinations)
+    backup.start(T0, 100)
+    for i in range(destinations):
+        backup.record_upload(f"d{i}", f"e/b{i}", 10, T0)
+    backup.complete(10, "sha256:" + "0" * 64, "zstd", T0)
+    return backup
+
+
+def test_a_completed_backup_is_deleted_through_deleting() -> None:
+    backup = completed_backup()
+    assert backup.request_deletion("someone", T0)
+    assert backup.status == "deleting"
+    assert backup.is_terminal
+    assert backup.mark_deleted(T0 + timedelta(seconds=1))
+    assert backup.status == "deleted"
+    names = [type(e).__name__ for e in backup.collect_events()]
+    assert names[-2:] == ["DeletionRequested", "Deleted"]
+
+
+def test_a_failed_backup_can_be_deleted_and_keeps_its_error_while_deleting() -> None:
+    backup = new_backup()
+    backup.fail("dump failed", T0)
+    assert backup.request_deletion("someone", T0)
+    assert backup.status == "deleting"
+    assert backup.error == "dump failed"
+    backup.mark_deleted(T0)
+    assert backup.error is None
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_a_pending_or_running_backup_refuses_deletion(running: bool) -> None:
+    backup = new_backup()
+    if running:
+        backup.start(T0, None)
+    backup.collect_events()
+    with pytest.raises(BackupError, match="cannot delete a backup that is"):
+        backup.request_deletion("someone", T0)
+    assert backup.status == ("running" if running else "pending")
+    assert backup.collect_events() == []
+
+
+def test_deleting_again_records_nothing() -> None:
+    backup = completed_backup()
+    assert backup.request_deletion("someone", T0)
+    backup.collect_events()
+    assert backup.request_deletion("someone else", T0) is False
+    backup.mark_deleted(T0)
+    backup.collect_events()
+    assert backup.request_deletion("someone else", T0) is False
+    assert backup.mark_deleted(T0) is False
+    assert backup.collect_events() == []
+    assert backup.status == "deleted"
+
+
+def test_a_backup_being_deleted_cannot_be_started_failed_or_completed_again() -> None:
+    backup = completed_backup()
+    backup.request_deletion("someone", T0)
+    with pytest.raises(BackupError):
+        backup.start(T0, None, attempt=2)
+    with pytest.raises(BackupError):
+        backup.fail("late", T0)
+    with pytest.raises(BackupError):
+        backup.complete(10, "sha256:" + "0" * 64, "zstd", T0)
+
+
+def test_a_cleanup_failure_keeps_the_backup_deleting_with_the_reason() -> None:
+    backup = completed_backup(destinations=2)
+    backup.request_deletion("someone", T0)
+    backup.record_cleanup_failure("d1", "destination 'x': permission denied", 1, False, T0)
+    assert backup.status == "deleting"
+    assert backup.error == "destination 'x': permission denied"
+    failed = backup.collect_events()[-1]
+    assert isinstance(failed, Backup.CleanupFailed)
+    assert (failed.destination_id, failed.attempt, failed.final) == ("d1", 1, False)
+    backup.mark_deleted(T0)
+    assert (backup.status, backup.error) == ("deleted", None)
+
+
+def test_a_cleanup_failure_is_recorded_only_while_deleting_and_for_its_destinations() -> None:
+    backup = completed_backup()
+    with pytest.raises(BackupError, match="completed"):
+        backup.record_cleanup_failure("d0", "x", 1, False, T0)
+    with pytest.raises(BackupError, match="cannot mark a backup that is completed deleted"):
+        backup.mark_deleted(T0)
+    backup.request_deletion("someone", T0)
+    with pytest.raises(BackupError, match="not one of this backup's"):
+        backup.record_cleanup_failure("elsewhere", "x", 1, False, T0)
+
+
+def test_deletion_events_replay_to_the_same_state() -> None:
+    app = BackupRunnerApplication()
+    backup = completed_backup()
+    backup.request_deletion("someone", T0)
+    backup.record_cleanup_failure("d0", "reason", 1, True, T0)
+    app.save(backup)
+    stored = app.get_backup(backup.id)
+    assert (stored.status, stored.error) == ("deleting", "reason")
+    stored.mark_deleted(T0)
+    app.save(stored)
+    assert app.get_backup(backup.id).status == "deleted"

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import Tracking
 from tidemark_backup_runner.handlers import make_handlers
-from tidemark_contracts import Envelope
-from tidemark_contracts.backup import RequestBackup
+from tidemark_contracts import Envelope, utc_now
+from tidemark_contracts.backup import DeleteBackup, RequestBackup
 from tidemark_devstack.e2e import backup_request
 from tidemark_platform.consumer import Delivery
 
@@ -85,3 +85,56 @@ async def test_the_commands_correlation_id_is_recorded_with_the_request() -> Non
     )
     await handlers[RequestBackup](command, delivery)
     assert app.correlation_ids == [correlation_id]
+
+
+class FakeDeletionApp(FakeApp):
+    def __init__(self, outcome: str) -> None:
+        super().__init__(False, False)
+        self.outcome = outcome
+
+    def request_deletion(self, command: DeleteBackup, tracking: Tracking) -> str:
+        return self.outcome
+
+
+class FakeDeleter:
+    def __init__(self) -> None:
+        self.submitted: list[uuid.UUID] = []
+
+    async def submit(self, backup_id: uuid.UUID) -> None:
+        self.submitted.append(backup_id)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "submitted", "saved"),
+    [("accepted", True, True), ("already", True, False), ("refused", False, False)],
+)
+async def test_a_deletion_reaches_the_deleter_unless_refused(
+    outcome: str, submitted: bool, saved: bool
+) -> None:
+    # "already": the event may be stored while its removal row was never written, and a
+    # repeated deletion re-arms a removal that gave up; "refused" (pending or running)
+    # must not remove anything.
+    deleter, saves = FakeDeleter(), []
+    handlers = make_handlers(
+        FakeDeletionApp(outcome),  # type: ignore[arg-type]
+        FakeExecutor(),  # type: ignore[arg-type]
+        lambda: saves.append(1),
+        deleter,  # type: ignore[arg-type]
+    )
+    command = DeleteBackup(
+        backup_id=uuid.uuid4(),
+        organization_id=uuid.uuid4(),
+        environment_id=uuid.uuid4(),
+        requested_by="t",
+        requested_at=utc_now(),
+    )
+    envelope = Envelope.wrap(
+        command,
+        producer="t",
+        organization_id=command.organization_id,
+        environment_id=command.environment_id,
+    )
+    delivery = Delivery(envelope, Tracking("cluster/backup.commands:0", 1), attempt=1)
+    await handlers[DeleteBackup](command, delivery)
+    assert deleter.submitted == ([command.backup_id] if submitted else [])
+    assert saves == ([1] if saved else [])

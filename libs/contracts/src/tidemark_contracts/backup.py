@@ -218,6 +218,59 @@ class BackupFailed(Message):
     failed_at: UtcDatetime
 
 
+class DeleteBackup(Message):
+    """Command: delete a completed or failed backup, removing its artifact from every
+    destination. Refused (nothing happens) while the backup is pending or running; a
+    backup already being deleted, or deleted, is not deleted twice."""
+
+    message_type: ClassVar[str] = "backup.DeleteBackup"
+    version: Literal[1] = 1
+    backup_id: uuid.UUID
+    organization_id: uuid.UUID
+    environment_id: uuid.UUID
+    requested_by: str
+    requested_at: UtcDatetime
+
+
+class BackupDeletionRequested(Message):
+    """Event: the backup is being deleted; its artifact is removed from every destination
+    next (``BackupDeleted`` once gone from all, ``BackupCleanupFailed`` for each failed try)."""
+
+    message_type: ClassVar[str] = "backup.BackupDeletionRequested"
+    version: Literal[1] = 1
+    backup_id: uuid.UUID
+    environment_id: uuid.UUID
+    requested_by: str
+    requested_at: UtcDatetime
+
+
+class BackupDeleted(Message):
+    """Event: the backup's artifact is gone from every destination; the backup is kept as a
+    record, in status ``deleted``."""
+
+    message_type: ClassVar[str] = "backup.BackupDeleted"
+    version: Literal[1] = 1
+    backup_id: uuid.UUID
+    environment_id: uuid.UUID
+    deleted_at: UtcDatetime
+
+
+class BackupCleanupFailed(Message):
+    """Event: one try at removing the artifact from ``destinationId`` failed, for ``error``
+    (never a path of the runner's machine). ``final``: no further try is scheduled; the
+    backup stays ``deleting`` until its deletion is requested again."""
+
+    message_type: ClassVar[str] = "backup.BackupCleanupFailed"
+    version: Literal[1] = 1
+    backup_id: uuid.UUID
+    environment_id: uuid.UUID
+    destination_id: uuid.UUID
+    error: str
+    attempt: int = Field(ge=1)
+    final: bool = False
+    failed_at: UtcDatetime
+
+
 class BackupProgress(Message):
     """Ephemeral progress tick; only on the progress topic, never in an event store."""
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tidemark_contracts.backup import (
+    BackupCleanupFailed,
     BackupCompleted,
+    BackupDeleted,
+    BackupDeletionRequested,
     BackupFailed,
     BackupProgress,
     BackupRequested,
     BackupStarted,
     BackupUploaded,
+    DeleteBackup,
     RequestBackup,
 )
 from tidemark_contracts.base import Message
@@ -63,12 +67,21 @@ def dlq_topic(topic: Topic) -> Topic:
 BACKUP_COMMANDS = Topic(
     "backup.commands",
     "Commands for the backup-runner, issued by the gateway and the scheduler.",
-    (RequestBackup,),
+    (RequestBackup, DeleteBackup),
 )
 BACKUP_EVENTS = Topic(
     "backup.events",
     "Domain events of the Backup aggregate, relayed from the backup-runner's event store.",
-    (BackupRequested, BackupStarted, BackupUploaded, BackupCompleted, BackupFailed),
+    (
+        BackupRequested,
+        BackupStarted,
+        BackupUploaded,
+        BackupCompleted,
+        BackupFailed,
+        BackupDeletionRequested,
+        BackupDeleted,
+        BackupCleanupFailed,
+    ),
 )
 BACKUP_PROGRESS = Topic(
     "backup.progress",

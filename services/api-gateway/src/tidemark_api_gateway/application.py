@@ -22,13 +22,16 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter
 from tidemark_contracts import BACKUP_COMMANDS, CATALOG_EVENTS, Envelope, Message, Topic, utc_now
 from tidemark_contracts import event_message_id as stable_message_id
 from tidemark_contracts.backup import (
+    BackupDeletionRequested,
     BackupRequested,
     BackupType,
     DatabaseTarget,
+    DeleteBackup,
     DestinationConfig,
     DestinationRef,
     DestinationTarget,
@@ -62,6 +65,7 @@ from tidemark_api_gateway.domain import (
     Project,
 )
 from tidemark_api_gateway.outbox import enqueue
+from tidemark_api_gateway.readmodel import SCHEMA
 
 PRODUCER = "api-gateway"
 CATALOG_SCHEMA = "gateway_catalog"
@@ -79,6 +83,23 @@ LOCAL_PATH = "local-path"
 
 class Gone(Exception):
     """The aggregate the request names does not exist (for this organization)."""
+
+
+class BackupInProgress(Exception):
+    """The backup is pending or running: it cannot be deleted before it ends."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class DestinationInUse(Exception):
+    """The destination still serves a schedule or holds backups that are not deleted;
+    ``args[0]`` says which, without naming anything of another organization."""
+
+
+class DestinationGone(Exception):
+    """A destination the request names was removed while the request was being made."""
 
 
 # A recorded use of a secret whose registration never got saved (the gateway stopped in
@@ -475,12 +496,124 @@ class Gateway:
     async def remove_destination(
         self, organization_id: uuid.UUID, destination_id: uuid.UUID
     ) -> None:
-        events = await asyncio.to_thread(
-            self.catalog.remove_destination, organization_id, destination_id, utc_now()
-        )
-        await self._recorded(events)
+        """Remove the destination; ``DestinationInUse`` while a schedule uses it or it holds
+        backups that are not deleted (whatever their status: a failed backup may hold an
+        upload, a pending one is about to).
+
+        The check and the removal run under a lock of the destination's catalog row, which
+        ``request_backup`` shares while it commits a backup into the destination: either
+        the backup is committed first (and this answers 409), or the removal is (and the
+        request finds the destination gone). Never a backup into a removed destination."""
+        schema = self.catalog_view.schema
+        async with self.catalog_view.pool.connection() as conn, conn.transaction():
+            found = await (
+                await conn.execute(
+                    f"SELECT id FROM {schema}.destinations "
+                    "WHERE organization_id = %s AND id = %s FOR UPDATE",
+                    (organization_id, destination_id),
+                )
+            ).fetchone()
+            if found is None:
+                raise Gone
+            if await self._schedules_using(conn, organization_id, destination_id):
+                raise DestinationInUse("a schedule of the organization uses it")
+            held = await (
+                await conn.execute(
+                    f"SELECT count(*) AS n FROM {SCHEMA}.backups "
+                    "WHERE organization_id = %s AND status <> 'deleted' AND destinations @> %s",
+                    (organization_id, Jsonb([{"destinationId": str(destination_id)}])),
+                )
+            ).fetchone()
+            if held is not None and held["n"]:
+                raise DestinationInUse(
+                    f"it holds {held['n']} backup(s) that are not deleted; delete them first"
+                )
+            events = await asyncio.to_thread(
+                self.catalog.remove_destination, organization_id, destination_id, utc_now()
+            )
+            for event in events:
+                mapped = self.catalog.to_envelope(event)
+                if mapped is not None:
+                    await self.catalog_view.apply_now(mapped[1], conn)
+        self._wake_relays()
         # Its credentials are free to be deleted now.
         await asyncio.to_thread(self.vault.drop_uses, destination_id)
+
+    async def _schedules_using(
+        self, conn: Any, organization_id: uuid.UUID, destination_id: uuid.UUID
+    ) -> bool:
+        """Whether a schedule of the organization stores backups in the destination.
+
+        Hook: no schedules exist yet; the scheduler's part of issue 7 answers from its read
+        model here, in the removal's transaction."""
+        return False
+
+    async def delete_backup(
+        self,
+        *,
+        organization_id: uuid.UUID,
+        backup_id: uuid.UUID,
+        requested_by: str,
+        correlation_id: uuid.UUID | None,
+    ) -> bool:
+        """Issue a ``DeleteBackup``; False when the organization has no such backup.
+
+        The row is locked while its status is checked and changed, so concurrent requests
+        (on any gateway instance) see each other. ``BackupInProgress`` while pending or
+        running. A ``deleting`` backup gets the command again (the runner records nothing
+        new; it re-arms a removal that gave up); a ``deleted`` one gets nothing."""
+        async with self.backups_view.pool.connection() as conn, conn.transaction():
+            row = await (
+                await conn.execute(
+                    f"SELECT status, environment_id FROM {SCHEMA}.backups "
+                    "WHERE organization_id = %s AND id = %s FOR UPDATE",
+                    (organization_id, backup_id),
+                )
+            ).fetchone()
+            if row is None:
+                return False
+            status = row["status"]
+            if status in ("pending", "running"):
+                raise BackupInProgress(status)
+            if status == "deleted":
+                return True
+            command = DeleteBackup(
+                backup_id=backup_id,
+                organization_id=organization_id,
+                environment_id=row["environment_id"],
+                requested_by=requested_by,
+                requested_at=utc_now(),
+            )
+            if status != "deleting":
+                # Readable at once as the runner's event will say; unversioned, so the
+                # real one still applies.
+                deleting = Envelope.wrap(
+                    BackupDeletionRequested(
+                        backup_id=backup_id,
+                        environment_id=command.environment_id,
+                        requested_by=requested_by,
+                        requested_at=command.requested_at,
+                    ),
+                    producer=PRODUCER,
+                    organization_id=organization_id,
+                    environment_id=command.environment_id,
+                    aggregate_id=backup_id,
+                )
+                await self.backups_view.apply_now(deleting, conn)
+            await enqueue(
+                conn,
+                BACKUP_COMMANDS,
+                Envelope.wrap(
+                    command,
+                    producer=PRODUCER,
+                    organization_id=organization_id,
+                    environment_id=command.environment_id,
+                    aggregate_id=backup_id,
+                    correlation_id=correlation_id or backup_id,
+                ),
+            )
+        self._wake_relays()
+        return True
 
     async def request_backup(
         self,
@@ -542,6 +675,17 @@ class Gateway:
             aggregate_id=command.backup_id,
         )
         async with self.backups_view.pool.connection() as conn, conn.transaction():
+            # Shared with remove_destination's lock: no backup into a destination that is
+            # being removed (DestinationGone, when the removal committed first).
+            locked = await (
+                await conn.execute(
+                    f"SELECT id FROM {self.catalog_view.schema}.destinations "
+                    "WHERE organization_id = %s AND id = ANY(%s) FOR SHARE",
+                    (organization_id, [d.destination_id for d in command.destinations]),
+                )
+            ).fetchall()
+            if len(locked) < len({d.destination_id for d in command.destinations}):
+                raise DestinationGone
             await self.backups_view.apply_now(pending, conn)
             await enqueue(conn, BACKUP_COMMANDS, envelope)
         self._wake_relays()

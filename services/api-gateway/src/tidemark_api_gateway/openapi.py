@@ -51,6 +51,7 @@ LINKS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "requestBackup": {
         "GetBackup": ("getBackup", "backup_id"),
+        "DeleteBackup": ("deleteBackup", "backup_id"),
     },
     "createSecret": {
         "GetSecret": ("getSecret", "name"),

@@ -12,7 +12,10 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from tidemark_contracts import BACKUP_EVENTS, Envelope, Message, Topic
 from tidemark_contracts.backup import (
+    BackupCleanupFailed,
     BackupCompleted,
+    BackupDeleted,
+    BackupDeletionRequested,
     BackupFailed,
     BackupRequested,
     BackupStarted,
@@ -118,7 +121,25 @@ def next_row(row: Row | None, event: Message) -> Row:
         )
         if new.get("started_at"):
             new["duration_ms"] = int((event.failed_at - new["started_at"]).total_seconds() * 1000)
+    elif isinstance(event, BackupDeletionRequested | BackupCleanupFailed | BackupDeleted):
+        new.update(_after_deletion_event(new, event))
     return new
+
+
+def _after_deletion_event(
+    row: Row, event: BackupDeletionRequested | BackupCleanupFailed | BackupDeleted
+) -> Row:
+    """The columns a deletion event changes. The row stays, with the backup's history."""
+    if isinstance(event, BackupDeletionRequested):
+        return {"status": "deleting"}
+    if isinstance(event, BackupCleanupFailed):
+        # Still deleting; the reason is shown until a later try succeeds.
+        return {"status": "deleting", "error": event.error}
+    return {
+        "status": "deleted",
+        "error": None,
+        "destinations": [{**d, "status": "deleted"} for d in row.get("destinations", [])],
+    }
 
 
 class BackupsView:

@@ -64,6 +64,16 @@ async def default_destinations(pool: Pool, organization_id: uuid.UUID) -> list[D
         return await cursor.fetchall()
 
 
+async def schedule_destinations(
+    pool: Pool, organization_id: uuid.UUID, environment_id: uuid.UUID
+) -> list[DictRow] | None:
+    """The destinations of the environment's schedule; None when it has none.
+
+    Hook: no schedules exist yet. The scheduler's part of issue 7 answers from its read
+    model here (a manual backup without ``destinationIds`` goes where its schedule's go)."""
+    return None
+
+
 def backup_filters(
     where: str,
     params: list[Any],

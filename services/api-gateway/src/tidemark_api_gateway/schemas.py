@@ -16,6 +16,7 @@ from pydantic import (
     RootModel,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from tidemark_contracts import UtcDatetime
@@ -325,7 +326,38 @@ class SecretOut(ResponseBody):
 class CreateBackup(RequestBody):
     type: BackupType
     label: Annotated[str, Field(max_length=200, pattern=PRINTABLE)] | None = None
-    destination_ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=10)] | None = None
+    destination_ids: (
+        Annotated[
+            list[uuid.UUID],
+            Field(
+                min_length=1,
+                max_length=10,
+                description="where to store it; without it (and without destinationId): the "
+                "schedule's destinations, else the organization's default ones, else 422",
+            ),
+        ]
+        | None
+    ) = None
+    destination_id: Annotated[
+        uuid.UUID | None,
+        Field(
+            description="the source document's shorthand for destinationIds: [id]; "
+            "giving both is 422"
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _one_way_to_name_destinations(self) -> CreateBackup:
+        if self.destination_id is not None and self.destination_ids is not None:
+            raise ValueError("give destinationIds or destinationId, not both")
+        return self
+
+    @property
+    def requested_destinations(self) -> list[uuid.UUID] | None:
+        """The destinations named either way; None when the request names none."""
+        if self.destination_id is not None:
+            return [self.destination_id]
+        return self.destination_ids
 
 
 class BackupDestinationOut(ResponseBody):

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
+from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import Tracking
 from tidemark_contracts import BACKUP_EVENTS, Envelope, Message, Topic, event_message_id, utc_now
 from tidemark_contracts.backup import (
+    BackupCleanupFailed,
     BackupCompleted,
+    BackupDeleted,
+    BackupDeletionRequested,
     BackupFailed,
     BackupRequested,
     BackupStarted,
     BackupUploaded,
+    DeleteBackup,
     DestinationRef,
     RequestBackup,
 )
 from tidemark_platform.eventstore import EventStoreApplication
 
-from tidemark_backup_runner.domain import Backup
+from tidemark_backup_runner.domain import Backup, BackupError
 from tidemark_backup_runner.work import LogChange
 
 PRODUCER = "backup-runner"
@@ -31,6 +36,9 @@ MILESTONES: dict[type, type[Message]] = {
     Backup.Completed: BackupCompleted,
     Backup.Failed: BackupFailed,
 }
+# What became of a DeleteBackup: recorded; already being (or) deleted; refused while the
+# backup is pending or running; or no backup of that organization to delete.
+DeletionOutcome = Literal["accepted", "already", "refused", "unknown"]
 EVENT_METADATA = frozenset({"originator_id", "originator_version", "timestamp"})
 
 
@@ -100,6 +108,26 @@ class BackupRunnerApplication(EventStoreApplication):
         backup.fail(reason, utc_now())
         return self.save_tracked(tracking, backup)
 
+    def request_deletion(self, command: DeleteBackup, tracking: Tracking) -> DeletionOutcome:
+        """Record that the backup is to be deleted (the cleanup itself is deletion.py's).
+
+        Nothing is recorded when it is already being deleted or deleted, nor when the
+        aggregate refuses (pending or running: a race with the gateway's read model, or a
+        command around the gateway), nor for a backup of another organization."""
+        try:
+            backup = self.get_backup(command.backup_id)
+        except AggregateNotFoundError:
+            return "unknown"
+        if backup.organization_id != command.organization_id:
+            return "unknown"
+        try:
+            if not backup.request_deletion(command.requested_by, command.requested_at):
+                return "already"
+        except BackupError:
+            return "refused"
+        # A collision is another runner (or an earlier delivery) having recorded it first.
+        return "accepted" if self.save_tracked(tracking, backup) else "already"
+
     def get_backup(self, backup_id: UUID) -> Backup:
         backup: Backup = self.repository.get(backup_id)
         return backup
@@ -139,6 +167,8 @@ class BackupRunnerApplication(EventStoreApplication):
                 requested_at=event.requested_at,
                 destinations=[DestinationRef.model_validate(d) for d in event.destinations],
             )
+        elif isinstance(event, Backup.DeletionRequested | Backup.CleanupFailed | Backup.Deleted):
+            message = self._deletion_message(event, self._scope(backup_id).environment_id)
         else:
             contract = MILESTONES.get(type(event))
             if contract is None:
@@ -162,6 +192,31 @@ class BackupRunnerApplication(EventStoreApplication):
             correlation_id=scope.correlation_id,
             causation_id=backup_id,
             occurred_at=occurred_at,
+        )
+
+    @staticmethod
+    def _deletion_message(event: Any, environment_id: UUID) -> Message:
+        """The contract of a deletion event, field by field."""
+        backup_id: UUID = event.originator_id
+        if isinstance(event, Backup.DeletionRequested):
+            return BackupDeletionRequested(
+                backup_id=backup_id,
+                environment_id=environment_id,
+                requested_by=event.requested_by,
+                requested_at=event.requested_at,
+            )
+        if isinstance(event, Backup.CleanupFailed):
+            return BackupCleanupFailed(
+                backup_id=backup_id,
+                environment_id=environment_id,
+                destination_id=UUID(event.destination_id),
+                error=event.error,
+                attempt=event.attempt,
+                final=event.final,
+                failed_at=event.failed_at,
+            )
+        return BackupDeleted(
+            backup_id=backup_id, environment_id=environment_id, deleted_at=event.deleted_at
         )
 
     def _remember_scope(self, backup_id: UUID, scope: Scope) -> None:

@@ -68,6 +68,22 @@ class Backup(Aggregate):
         error: str
         failed_at: datetime
 
+    # -- deletion (its events and methods are kept together below) ------------------------
+
+    class DeletionRequested(Aggregate.Event):
+        requested_by: str
+        requested_at: datetime
+
+    class CleanupFailed(Aggregate.Event):
+        destination_id: str
+        error: str
+        attempt: int
+        final: bool
+        failed_at: datetime
+
+    class Deleted(Aggregate.Event):
+        deleted_at: datetime
+
     @staticmethod
     def create_id(backup_id: UUID) -> UUID:
         return backup_id
@@ -115,7 +131,9 @@ class Backup(Aggregate):
 
     @property
     def is_terminal(self) -> bool:
-        return self.status in ("completed", "failed")
+        """Whether no attempt at taking it can run any more (it ended, or is being or was
+        deleted: a deletion is only ever accepted after the end)."""
+        return self.status in ("completed", "failed", *DELETION_STATUSES)
 
     def start(
         self, started_at: datetime, bytes_total_estimate: int | None, attempt: int = 1
@@ -211,6 +229,65 @@ class Backup(Aggregate):
         self.status = "failed"
         self.error = error
         self.completed_at = failed_at
+
+    # -- deletion ------------------------------------------------------------------------
+
+    def request_deletion(self, requested_by: str, requested_at: datetime) -> bool:
+        """Accept the deletion of an ended backup; False (and no event) when it is already
+        being deleted or deleted. A pending or running backup is refused: its artifact is
+        being written, and a deletion now would race the attempt that writes it."""
+        if self.status in DELETION_STATUSES:
+            return False
+        if self.status not in ("completed", "failed"):
+            raise BackupError(f"cannot delete a backup that is {self.status}")
+        self._deletion_requested(requested_by=requested_by, requested_at=requested_at)
+        return True
+
+    @event(DeletionRequested)
+    def _deletion_requested(self, requested_by: str, requested_at: datetime) -> None:
+        self.status = "deleting"
+
+    def record_cleanup_failure(
+        self, destination_id: str, error: str, attempt: int, final: bool, failed_at: datetime
+    ) -> None:
+        """One try at removing the artifact from ``destination_id`` failed; the backup stays
+        ``deleting``, with ``error`` as its error, until a later try succeeds."""
+        if self.status != "deleting":
+            raise BackupError(f"cannot record a cleanup of a backup that is {self.status}")
+        if destination_id not in {str(d["destination_id"]) for d in self.destinations}:
+            raise BackupError(f"destination {destination_id} is not one of this backup's")
+        self._cleanup_failed(
+            destination_id=destination_id,
+            error=error,
+            attempt=attempt,
+            final=final,
+            failed_at=failed_at,
+        )
+
+    @event(CleanupFailed)
+    def _cleanup_failed(
+        self, destination_id: str, error: str, attempt: int, final: bool, failed_at: datetime
+    ) -> None:
+        self.error = error
+
+    def mark_deleted(self, deleted_at: datetime) -> bool:
+        """The artifact is gone from every destination; False (no event) when the backup
+        was deleted already (another runner finished first)."""
+        if self.status == "deleted":
+            return False
+        if self.status != "deleting":
+            raise BackupError(f"cannot mark a backup that is {self.status} deleted")
+        self._deleted(deleted_at=deleted_at)
+        return True
+
+    @event(Deleted)
+    def _deleted(self, deleted_at: datetime) -> None:
+        # Nothing of it is left to go wrong: a cleanup's error (or the failure's) is history.
+        self.status = "deleted"
+        self.error = None
+
+
+DELETION_STATUSES = ("deleting", "deleted")
 
 
 @dataclass(frozen=True)

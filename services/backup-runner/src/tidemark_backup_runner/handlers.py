@@ -8,11 +8,12 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker
 from tidemark_contracts import BACKUP_COMMANDS, Message
-from tidemark_contracts.backup import RequestBackup
+from tidemark_contracts.backup import DeleteBackup, RequestBackup
 from tidemark_platform.consumer import Delivery, MessageHandler, Rejecter, subscribe_tracked
 from tidemark_platform.logging import get_logger
 
 from tidemark_backup_runner.application import BackupRunnerApplication
+from tidemark_backup_runner.deletion import Deleter
 from tidemark_backup_runner.executor import BackupExecutor
 from tidemark_backup_runner.failures import readable_request
 
@@ -22,7 +23,10 @@ CONSUMER_GROUP = "backup-runner"
 
 
 def make_handlers(
-    app: BackupRunnerApplication, executor: BackupExecutor, on_saved: Callable[[], None]
+    app: BackupRunnerApplication,
+    executor: BackupExecutor,
+    on_saved: Callable[[], None],
+    deleter: Deleter | None = None,
 ) -> Mapping[type[Message], MessageHandler]:
     async def on_request_backup(command: RequestBackup, delivery: Delivery) -> None:
         created = await asyncio.to_thread(
@@ -41,7 +45,22 @@ def make_handlers(
         # attempt had succeeded). Ensuring the row is idempotent.
         await executor.submit(command.backup_id)
 
-    return {RequestBackup: on_request_backup}
+    if deleter is None:
+        return {RequestBackup: on_request_backup}
+    cleanup = deleter
+
+    async def on_delete_backup(command: DeleteBackup, delivery: Delivery) -> None:
+        outcome = await asyncio.to_thread(app.request_deletion, command, delivery.tracking)
+        if outcome == "accepted":
+            on_saved()
+        log_line = log.warning if outcome in ("refused", "unknown") else log.info
+        log_line(f"backup_deletion_{outcome}", backup_id=str(command.backup_id))
+        if outcome in ("accepted", "already"):
+            # Also when nothing new was recorded: a crash may have come between the event
+            # and the removal's row, and a repeated deletion re-arms one that gave up.
+            await cleanup.submit(command.backup_id)
+
+    return {RequestBackup: on_request_backup, DeleteBackup: on_delete_backup}
 
 
 def make_rejecters(
@@ -79,6 +98,7 @@ def register_handlers(
     on_saved: Callable[[], None],
     *,
     service: str,
+    deleter: Deleter | None = None,
 ) -> None:
     async def positions(suffix: str) -> dict[str, int]:
         return await asyncio.to_thread(app.tracking_positions, suffix)
@@ -87,7 +107,7 @@ def register_handlers(
         broker,
         BACKUP_COMMANDS,
         CONSUMER_GROUP,
-        make_handlers(app, executor, on_saved),
+        make_handlers(app, executor, on_saved, deleter),
         service=service,
         positions=positions,
         rejecters=make_rejecters(app, on_saved),

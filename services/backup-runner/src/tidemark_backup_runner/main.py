@@ -15,6 +15,7 @@ from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_ser
 from tidemark_platform.vault import SecretVault
 
 from tidemark_backup_runner.application import BackupRunnerApplication
+from tidemark_backup_runner.deletion import Deleter, DeletionPolicy, DeletionTable
 from tidemark_backup_runner.domain import WorkPolicy
 from tidemark_backup_runner.executor import BackupExecutor
 from tidemark_backup_runner.handlers import register_handlers
@@ -85,12 +86,30 @@ def create_app(settings: Settings) -> Litestar:
         ),
         destination_root=settings.destination_root,
     )
-    register_handlers(broker, app, executor, relay.wake, service=SERVICE)
+    deletions = DeletionTable(settings.database_url, SCHEMA)
+    deleter = Deleter(
+        app,
+        deletions,
+        relay.wake,
+        owner=runtime.instance_id,
+        policy=DeletionPolicy(
+            max_attempts=settings.cleanup_max_attempts,
+            first_delay_seconds=settings.cleanup_first_delay_seconds,
+            max_delay_seconds=max(
+                settings.cleanup_max_delay_seconds, settings.cleanup_first_delay_seconds
+            ),
+            poll_seconds=settings.work_poll_seconds,
+        ),
+        destination_root=settings.destination_root,
+    )
+    register_handlers(broker, app, executor, relay.wake, service=SERVICE, deleter=deleter)
     runtime.add_background(executor.run)
+    runtime.add_background(deleter.run)
+    runtime.on_shutdown(deletions.close)
     runtime.on_shutdown(app.close)
     runtime.on_shutdown(work.close)
     runtime.on_shutdown(vault.close)
-    return build_service_app(runtime, on_startup=[work.open, vault.open])
+    return build_service_app(runtime, on_startup=[work.open, vault.open, deletions.open])
 
 
 def main() -> None:

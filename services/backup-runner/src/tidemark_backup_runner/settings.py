@@ -38,3 +38,9 @@ class Settings(ServiceSettings, SecretSettings):
         "this runner's catalog view before it fails",
     )
     work_poll_seconds: float = Field(default=DEFAULT_POLL_SECONDS, gt=0)
+    # Deleting backups (deletion.py): how often removing an artifact is tried, and how far
+    # apart (doubling from the first delay up to the max); then the backup stays
+    # ``deleting`` with the error until its deletion is requested again.
+    cleanup_max_attempts: int = Field(default=5, ge=1)
+    cleanup_first_delay_seconds: float = Field(default=5.0, ge=0)
+    cleanup_max_delay_seconds: float = Field(default=300.0, ge=0)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 from psycopg.rows import DictRow
 from tidemark_contracts.backup import BackupStatus, BackupType
 
 from tidemark_api_gateway import queries
-from tidemark_api_gateway.application import Gateway
+from tidemark_api_gateway.application import BackupInProgress, DestinationGone, Gateway
 from tidemark_api_gateway.auth import Principal
 from tidemark_api_gateway.controllers.common import Limit, Offset, answers, location, page_of
 from tidemark_api_gateway.problems import Problem, invalid, not_found
@@ -37,9 +37,10 @@ async def _environment(pool: Pool, principal: Principal, env_id: uuid.UUID) -> D
 
 
 async def _destinations(
-    pool: Pool, principal: Principal, ids: list[uuid.UUID] | None
+    pool: Pool, principal: Principal, env_id: uuid.UUID, ids: list[uuid.UUID] | None
 ) -> list[DictRow]:
-    """The destinations named by the request, else the organization's defaults."""
+    """The destinations named by the request, else the environment's schedule's, else the
+    organization's defaults."""
     if ids is not None:
         found = await queries.destinations(pool, principal.organization_id, ids)
         known = {row["id"] for row in found}
@@ -52,6 +53,9 @@ async def _destinations(
             raise Problem(422, "unknown destination in destinationIds", errors)
         by_id = {row["id"]: row for row in found}
         return [by_id[i] for i in dict.fromkeys(ids)]
+    scheduled = await queries.schedule_destinations(pool, principal.organization_id, env_id)
+    if scheduled:
+        return scheduled
     defaults = await queries.default_destinations(pool, principal.organization_id)
     if not defaults:
         raise invalid(
@@ -68,7 +72,7 @@ class BackupController(Controller):
     @post(
         "/environments/{env_id:uuid}/backups",
         status_code=HTTP_202_ACCEPTED,
-        responses=answers(404),
+        responses=answers(404, 409),
         response_headers=location("backup"),
     )
     async def request_backup(
@@ -85,16 +89,21 @@ class BackupController(Controller):
             raise invalid(
                 "type", "a full backup needs the environment's cluster; this one has none"
             )
-        destinations = await _destinations(pool, principal, data.destination_ids)
-        backup_id = await gateway.request_backup(
-            organization_id=principal.organization_id,
-            requested_by=principal.subject,
-            environment=environment,
-            destinations=destinations,
-            backup_type=data.type,
-            label=data.label,
-            correlation_id=RequestContext.of(request).correlation_id,
-        )
+        destinations = await _destinations(pool, principal, env_id, data.requested_destinations)
+        try:
+            backup_id = await gateway.request_backup(
+                organization_id=principal.organization_id,
+                requested_by=principal.subject,
+                environment=environment,
+                destinations=destinations,
+                backup_type=data.type,
+                label=data.label,
+                correlation_id=RequestContext.of(request).correlation_id,
+            )
+        except DestinationGone:
+            raise Problem(
+                409, "a destination of the backup was removed meanwhile; nothing was requested"
+            ) from None
         backup = await queries.backup(pool, principal.organization_id, backup_id)
         return Response(
             BackupOut.model_validate(backup),
@@ -167,3 +176,41 @@ class BackupController(Controller):
         if row is None:
             raise not_found("backup")
         return BackupOut.model_validate(row)
+
+    @delete(
+        "/backups/{backup_id:uuid}",
+        status_code=HTTP_202_ACCEPTED,
+        responses=answers(404, 409),
+        response_headers=location("backup"),
+    )
+    async def delete_backup(
+        self,
+        request: Request[Principal, str, Any],
+        principal: Principal,
+        backup_id: uuid.UUID,
+        gateway: Gateway,
+        pool: Pool,
+    ) -> Response[BackupOut]:
+        """Mark the backup for deletion; its artifact is removed from every destination
+        asynchronously (``deleting``, then ``deleted``; a destination that cannot be cleaned
+        shows in ``error`` while it is retried). Repeating it is 202 again."""
+        try:
+            found = await gateway.delete_backup(
+                organization_id=principal.organization_id,
+                backup_id=backup_id,
+                requested_by=principal.subject,
+                correlation_id=RequestContext.of(request).correlation_id,
+            )
+        except BackupInProgress as exc:
+            raise Problem(
+                409,
+                f"the backup is {exc.status}: it can be deleted once it has completed or failed",
+            ) from None
+        row = await queries.backup(pool, principal.organization_id, backup_id) if found else None
+        if row is None:
+            raise not_found("backup")
+        return Response(
+            BackupOut.model_validate(row),
+            status_code=HTTP_202_ACCEPTED,
+            headers={"Location": f"/api/v1/backups/{backup_id}"},
+        )

@@ -8,7 +8,13 @@ from litestar import Controller, Response, delete, get, post
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from tidemark_api_gateway import queries
-from tidemark_api_gateway.application import LOCAL_PATH, Conflict, Gateway, Gone
+from tidemark_api_gateway.application import (
+    LOCAL_PATH,
+    Conflict,
+    DestinationInUse,
+    Gateway,
+    Gone,
+)
 from tidemark_api_gateway.auth import Principal
 from tidemark_api_gateway.controllers.common import (
     Limit,
@@ -87,3 +93,5 @@ class DestinationController(Controller):
             await gateway.remove_destination(principal.organization_id, destination_id)
         except Gone:
             raise not_found("destination") from None
+        except DestinationInUse as exc:
+            raise Problem(409, f"the destination cannot be deleted: {exc.args[0]}") from None
