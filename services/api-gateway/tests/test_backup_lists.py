@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import Tracking
 from tidemark_api_gateway.projection import BackupsView, count_moves
-from tidemark_api_gateway.queries import BackupList, backup_page
+from tidemark_api_gateway.queries import BackupList
+from tidemark_api_gateway.queries import backup_page as found_page
 from tidemark_api_gateway.readmodel import SCHEMA, migrate
 from tidemark_contracts import Envelope, Message
 from tidemark_contracts.backup import (
@@ -289,6 +290,11 @@ async def register_environment(pool: Pool, org: uuid.UUID, project: uuid.UUID, n
     env = uuid.uuid4()
     async with pool.connection() as conn:
         await conn.execute(
+            f"INSERT INTO {SCHEMA}.projects (id, organization_id, name, created_at) "
+            "VALUES (%s, %s, 'p', %s) ON CONFLICT DO NOTHING",
+            (project, org, T0),
+        )
+        await conn.execute(
             f"INSERT INTO {SCHEMA}.environments (id, organization_id, project_id, name, "
             "database, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
             (env, org, project, name, json.dumps({}), T0),
@@ -335,7 +341,14 @@ async def test_totals_and_items_follow_the_filters(pool: Pool, view: ProjectionR
     assert await listed(BackupList(org, environment_id=env, status="deleted")) == (0, 0, set())
     assert (await listed(BackupList(org, project_id=project)))[:2] == (17, 17)
     assert (await listed(BackupList(org, project_id=project, status="failed")))[:2] == (3, 3)
-    assert (await listed(BackupList(uuid.uuid4(), environment_id=env)))[:2] == (0, 0)
+    # Another organization's environment or project is not found, not an empty list.
+    stranger = uuid.uuid4()
+    assert await found_page(pool, BackupList(stranger, environment_id=env), 20, 0) is None
+    assert await found_page(pool, BackupList(stranger, project_id=project), 20, 0) is None
+    assert await found_page(pool, BackupList(org, environment_id=uuid.uuid4()), 20, 0) is None
+    # A known environment without backups is an empty list with total 0.
+    empty = await register_environment(pool, org, project, "empty")
+    assert await found_page(pool, BackupList(org, environment_id=empty), 20, 0) == ([], 0)
     # A short page still carries the whole list's total.
     rows, total = await backup_page(pool, BackupList(org, project_id=project), 5, 0)
     assert (len(rows), total) == (5, 17)
@@ -387,6 +400,14 @@ async def test_a_project_item_names_its_environment_as_it_is_now(
     assert [r["environment"] for r in rows] == [{"id": str(env), "name": "prod"}] * 2
 
 
+async def backup_page(
+    pool: Pool, backups: BackupList, limit: int, offset: int
+) -> tuple[list[Any], int]:
+    found = await found_page(pool, backups, limit, offset)
+    assert found is not None, "the list's environment or project was not found"
+    return found
+
+
 def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return [plan, *(n for child in plan.get("Plans", []) for n in plan_nodes(child))]
 
@@ -425,19 +446,24 @@ async def test_pages_walk_an_index_and_totals_never_count_the_backups(
         # A deep page of a large list walks the index too (a filtered list of a few hundred
         # rows may rightly be read and sorted whole beyond its first page).
         for offset in (0, 1000) if backups.status is None and backups.backup_type is None else (0,):
-            page = backups.page(20, offset)
-            nodes = await explain(pool, page.sql, page.params)
+            query = backups.query(20, offset)
+            nodes = await explain(pool, query.sql, query.params)
             scans = [n for n in nodes if n.get("Relation Name") == "backups"]
             assert [n["Node Type"] for n in scans] == ["Index Scan"], (what, nodes)
-            # The index gives the order: no sort of the matching rows.
-            assert not [n for n in nodes if n["Node Type"] in ("Sort", "Incremental Sort")], what
+            # The index gives the order: nothing is sorted before the page is cut (only the
+            # page's own rows may be put in order again after it).
+            [limit] = [n for n in nodes if n["Node Type"] == "Limit"]
+            below = plan_nodes(limit)
+            assert not [n for n in below if n["Node Type"] in ("Sort", "Incremental Sort")], what
             # A filtered list seeks to its filter in an index (both filters at once: one of
             # them, the other checked on the index's rows); it never reads the whole scope.
             condition = scans[0]["Index Cond"]
-            where = page.sql.split("WHERE")[1]
+            where = backups.page(20, offset).sql.split("WHERE")[1]
             filters = [c for c in ("status", "type") if f"{c} = " in where]
             if filters:
                 assert any(f"{c} = " in condition for c in filters), (what, condition)
+            # The total is summed from the counts; the backups are only read for the page.
+            assert "backup_counts" in {n.get("Relation Name") for n in nodes}, what
         total = backups.total()
         nodes = await explain(pool, total.sql, total.params)
         assert {n.get("Relation Name") for n in nodes} - {None} == {"backup_counts"}, what

@@ -157,12 +157,35 @@ class BackupList:
             params,
         )
 
+    def query(self, limit: int, offset: int) -> Statement:
+        """In one round trip: the list's total and page, or no row at all when the
+        environment or project is not the organization's. The page's rows come from an index
+        in order (``page``); only those are put in order again here."""
+        scope_table, scope_id = (
+            ("environments", self.environment_id)
+            if self.environment_id is not None
+            else ("projects", self.project_id)
+        )
+        page, total = self.page(limit, offset), self.total()
+        return Statement(
+            f"SELECT s.list_total, p.* FROM (SELECT ({total.sql}) AS list_total "
+            f"FROM {SCHEMA}.{scope_table} WHERE organization_id = %s AND id = %s) s "
+            f"LEFT JOIN LATERAL ({page.sql}) p ON true ORDER BY p.created_at DESC, p.id",
+            [*total.params, self.organization_id, scope_id, *page.params],
+        )
+
 
 async def backup_page(
     pool: Pool, backups: BackupList, limit: int, offset: int
-) -> tuple[list[DictRow], int]:
-    page, total = backups.page(limit, offset), backups.total()
+) -> tuple[list[DictRow], int] | None:
+    """The page and the total of ``backups``; None when its environment or project is not
+    the organization's."""
+    query = backups.query(limit, offset)
     async with pool.connection() as conn:
-        rows = await (await conn.execute(page.sql, page.params)).fetchall()
-        count = await (await conn.execute(total.sql, total.params)).fetchone()
-    return rows, int(count["n"]) if count else 0
+        rows = await (await conn.execute(query.sql, query.params)).fetchall()
+    if not rows:
+        return None
+    total = int(rows[0].pop("list_total"))
+    for row in rows[1:]:
+        del row["list_total"]
+    return [r for r in rows if r["id"] is not None], total

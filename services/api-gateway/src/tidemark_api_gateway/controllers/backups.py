@@ -63,10 +63,19 @@ async def _destinations(
 
 
 async def _page(
-    pool: Pool, backups: queries.BackupList, limit: int | None, offset: int, *, default: int
+    pool: Pool,
+    backups: queries.BackupList,
+    limit: int | None,
+    offset: int,
+    *,
+    default: int,
+    scope: str,
 ) -> Page[BackupOut]:
     size = page_size(limit, default)
-    rows, total = await queries.backup_page(pool, backups, size, offset)
+    found = await queries.backup_page(pool, backups, size, offset)
+    if found is None:
+        raise not_found(scope)
+    rows, total = found
     return Page(
         items=[BackupOut.model_validate(r) for r in rows], total=total, limit=size, offset=offset
     )
@@ -123,14 +132,13 @@ class BackupController(Controller):
         limit: Limit = 20,
         offset: Offset = 0,
     ) -> Page[BackupOut]:
-        await _environment(pool, principal, env_id)
         backups = queries.BackupList(
             principal.organization_id,
             environment_id=env_id,
             status=status or None,
             backup_type=backup_type or None,
         )
-        return await _page(pool, backups, limit, offset, default=20)
+        return await _page(pool, backups, limit, offset, default=20, scope="environment")
 
     @get("/projects/{project_id:uuid}/backups", responses=answers(404))
     async def list_project_backups(
@@ -142,12 +150,10 @@ class BackupController(Controller):
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> Page[BackupOut]:
-        if await queries.project(pool, principal.organization_id, project_id) is None:
-            raise not_found("project")
         backups = queries.BackupList(
             principal.organization_id, project_id=project_id, status=status or None
         )
-        return await _page(pool, backups, limit, offset, default=50)
+        return await _page(pool, backups, limit, offset, default=50, scope="project")
 
     @get("/backups/{backup_id:uuid}", responses=answers(404))
     async def get_backup(self, principal: Principal, backup_id: uuid.UUID, pool: Pool) -> BackupOut:
