@@ -467,3 +467,33 @@ async def test_pages_walk_an_index_and_totals_never_count_the_backups(
         total = backups.total()
         nodes = await explain(pool, total.sql, total.params)
         assert {n.get("Relation Name") for n in nodes} - {None} == {"backup_counts"}, what
+
+
+async def test_a_page_is_planned_for_its_own_values_every_time(
+    create_database: Callable[..., str], view: ProjectionRunner
+) -> None:
+    """A statement prepared on the server gets a generic plan after five runs, one that
+    knows neither the environment nor the page and sorts the whole environment: the page
+    is never prepared, so each request is planned with its values (EXPLAINed above)."""
+    del view  # the schema is the view fixture's, in its own database
+    org, project = uuid.uuid4(), uuid.uuid4()
+    single = connection_pool(create_database("lists"), min_size=1, max_size=1)
+    await single.open()
+    try:
+        async with single.connection() as conn:
+            await migrate(
+                conn,
+                ProjectionRunner(single, SCHEMA, CatalogView()),
+                ProjectionRunner(single, SCHEMA, BackupsView()),
+            )
+        env = await register_environment(single, org, project, "production")
+        await insert_backups(single, org, project, env, 50)
+        for backups in (BackupList(org, environment_id=env), BackupList(org, project_id=project)):
+            for _ in range(8):
+                await backup_page(single, backups, 20, 0)
+        async with single.connection() as conn:
+            cursor = await conn.execute("SELECT statement FROM pg_prepared_statements")
+            prepared = [r["statement"] for r in await cursor.fetchall()]
+        assert not [s for s in prepared if "backup_counts" in s], prepared
+    finally:
+        await single.close()

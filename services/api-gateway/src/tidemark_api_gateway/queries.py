@@ -182,7 +182,11 @@ async def backup_page(
     the organization's."""
     query = backups.query(limit, offset)
     async with pool.connection() as conn:
-        rows = await (await conn.execute(query.sql, query.params)).fetchall()
+        # Never a server-side prepared statement: after five runs PostgreSQL may keep a
+        # generic plan, which knows neither the environment nor LIMIT/OFFSET and sorts
+        # every backup of the environment (measured: 35 pages/s instead of hundreds).
+        cursor = await conn.execute(query.sql, query.params, prepare=False)
+        rows = await cursor.fetchall()
     if not rows:
         return None
     total = int(rows[0].pop("list_total"))
