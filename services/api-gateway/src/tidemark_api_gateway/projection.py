@@ -46,6 +46,25 @@ COLUMNS = (
 )
 
 
+# What a list's ``total`` is summed from: one row per combination of these with its number
+# of backups, kept by ``apply`` in the transaction that changes the backup's row. Generic
+# over the values, so a status added later is counted without a change here.
+COUNT_KEY = ("organization_id", "project_id", "environment_id", "status", "type")
+CountKey = tuple[Any, ...]
+
+
+def count_moves(before: Row | None, after: Row) -> list[tuple[CountKey, int]]:
+    """How the counts change when a backup's row goes from ``before`` to ``after``: -1 for
+    the key it left and +1 for the key it joined, none when the key stays. Sorted by key,
+    so concurrent writers lock count rows in one order (no deadlock)."""
+    old = tuple(before[c] for c in COUNT_KEY) if before is not None else None
+    new = tuple(after[c] for c in COUNT_KEY)
+    if old == new:
+        return []
+    moves = [(new, 1)] if old is None else [(old, -1), (new, 1)]
+    return sorted(moves, key=lambda move: tuple(str(v) for v in move[0]))
+
+
 def _destination(ref: Any) -> dict[str, Any]:
     return {
         "destinationId": str(ref.destination_id),
@@ -147,7 +166,7 @@ class BackupsView:
 
     name = "gateway-backups"
     topic: Topic = BACKUP_EVENTS
-    tables: tuple[str, ...] = ("backups",)
+    tables: tuple[str, ...] = ("backups", "backup_counts")
 
     def ddl(self, schema: str) -> str:
         return f"""
@@ -178,6 +197,37 @@ CREATE INDEX IF NOT EXISTS backups_by_environment
     ON {schema}.backups (environment_id, created_at DESC, id);
 CREATE INDEX IF NOT EXISTS backups_by_project
     ON {schema}.backups (organization_id, project_id, created_at DESC, id);
+{self.paging_ddl(schema)}"""
+
+    def paging_ddl(self, schema: str) -> str:
+        """What makes the list endpoints index-backed: an index per filter, in the lists'
+        order (``created_at DESC, id``), and the counts that ``total`` is summed from, so
+        no request counts the rows of a large environment. A deep ``offset`` still walks
+        the index up to it (API.md fixes limit/offset paging)."""
+        return f"""
+CREATE INDEX IF NOT EXISTS backups_by_environment_status
+    ON {schema}.backups (environment_id, status, created_at DESC, id);
+CREATE INDEX IF NOT EXISTS backups_by_environment_type
+    ON {schema}.backups (environment_id, type, created_at DESC, id);
+CREATE INDEX IF NOT EXISTS backups_by_project_status
+    ON {schema}.backups (organization_id, project_id, status, created_at DESC, id);
+CREATE TABLE IF NOT EXISTS {schema}.backup_counts (
+    organization_id uuid NOT NULL,
+    project_id uuid NOT NULL,
+    environment_id uuid NOT NULL,
+    status text NOT NULL,
+    type text NOT NULL,
+    n bigint NOT NULL CHECK (n > 0),
+    PRIMARY KEY (organization_id, project_id, environment_id, status, type)
+);
+CREATE INDEX IF NOT EXISTS backup_counts_by_environment
+    ON {schema}.backup_counts (environment_id);
+-- A read model from before the counts existed: count its rows once. Kept counts are
+-- never empty while backups exist (a key whose count reaches 0 is deleted).
+INSERT INTO {schema}.backup_counts ({", ".join(COUNT_KEY)}, n)
+SELECT {", ".join(COUNT_KEY)}, count(*) FROM {schema}.backups
+WHERE NOT EXISTS (SELECT 1 FROM {schema}.backup_counts)
+GROUP BY {", ".join(COUNT_KEY)};
 """
 
     async def apply(
@@ -186,7 +236,8 @@ CREATE INDEX IF NOT EXISTS backups_by_project
         cursor = await conn.execute(
             f"SELECT * FROM {schema}.backups WHERE id = %s FOR UPDATE", (envelope.aggregate_id,)
         )
-        new = next_row(await cursor.fetchone(), message)
+        old = await cursor.fetchone()
+        new = next_row(old, message)
         values = [Jsonb(new.get(c)) if c == "destinations" else new.get(c) for c in COLUMNS]
         await conn.execute(
             f"INSERT INTO {schema}.backups (id, {', '.join(COLUMNS)}) "
@@ -194,3 +245,29 @@ CREATE INDEX IF NOT EXISTS backups_by_project
             f"ON CONFLICT (id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS),
             [envelope.aggregate_id, *values],
         )
+        await self.count(conn, schema, count_moves(old, new))
+
+    async def count(self, conn: Connection, schema: str, moves: list[tuple[CountKey, int]]) -> None:
+        """Apply ``count_moves`` to the counts table; a count that would reach 0 is deleted.
+        (A decrement that finds no count changes nothing; ``compare`` after a rebuild shows
+        such drift, since the counts are one of the view's tables.)"""
+        key_columns = ", ".join(COUNT_KEY)
+        match = " AND ".join(f"{c} = %s" for c in COUNT_KEY)
+        for key, delta in moves:
+            if delta > 0:
+                await conn.execute(
+                    f"INSERT INTO {schema}.backup_counts AS c ({key_columns}, n) "
+                    f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT ({key_columns}) "
+                    "DO UPDATE SET n = c.n + excluded.n",
+                    [*key, delta],
+                )
+                continue
+            cursor = await conn.execute(
+                f"DELETE FROM {schema}.backup_counts WHERE {match} AND n <= %s",
+                [*key, -delta],
+            )
+            if cursor.rowcount == 0:
+                await conn.execute(
+                    f"UPDATE {schema}.backup_counts SET n = n + %s WHERE {match}",
+                    [delta, *key],
+                )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg.rows import DictRow
@@ -108,3 +109,97 @@ async def page(
         ).fetchall()
         count = await (await conn.execute(f"SELECT count(*) AS n {from_where}", params)).fetchone()
     return rows, int(count["n"]) if count else 0
+
+
+@dataclass(frozen=True)
+class Statement:
+    sql: str
+    params: list[Any]
+
+
+@dataclass(frozen=True)
+class BackupList:
+    """A list of an organization's backups: one environment's, or one project's (whose
+    items add ``environment: {id, name}``, the environment's name as the catalog has it
+    now), with the optional ``status``/``type`` filters."""
+
+    organization_id: uuid.UUID
+    environment_id: uuid.UUID | None = None
+    project_id: uuid.UUID | None = None
+    status: str | None = None
+    backup_type: str | None = None
+
+    def _where(self, alias: str) -> tuple[str, list[Any]]:
+        scope, scope_id = (
+            ("environment_id", self.environment_id)
+            if self.environment_id is not None
+            else ("project_id", self.project_id)
+        )
+        return backup_filters(
+            f"{alias}organization_id = %s AND {alias}{scope} = %s",
+            [self.organization_id, scope_id],
+            self.status,
+            self.backup_type,
+            alias=alias,
+        )
+
+    def page(self, limit: int, offset: int) -> Statement:
+        """The page's rows, newest first, along an index of ``backups`` (``paging_ddl``)."""
+        if self.environment_id is not None:
+            where, params = self._where("")
+            source, columns, order = f"{SCHEMA}.backups", "*", "created_at DESC, id"
+        else:
+            where, params = self._where("b.")
+            source = f"{SCHEMA}.backups b JOIN {SCHEMA}.environments e ON e.id = b.environment_id"
+            columns = "b.*, json_build_object('id', e.id, 'name', e.name) AS environment"
+            order = "b.created_at DESC, b.id"
+        return Statement(
+            f"SELECT {columns} FROM {source} WHERE {where} ORDER BY {order} LIMIT %s OFFSET %s",
+            [*params, limit, offset],
+        )
+
+    def total(self) -> Statement:
+        """The list's length, summed from the projection's counts (a handful of rows per
+        environment) rather than counted over the backups."""
+        where, params = self._where("")
+        return Statement(
+            f"SELECT coalesce(sum(n), 0)::bigint AS n FROM {SCHEMA}.backup_counts WHERE {where}",
+            params,
+        )
+
+    def query(self, limit: int, offset: int) -> Statement:
+        """In one round trip: the list's total and page, or no row at all when the
+        environment or project is not the organization's. The page's rows come from an index
+        in order (``page``); only those are put in order again here."""
+        scope_table, scope_id = (
+            ("environments", self.environment_id)
+            if self.environment_id is not None
+            else ("projects", self.project_id)
+        )
+        page, total = self.page(limit, offset), self.total()
+        return Statement(
+            f"SELECT s.list_total, p.* FROM (SELECT ({total.sql}) AS list_total "
+            f"FROM {SCHEMA}.{scope_table} WHERE organization_id = %s AND id = %s) s "
+            f"LEFT JOIN LATERAL ({page.sql}) p ON true ORDER BY p.created_at DESC, p.id",
+            [*total.params, self.organization_id, scope_id, *page.params],
+        )
+
+
+async def backup_page(
+    pool: Pool, backups: BackupList, limit: int, offset: int
+) -> tuple[list[DictRow], int] | None:
+    """The page and the total of ``backups``; None when its environment or project is not
+    the organization's."""
+    query = backups.query(limit, offset)
+    async with pool.connection() as conn:
+        # Never a server-side prepared statement: after five runs PostgreSQL may keep a
+        # generic plan, which knows neither the environment nor LIMIT/OFFSET and sorts
+        # every backup of the environment (measured: 35 pages/s instead of hundreds).
+        cursor = await conn.execute(query.sql, query.params, prepare=False)
+        rows = await cursor.fetchall()
+    if not rows:
+        return None
+    total = int(rows[0].pop("list_total"))
+    for row in rows[1:]:
+        del row["list_total"]
+    return [r for r in rows if r["id"] is not None], total

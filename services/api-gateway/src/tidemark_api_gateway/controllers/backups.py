@@ -14,9 +14,9 @@ from tidemark_contracts.backup import BackupStatus, BackupType
 from tidemark_api_gateway import queries
 from tidemark_api_gateway.application import BackupInProgress, DestinationGone, Gateway
 from tidemark_api_gateway.auth import Principal
-from tidemark_api_gateway.controllers.common import Limit, Offset, answers, location, page_of
+from tidemark_api_gateway.controllers.common import Limit, Offset, answers, location, page_size
 from tidemark_api_gateway.problems import Problem, invalid, not_found
-from tidemark_api_gateway.readmodel import SCHEMA, Pool
+from tidemark_api_gateway.readmodel import Pool
 from tidemark_api_gateway.requests import RequestContext
 from tidemark_api_gateway.schemas import BackupOut, CreateBackup, Page
 
@@ -64,6 +64,25 @@ async def _destinations(
             "organization no default destination",
         )
     return defaults
+
+
+async def _page(
+    pool: Pool,
+    backups: queries.BackupList,
+    limit: int | None,
+    offset: int,
+    *,
+    default: int,
+    scope: str,
+) -> Page[BackupOut]:
+    size = page_size(limit, default)
+    found = await queries.backup_page(pool, backups, size, offset)
+    if found is None:
+        raise not_found(scope)
+    rows, total = found
+    return Page(
+        items=[BackupOut.model_validate(r) for r in rows], total=total, limit=size, offset=offset
+    )
 
 
 class BackupController(Controller):
@@ -122,22 +141,13 @@ class BackupController(Controller):
         limit: Limit = 20,
         offset: Offset = 0,
     ) -> Page[BackupOut]:
-        await _environment(pool, principal, env_id)
-        where, params = queries.backup_filters(
-            "organization_id = %s AND environment_id = %s",
-            [principal.organization_id, env_id],
-            status or None,
-            backup_type or None,
+        backups = queries.BackupList(
+            principal.organization_id,
+            environment_id=env_id,
+            status=status or None,
+            backup_type=backup_type or None,
         )
-        return await page_of(
-            BackupOut,
-            pool,
-            f"FROM {SCHEMA}.backups WHERE {where}",
-            params,
-            "created_at DESC, id",
-            limit=limit,
-            offset=offset,
-        )
+        return await _page(pool, backups, limit, offset, default=20, scope="environment")
 
     @get("/projects/{project_id:uuid}/backups", responses=answers(404))
     async def list_project_backups(
@@ -149,26 +159,10 @@ class BackupController(Controller):
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> Page[BackupOut]:
-        if await queries.project(pool, principal.organization_id, project_id) is None:
-            raise not_found("project")
-        where, params = queries.backup_filters(
-            "b.organization_id = %s AND b.project_id = %s",
-            [principal.organization_id, project_id],
-            status or None,
-            None,
-            alias="b.",
+        backups = queries.BackupList(
+            principal.organization_id, project_id=project_id, status=status or None
         )
-        return await page_of(
-            BackupOut,
-            pool,
-            f"FROM {SCHEMA}.backups b JOIN {SCHEMA}.environments e ON e.id = b.environment_id "
-            f"WHERE {where}",
-            params,
-            "b.created_at DESC, b.id",
-            limit=limit,
-            offset=offset,
-            columns="b.*, json_build_object('id', e.id, 'name', e.name) AS environment",
-        )
+        return await _page(pool, backups, limit, offset, default=50, scope="project")
 
     @get("/backups/{backup_id:uuid}", responses=answers(404))
     async def get_backup(self, principal: Principal, backup_id: uuid.UUID, pool: Pool) -> BackupOut:

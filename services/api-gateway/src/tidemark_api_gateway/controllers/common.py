@@ -81,11 +81,15 @@ async def page_of(
     columns: str = "*",
 ) -> Page[M]:
     """One page of a list: ``limit`` (``None``: ``default``) is clamped to MAX_PAGE."""
-    size = default if limit is None else min(limit, MAX_PAGE)
+    size = page_size(limit, default)
     rows, total = await queries.page(pool, from_where, params, order_by, size, offset, columns)
     return Page(
         items=[model.model_validate(r) for r in rows], total=total, limit=size, offset=offset
     )
+
+
+def page_size(limit: int | None, default: int) -> int:
+    return default if limit is None else min(limit, MAX_PAGE)
 
 
 def created(resource: Any, location: str) -> Response[Any]:
