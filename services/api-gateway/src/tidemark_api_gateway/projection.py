@@ -40,6 +40,8 @@ COLUMNS = (
     "duration_ms",
     "error",
     "destinations",
+    "wal_start_lsn",
+    "wal_end_lsn",
 )
 
 
@@ -106,6 +108,7 @@ def next_row(row: Row | None, event: Message) -> Row:
             duration_ms=event.duration_ms,
             error=None,
         )
+        _record_wal_range(new, event)
     elif isinstance(event, BackupFailed):
         new.update(
             status="failed",
@@ -119,6 +122,11 @@ def next_row(row: Row | None, event: Message) -> Row:
         if new.get("started_at"):
             new["duration_ms"] = int((event.failed_at - new["started_at"]).total_seconds() * 1000)
     return new
+
+
+def _record_wal_range(row: Row, event: BackupCompleted) -> None:
+    """A ``full`` backup's WAL range (null for ``db`` backups and older events)."""
+    row.update(wal_start_lsn=event.wal_start_lsn, wal_end_lsn=event.wal_end_lsn)
 
 
 class BackupsView:
