@@ -419,7 +419,11 @@ def take_full_backup(
         repacker.manifest(backup_id, created)
         result = artifact.finish()
     except OSError as exc:
+        artifact.abandon()
         raise DumpError(f"writing the artifact failed: {exc.strerror or exc}") from None
+    except BaseException:
+        artifact.abandon()
+        raise
     return DumpResult(
         size_bytes=result.size_bytes,
         checksum=result.checksum,

@@ -277,6 +277,11 @@ class CompressedArtifact:
                 writer.write(data)
             self.stored_bytes += len(data)
 
+    def abandon(self) -> None:
+        """The artifact failed: whatever is still written (a tar stream flushing as it is
+        collected) goes nowhere, since the caller aborts the writers."""
+        self._writers = ()
+
     def write(self, chunk: bytes) -> int:
         self.raw_bytes += len(chunk)
         self._emit(self._compressor.compress(chunk))
