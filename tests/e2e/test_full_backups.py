@@ -35,7 +35,7 @@ from tidemark_devstack.source_cluster import (
 )
 from tidemark_devstack.stack import Stack
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,10 @@ def test_a_full_backup_restored_by_hand_as_the_readme_says_has_the_sources_rows_
         run(["chmod", "700", str(data_directory)])
         run(["rm", "-f", str(data_directory / "postmaster.pid")])
         # 7. start it as the postgres user, on a port (and socket directory) of its own
+        server = work / "server"  # its log and socket, writable by the postgres user
+        server.mkdir()
+        if os.geteuid() == 0:
+            run(["chown", "postgres:postgres", str(server)])
         pg_ctl = str(source_cluster.postgres.bin_dir / "pg_ctl")
         run(
             as_postgres_user(
@@ -153,9 +157,9 @@ def test_a_full_backup_restored_by_hand_as_the_readme_says_has_the_sources_rows_
                     "-D",
                     str(data_directory),
                     "-l",
-                    str(work / "restore.log"),
+                    str(server / "restore.log"),
                     "-o",
-                    f"-p {restored_port} -k {work}",
+                    f"-p {restored_port} -k {server}",
                     "-w",
                     "start",
                 ]

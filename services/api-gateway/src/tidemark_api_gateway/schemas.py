@@ -185,6 +185,9 @@ class ClusterIn(RequestBody):
 
 
 class CreateEnvironment(RequestBody):
+    # filesPath's pattern needs look-ahead; its before-validator refuses control characters.
+    model_config = LOOKAHEAD
+
     name: NAME
     database: DatabaseIn
     cluster: ClusterIn | None = None
