@@ -121,11 +121,12 @@ def _ensure_login_role(
 ) -> None:
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
     verb = "ALTER" if exists else "CREATE"
-    extra = sql.SQL(" SUPERUSER") if superuser else sql.SQL("")
+    attributes = [" SUPERUSER"] if superuser else []
     if replication:
         # pg_basebackup (full backups) connects over the replication protocol; initdb's
         # pg_hba.conf already admits replication connections from 127.0.0.1 by password.
-        extra = sql.SQL("{} REPLICATION").format(extra)
+        attributes.append(" REPLICATION")
+    extra = sql.SQL("".join(attributes))
     conn.execute(
         sql.SQL("{} ROLE {} WITH LOGIN{} PASSWORD {}").format(
             sql.SQL(verb), sql.Identifier(name), extra, sql.Literal(password)

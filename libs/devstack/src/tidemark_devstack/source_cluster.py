@@ -55,7 +55,7 @@ def start_source_cluster(
     url = create_database_at(postgres.start(), database, password, replication=True)
     if schema_sql:
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(schema_sql)  # type: ignore[arg-type]  # trusted test SQL
+            conn.execute(schema_sql)
     return SourceCluster(postgres, url)
 
 
