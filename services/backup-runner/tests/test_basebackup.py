@@ -19,9 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import zstandard
 from eventsourcing.persistence import Tracking
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from tidemark_backup_runner.application import BackupRunnerApplication
@@ -33,7 +35,12 @@ from tidemark_backup_runner.basebackup import (
 )
 from tidemark_backup_runner.domain import Backup, WorkPolicy
 from tidemark_backup_runner.executor import BackupExecutor, artifact_key
-from tidemark_backup_runner.pgtools import DumpError, find_tool
+from tidemark_backup_runner.pgtools import (
+    DumpError,
+    dump_application_name,
+    find_tool,
+    stop_earlier_attempts,
+)
 from tidemark_backup_runner.registry import Registrations
 from tidemark_backup_runner.secrets import CredentialPolicy
 from tidemark_backup_runner.work import WorkTable
@@ -472,3 +479,23 @@ async def test_without_a_files_root_a_full_backup_of_an_environment_with_files_f
     assert backup.error is not None
     assert "no files root configured (TIDEMARK_BACKUP_RUNNER_FILES_ROOT)" in backup.error
     assert backup.started_at is None
+
+
+def test_a_new_attempt_ends_an_earlier_attempts_pg_basebackup_session(
+    source: SourceCluster,
+) -> None:
+    backup_id = uuid.uuid4()
+    # What a dead runner's pg_basebackup leaves: a WAL sender (in no database) named for
+    # attempt 1.
+    earlier = psycopg.connect(
+        source.database_url,
+        replication="true",
+        application_name=dump_application_name(backup_id, 1),
+        autocommit=True,
+    )
+    try:
+        assert earlier.pgconn.exec_(b"IDENTIFY_SYSTEM").status == pq.ExecStatus.TUPLES_OK
+        assert stop_earlier_attempts(target_of(source), PASSWORD, backup_id, 2) == 1
+        assert earlier.pgconn.exec_(b"IDENTIFY_SYSTEM").status != pq.ExecStatus.TUPLES_OK
+    finally:
+        earlier.close()

@@ -234,7 +234,9 @@ def stop_earlier_attempts(
         with connect(target, password, statement_timeout_ms=TERMINATE_WAIT_MS * 3) as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name LIKE %s "
+                # A full backup's pg_basebackup is a WAL sender, in no database.
+                "WHERE (datname = current_database() OR backend_type = 'walsender') "
+                "AND application_name LIKE %s "
                 "AND application_name <> %s",
                 (TERMINATE_WAIT_MS, f"tidemark-backup {backup_id} %", mine),
             ).fetchall()
