@@ -394,7 +394,8 @@ def run_basebackup_baseline(
         "-D",
         "-",
         "--checkpoint=fast",
-        *db.pg_dump_args(),
+        # A whole cluster: no --dbname (which pg_basebackup reads as a connection string).
+        *[arg for arg in db.pg_dump_args() if not arg.startswith("--dbname=")],
     ]
     pipeline = f"{shlex.join(command)} | zstd -q -o {shlex.quote(str(out))}"
     with CpuProbe(pids) as probe:

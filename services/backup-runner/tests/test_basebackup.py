@@ -45,7 +45,12 @@ from tidemark_backup_runner.registry import Registrations
 from tidemark_backup_runner.secrets import CredentialPolicy
 from tidemark_backup_runner.work import WorkTable
 from tidemark_contracts import Envelope
-from tidemark_contracts.backup import DatabaseTarget, DestinationTarget, RequestBackup
+from tidemark_contracts.backup import (
+    BackupProgress,
+    DatabaseTarget,
+    DestinationTarget,
+    RequestBackup,
+)
 from tidemark_contracts.catalog import EnvironmentRegistered
 from tidemark_devstack.e2e import SOURCE_SCHEMA, backup_request
 from tidemark_devstack.source_cluster import (
@@ -325,10 +330,15 @@ async def test_a_killed_pg_basebackup_fails_the_backup_and_leaves_no_partial_art
     work.ensure(command.backup_id)
     destinations = tmp_path / "destinations"
     destinations.mkdir()
+    ticks: list[BackupProgress] = []
+
+    async def progress(tick: BackupProgress, *_: Any) -> None:
+        ticks.append(tick)
+
     executor = BackupExecutor(
         app,
         work,
-        no_progress,
+        progress,
         lambda: None,
         owner=uuid.uuid4(),
         pg_dump="pg_dump",
@@ -339,6 +349,7 @@ async def test_a_killed_pg_basebackup_fails_the_backup_and_leaves_no_partial_art
         destination_root=destinations,
         # Slow enough (a cluster is ~40 MB) to be caught in the middle.
         basebackup_max_rate_kb=2048,
+        progress_interval=0.2,
     )
     directory = destinations / str(ORG) / "dest"
     async with running(executor):
@@ -351,6 +362,16 @@ async def test_a_killed_pg_basebackup_fails_the_backup_and_leaves_no_partial_art
             30,
             "nothing was written",
         )
+        # Progress ticks while it runs: phase basebackup, bytes against the cluster's size.
+        running_ticks = await until(
+            lambda: [t for t in ticks if t.status == "running" and t.bytes_done > 0],
+            30,
+            "no progress while pg_basebackup ran",
+        )
+        assert {t.phase for t in running_ticks} == {"basebackup"}
+        assert running_ticks[-1].bytes_total is not None
+        assert running_ticks[-1].percent is not None
+        assert 0 < running_ticks[-1].percent < 100
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         await until(lambda: finished(work, command.backup_id), 30, "the backup never ended")
