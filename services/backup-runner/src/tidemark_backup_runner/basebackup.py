@@ -201,6 +201,9 @@ class _Repacker:
         self._out = tarfile.open(  # noqa: SIM115 (closed by ``manifest``)
             fileobj=cast(IO[bytes], artifact), mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK
         )
+        # Members are copied in chunks of this size (tarfile's default is 16 kB: many
+        # more Python-level rounds per megabyte).
+        self._out.copybufsize = CHUNK  # type: ignore[attr-defined]
         self._on_progress = on_progress
         self.done = 0
         self.entries: list[dict[str, Any]] = []
