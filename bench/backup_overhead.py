@@ -70,6 +70,9 @@ FC_ZSTD = "pgdump_Fc_zstd"
 Z0_ZSTD = "pgdump_Z0_zstd"
 Z0_NULL = "pgdump_Z0_devnull"
 TIDEMARK = "tidemark"
+# The `full` figure: Tidemark's full backup against pg_basebackup | zstd of the same cluster.
+BB_ZSTD = "pg_basebackup_zstd"
+TIDEMARK_FULL = "tidemark_full"
 
 _T0 = time.monotonic()
 
@@ -215,12 +218,13 @@ def _is_complete(db: Database, order_rows: int) -> bool:
 def prepare_database(admin_url: str, order_rows: int, fresh: bool) -> Database:
     """The bench database (a login role of the same name owns it), generated unless kept."""
     password = secrets.token_urlsafe(18)
-    db = Database.from_url(create_database_at(admin_url, BENCH_DB, password))
+    # REPLICATION: the same role takes the `full` figure's base backups.
+    db = Database.from_url(create_database_at(admin_url, BENCH_DB, password, replication=True))
     if not fresh and _is_complete(db, order_rows):
         note(f"reusing the generated database {BENCH_DB} ({order_rows} order rows)")
         return db
     drop_database_at(admin_url, BENCH_DB)
-    db = Database.from_url(create_database_at(admin_url, BENCH_DB, password))
+    db = Database.from_url(create_database_at(admin_url, BENCH_DB, password, replication=True))
     note(f"generating {BENCH_DB}: {order_rows} orders, {order_rows // 10} customers ...")
     started = time.monotonic()
     with db.connect() as conn:
@@ -376,6 +380,44 @@ def run_baseline(
     return run
 
 
+def run_basebackup_baseline(
+    db: Database, pg_bin: Path, out_dir: Path, pids: dict[str, int | None]
+) -> Run:
+    """``pg_basebackup -Ft -X fetch -D - | zstd`` of the cluster, with the fast checkpoint
+    Tidemark asks for too (``basebackup.take_full_backup``): the same work, without it."""
+    out = out_dir / f"{BB_ZSTD}-{uuid.uuid4().hex[:8]}.tar.zst"
+    command = [
+        str(pg_bin / "pg_basebackup"),
+        "-Ft",
+        "-X",
+        "fetch",
+        "-D",
+        "-",
+        "--checkpoint=fast",
+        # A whole cluster: no --dbname (which pg_basebackup reads as a connection string).
+        *[arg for arg in db.pg_dump_args() if not arg.startswith("--dbname=")],
+    ]
+    pipeline = f"{shlex.join(command)} | zstd -q -o {shlex.quote(str(out))}"
+    with CpuProbe(pids) as probe:
+        started = time.perf_counter()
+        result = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", pipeline],
+            env=db.env(),
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+        seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise BenchError(
+            f"{BB_ZSTD} exited with {result.returncode}: {result.stderr.decode()[-800:]}"
+        )
+    run = Run(BB_ZSTD, seconds, size_bytes=out.stat().st_size, cpu=probe.delta)
+    out.unlink()
+    return run
+
+
 def parse_time(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
@@ -385,13 +427,16 @@ class TidemarkApi:
     client: httpx.Client
     environment_id: str
     poll_interval: float
+    # The same database registered with its cluster: what a `full` backup needs.
+    full_environment_id: str = ""
 
-    def backup(self, pids: dict[str, int | None]) -> tuple[Run, dict[str, Any]]:
-        """One db backup; the time is completedAt minus the client's clock at the 202."""
+    def backup(self, pids: dict[str, int | None], type: str = "db") -> tuple[Run, dict[str, Any]]:
+        """One backup; the time is completedAt minus the client's clock at the 202."""
+        environment_id = self.full_environment_id if type == "full" else self.environment_id
         with CpuProbe(pids) as probe:
             posted = time.time()
             response = self.client.post(
-                f"/api/v1/environments/{self.environment_id}/backups", json={"type": "db"}
+                f"/api/v1/environments/{environment_id}/backups", json={"type": type}
             )
             accepted = time.time()
             if response.status_code != 202:
@@ -414,7 +459,8 @@ class TidemarkApi:
                 time.sleep(self.poll_interval)
         completed = parse_time(body["completedAt"])
         started = parse_time(body["startedAt"])
-        run = Run(TIDEMARK, completed - accepted, int(body["sizeBytes"]), cpu=probe.delta)
+        kind = TIDEMARK_FULL if type == "full" else TIDEMARK
+        run = Run(kind, completed - accepted, int(body["sizeBytes"]), cpu=probe.delta)
         run.extra = {
             "post_s": accepted - posted,
             "accept_to_start_s": started - accepted,
@@ -483,6 +529,24 @@ def check_artifact(
         artifact.unlink(missing_ok=True)
 
 
+def check_full_artifact(body: dict[str, Any], artifacts: Path) -> None:
+    """Verify size and checksum of a `full` artifact, and that it is the archive a restore
+    by hand expects (pgdata/ first, manifest.json last); the artifact is deleted after."""
+    locations = [d.get("location") for d in body["destinations"]]
+    if len(locations) != 1 or not locations[0]:
+        raise BenchError(f"expected one stored location, got {body['destinations']}")
+    artifact = artifacts / locations[0]
+    try:
+        if artifact.stat().st_size != body["sizeBytes"]:
+            raise BenchError(f"{artifact}: size differs from the API's {body['sizeBytes']}")
+        if sha256_of(artifact) != body["checksum"]:
+            raise BenchError(f"{artifact}: checksum differs from the API's {body['checksum']}")
+        if not (body.get("walStartLsn") and body.get("walEndLsn")):
+            raise BenchError(f"full backup {body['id']} has no WAL range")
+    finally:
+        artifact.unlink(missing_ok=True)
+
+
 # --- Tidemark itself --------------------------------------------------------------------
 
 
@@ -529,6 +593,20 @@ def register(client: httpx.Client, db: Database, artifacts: str, poll: float) ->
         ),
         201,
     )
+    cluster = {"dataDirectory": "/unused", "binDirectory": "/unused", "port": db.port}
+    full_environment = expect(
+        client.post(
+            f"/api/v1/projects/{project['id']}/environments",
+            json={
+                "name": "bench-full",
+                "database": environment["database"],
+                # Only registered: the runner reaches the cluster over the replication
+                # protocol with the database's settings, and never runs its binaries.
+                "cluster": cluster,
+            },
+        ),
+        201,
+    )
     expect(
         client.post(
             "/api/v1/destinations",
@@ -541,7 +619,7 @@ def register(client: httpx.Client, db: Database, artifacts: str, poll: float) ->
         ),
         201,
     )
-    return TidemarkApi(client, environment["id"], poll)
+    return TidemarkApi(client, environment["id"], poll, full_environment["id"])
 
 
 # --- orchestration ----------------------------------------------------------------------
@@ -623,6 +701,16 @@ def report(
         if kind == FC_ZSTD:
             line += " PASS" if ratio <= TARGET_RATIO else " FAIL"
         lines.append(line)
+    if results.get(TIDEMARK_FULL):
+        full_med, bb_med = median(results[TIDEMARK_FULL]), median(results[BB_ZSTD])
+        full_ratio = full_med / bb_med
+        lines.append(
+            f"{PREFIX} tidemark_full_vs_pg_basebackup_zstd ratio={full_ratio:.2f} (tidemark full "
+            f"median {full_med:.2f}s, baseline median {bb_med:.2f}s, rounds={rounds}, "
+            f"cluster backup sizes {mib(median(results[TIDEMARK_FULL], 'size_bytes'))} vs "
+            f"{mib(median(results[BB_ZSTD], 'size_bytes'))}) target<={TARGET_RATIO}"
+            + (" PASS" if full_ratio <= TARGET_RATIO else " FAIL")
+        )
     for line in lines:
         print(line, flush=True)
 
@@ -711,6 +799,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"keep the generated database {BENCH_DB} (and reuse it next time)",
     )
     parser.add_argument("--fresh-db", action="store_true", help="regenerate even if kept")
+    parser.add_argument(
+        "--no-full",
+        action="store_true",
+        help=f"skip the `full` figure ({TIDEMARK_FULL} vs {BB_ZSTD} of the same cluster)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.rows < 1000 or args.poll_interval <= 0 or args.warmup < 0:
         parser.error("--rounds >= 1, --rows >= 1000, --poll-interval > 0, --warmup >= 0")
@@ -824,11 +917,24 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
 
     load_before = os.getloadavg()[0]
     results: dict[str, list[Run]] = {FC_ZSTD: [], TIDEMARK: [], Z0_ZSTD: [], Z0_NULL: []}
+    if not args.no_full:
+        results.update({BB_ZSTD: [], TIDEMARK_FULL: []})
     raw_dump_bytes: int | None = None
-    sequence = (FC_ZSTD, TIDEMARK, Z0_ZSTD, TIDEMARK, Z0_NULL)
+    sequence: tuple[str, ...] = (FC_ZSTD, TIDEMARK, Z0_ZSTD, TIDEMARK, Z0_NULL)
+    if not args.no_full:
+        sequence += (BB_ZSTD, TIDEMARK_FULL)
     for round_no in range(1, args.rounds + 1):
         for kind in sequence:
-            if kind == TIDEMARK:
+            if kind == BB_ZSTD:
+                run = run_basebackup_baseline(db, pg_bin, baseline_dir, pids)
+                detail = ""
+            elif kind == TIDEMARK_FULL:
+                if stack.dead():
+                    raise BenchError(f"Tidemark services exited: {stack.dead()}")
+                run, body = api.backup(pids, "full")
+                check_full_artifact(body, artifacts)
+                detail = f"(backup {run.extra['duration_s']:.2f}s)"
+            elif kind == TIDEMARK:
                 run, raw = tidemark_run(full_check=raw_dump_bytes is None)
                 raw_dump_bytes = raw_dump_bytes or raw
                 x = run.extra

@@ -30,6 +30,7 @@ def stack(
     log_dir = tmp_path_factory.mktemp("service-logs")
     services = Stack(
         destination_root=tmp_path_factory.mktemp("destinations"),
+        files_root=tmp_path_factory.mktemp("files"),
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
         jwt_secret=JWT_SECRET,

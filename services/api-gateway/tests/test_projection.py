@@ -80,6 +80,25 @@ def test_a_backup_moves_from_requested_to_completed() -> None:
     row = next_row(row, completed)
     assert row["status"] == "completed"
     assert row["duration_ms"] == 5000
+    # A db backup has no WAL range.
+    assert (row["wal_start_lsn"], row["wal_end_lsn"]) == (None, None)
+
+
+def test_a_full_backups_completion_shows_its_wal_range() -> None:
+    row = next_row(next_row(None, requested()), STARTED)
+    completed = BackupCompleted(
+        backup_id=BACKUP,
+        environment_id=ENV,
+        size_bytes=42,
+        checksum="sha256:" + "a" * 64,
+        compression="zstd",
+        completed_at=T1,
+        duration_ms=5000,
+        wal_start_lsn="0/2000028",
+        wal_end_lsn="0/20394F0",
+    )
+    row = next_row(row, completed)
+    assert (row["wal_start_lsn"], row["wal_end_lsn"]) == ("0/2000028", "0/20394F0")
 
 
 def test_a_failure_marks_the_destinations_not_reached() -> None:

@@ -184,3 +184,50 @@ def test_a_deletion_of_an_unknown_or_foreign_backup_is_no_effect() -> None:
     foreign = delete_command(command, organization_id=uuid.uuid4())
     assert app.request_deletion(foreign, Tracking("backup.commands:0", 2)) == "unknown"
     assert app.get_backup(command.backup_id).status == "completed"
+
+
+def test_a_full_backups_wal_range_is_relayed_on_its_completion() -> None:
+    app = BackupRunnerApplication()
+    command = request().model_copy(update={"type": "full"})
+    assert app.request_backup(command, Tracking("backup.commands:0", 1))
+    backup = app.get_backup(command.backup_id)
+    backup.start(T0, None)
+    backup.record_upload(backup.destinations[0]["destination_id"], "e/b.full.tar.zst", 10, T0)
+    backup.complete(
+        10, "sha256:" + "0" * 64, "zstd", T0, wal_start_lsn="0/2000028", wal_end_lsn="0/2000100"
+    )
+    app.save(backup)
+    completed = relayed(app)[-1]
+    assert completed.message_type == "backup.BackupCompleted"
+    assert (completed.payload["walStartLsn"], completed.payload["walEndLsn"]) == (
+        "0/2000028",
+        "0/2000100",
+    )
+    stored = app.get_backup(command.backup_id)
+    assert (stored.wal_start_lsn, stored.wal_end_lsn) == ("0/2000028", "0/2000100")
+
+
+def test_a_completion_stored_before_wal_ranges_existed_still_loads_and_relays_none() -> None:
+    app = BackupRunnerApplication()
+    command = request()
+    assert app.request_backup(command, Tracking("backup.commands:0", 1))
+    backup = app.get_backup(command.backup_id)
+    backup.start(T0, None)
+    backup.record_upload(backup.destinations[0]["destination_id"], "/x/a", 10, T0)
+    backup.complete(10, "sha256:" + "0" * 64, "zstd", T0)
+    events = backup.collect_events()
+    stored_events = []
+    for event in events:
+        stored = app.mapper.to_stored_event(event)
+        if isinstance(event, Backup.Completed):
+            # The state as the runner wrote it before the attributes existed.
+            state = app.mapper.transcoder.decode(stored.state)
+            del state["wal_start_lsn"], state["wal_end_lsn"]
+            stored = replace(stored, state=app.mapper.transcoder.encode(state))
+        stored_events.append(stored)
+    app.recorder.insert_events(stored_events)
+    loaded = app.get_backup(command.backup_id)
+    assert loaded.status == "completed"
+    assert (loaded.wal_start_lsn, loaded.wal_end_lsn) == (None, None)
+    completed = relayed(app)[-1]
+    assert completed.payload["walStartLsn"] is None

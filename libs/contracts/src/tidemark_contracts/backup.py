@@ -207,6 +207,10 @@ class BackupCompleted(Message):
     compression: str
     completed_at: UtcDatetime
     duration_ms: int
+    # ``full`` backups only (null for ``db``): the WAL range the base backup needs to be
+    # consistent, as PostgreSQL writes LSNs (``0/2000028``); the start of its PITR coverage.
+    wal_start_lsn: str | None = None
+    wal_end_lsn: str | None = None
 
 
 class BackupFailed(Message):

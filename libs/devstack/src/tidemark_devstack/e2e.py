@@ -311,3 +311,33 @@ async def topic_records(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes
         return records
     finally:
         await consumer.stop()
+
+
+def full_environment(
+    api: Api,
+    database_url: str,
+    cluster: dict[str, Any] | None,
+    *,
+    files_path: str | None = None,
+    password_ref: str | None = SOURCE_PASSWORD_REF,
+) -> httpx.Response:
+    """Register (in a new project) an environment on ``database_url`` with its own
+    ``cluster`` and ``files_path`` (relative to the organization's directory under the
+    runners' files root): what a ``full`` backup needs. Returns the gateway's answer."""
+    if password_ref == SOURCE_PASSWORD_REF:
+        api.secret(SOURCE_SECRET, SOURCE_PASSWORD)
+    project = api.project()
+    info = conninfo_to_dict(database_url)
+    body: dict[str, Any] = {
+        "name": "production",
+        "database": {
+            "host": info["host"],
+            "port": int(str(info["port"])),
+            "dbname": info["dbname"],
+            "user": info["user"],
+            "passwordRef": password_ref,
+        },
+        "cluster": cluster,
+        "filesPath": files_path,
+    }
+    return api.post(f"/api/v1/projects/{project['id']}/environments", json=body)

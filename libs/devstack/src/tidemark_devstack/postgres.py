@@ -112,11 +112,21 @@ def _replace_url(
 
 
 def _ensure_login_role(
-    conn: psycopg.Connection[tuple[object, ...]], name: str, password: str, *, superuser: bool
+    conn: psycopg.Connection[tuple[object, ...]],
+    name: str,
+    password: str,
+    *,
+    superuser: bool,
+    replication: bool = False,
 ) -> None:
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
     verb = "ALTER" if exists else "CREATE"
-    extra = sql.SQL(" SUPERUSER") if superuser else sql.SQL("")
+    attributes = [" SUPERUSER"] if superuser else []
+    if replication:
+        # pg_basebackup (full backups) connects over the replication protocol; initdb's
+        # pg_hba.conf already admits replication connections from 127.0.0.1 by password.
+        attributes.append(" REPLICATION")
+    extra = sql.SQL("".join(attributes))
     conn.execute(
         sql.SQL("{} ROLE {} WITH LOGIN{} PASSWORD {}").format(
             sql.SQL(verb), sql.Identifier(name), extra, sql.Literal(password)
@@ -134,16 +144,19 @@ def _ensure_database(conn: psycopg.Connection[tuple[object, ...]], name: str, ow
         )
 
 
-def create_database_at(admin_url: str, name: str, owner_password: str | None = None) -> str:
+def create_database_at(
+    admin_url: str, name: str, owner_password: str | None = None, *, replication: bool = False
+) -> str:
     """Create database ``name`` on the server of ``admin_url`` (idempotent) and return its URL.
 
     With ``owner_password``, a login role called ``name`` with that password owns the new
-    database and the returned URL uses it; otherwise the admin URL's user owns it.
+    database and the returned URL uses it; otherwise the admin URL's user owns it. With
+    ``replication`` that role may also take base backups (a ``full`` backup's source).
     ``admin_url`` must be allowed to create databases (and roles, with ``owner_password``).
     """
     with psycopg.connect(admin_url, autocommit=True) as conn:
         if owner_password is not None:
-            _ensure_login_role(conn, name, owner_password, superuser=False)
+            _ensure_login_role(conn, name, owner_password, superuser=False, replication=replication)
             owner = name
         else:
             row = conn.execute("SELECT current_user").fetchone()

@@ -696,6 +696,9 @@ def _run(session: _Session) -> int:
     # Every organization's local destinations live under <root>/<organization id>/.
     destinations = state_dir() / "destinations"
     destinations.mkdir(parents=True, exist_ok=True)
+    # ... and their environments' files directories under <files root>/<organization id>/.
+    files_root = state_dir() / "files"
+    files_root.mkdir(parents=True, exist_ok=True)
     stack = Stack(
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
@@ -706,6 +709,7 @@ def _run(session: _Session) -> int:
         log_format="json",
         replicas=replicas,
         destination_root=destinations,
+        files_root=files_root,
     )
     _start_services(cleanup, stack)
     token, expires = make_token(secret)

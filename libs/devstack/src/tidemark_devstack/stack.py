@@ -70,6 +70,9 @@ class Stack:
     # unless given: a stack's secrets need not outlive it).
     secrets_keys: str = field(default_factory=lambda: KeyRing.generate("k1"))
     destination_root: Path | None = None
+    # The runners' root of environments' files directories (full backups):
+    # ``<root>/<organization>/<filesPath>``.
+    files_root: Path | None = None
     services: dict[InstanceKey, RunningService] = field(default_factory=dict)
 
     @property
@@ -98,6 +101,8 @@ class Stack:
             env["TIDEMARK_API_GATEWAY_JWT_SECRET"] = self.jwt_secret
         if self.destination_root is not None and spec.name in USES_DESTINATION_ROOT:
             env[f"{spec.settings_prefix}DESTINATION_ROOT"] = str(self.destination_root)
+        if self.files_root is not None and spec.name == "backup-runner":
+            env[f"{spec.settings_prefix}FILES_ROOT"] = str(self.files_root)
         return env
 
     def start(self, only: str | None = None, instance: int | None = None) -> None:

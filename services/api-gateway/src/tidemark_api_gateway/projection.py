@@ -43,6 +43,8 @@ COLUMNS = (
     "duration_ms",
     "error",
     "destinations",
+    "wal_start_lsn",
+    "wal_end_lsn",
 )
 
 
@@ -128,6 +130,7 @@ def next_row(row: Row | None, event: Message) -> Row:
             duration_ms=event.duration_ms,
             error=None,
         )
+        _record_wal_range(new, event)
     elif isinstance(event, BackupFailed):
         new.update(
             status="failed",
@@ -159,6 +162,11 @@ def _after_deletion_event(
         "error": None,
         "destinations": [{**d, "status": "deleted"} for d in row.get("destinations", [])],
     }
+
+
+def _record_wal_range(row: Row, event: BackupCompleted) -> None:
+    """A ``full`` backup's WAL range (null for ``db`` backups and older events)."""
+    row.update(wal_start_lsn=event.wal_start_lsn, wal_end_lsn=event.wal_end_lsn)
 
 
 class BackupsView:

@@ -186,10 +186,37 @@ class ClusterIn(RequestBody):
 
 
 class CreateEnvironment(RequestBody):
+    # filesPath's pattern needs look-ahead; its before-validator refuses control characters.
+    model_config = LOOKAHEAD
+
     name: NAME
     database: DatabaseIn
     cluster: ClusterIn | None = None
-    files_path: Annotated[str, Field(pattern=ABSOLUTE_PATH)] | None = None
+    files_path: (
+        Annotated[
+            str,
+            Field(
+                pattern=LOCAL_PATH,
+                max_length=LOCAL_PATH_MAX_CHARS,
+                description=(
+                    "The environment's files directory, relative to the organization's "
+                    "directory under the runners' files root (`<root>/<organizationId>/`), "
+                    "as a local destination's path is: absolute paths and `..` are refused. "
+                    "Runners never follow a symbolic link on the way to it, and store "
+                    "symbolic links inside it as links."
+                ),
+            ),
+        ]
+        | None
+    ) = None
+
+    @field_validator("files_path", mode="before")
+    @classmethod
+    def _files_inside_the_organization(cls, value: Any) -> Any:
+        problem = local_path_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise ValueError(problem)  # the reason, never the value
+        return value
 
 
 class DatabaseOut(ResponseBody):

@@ -63,6 +63,9 @@ class Backup(Aggregate):
         compression: str
         completed_at: datetime
         duration_ms: int
+        # ``full`` backups' WAL range; events stored before it existed read as None.
+        wal_start_lsn: str | None = None
+        wal_end_lsn: str | None = None
 
     class Failed(Aggregate.Event):
         error: str
@@ -128,6 +131,8 @@ class Backup(Aggregate):
         self.size_bytes: int | None = None
         self.checksum: str | None = None
         self.error: str | None = None
+        self.wal_start_lsn: str | None = None
+        self.wal_end_lsn: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -183,7 +188,14 @@ class Backup(Aggregate):
         }
 
     def complete(
-        self, size_bytes: int, checksum: str, compression: str, completed_at: datetime
+        self,
+        size_bytes: int,
+        checksum: str,
+        compression: str,
+        completed_at: datetime,
+        *,
+        wal_start_lsn: str | None = None,
+        wal_end_lsn: str | None = None,
     ) -> None:
         if self.status != "running":
             raise BackupError(f"cannot complete a backup that is {self.status}")
@@ -198,6 +210,8 @@ class Backup(Aggregate):
             compression=compression,
             completed_at=completed_at,
             duration_ms=duration_ms,
+            wal_start_lsn=wal_start_lsn,
+            wal_end_lsn=wal_end_lsn,
         )
 
     @event(Completed)
@@ -208,11 +222,15 @@ class Backup(Aggregate):
         compression: str,
         completed_at: datetime,
         duration_ms: int,
+        wal_start_lsn: str | None = None,
+        wal_end_lsn: str | None = None,
     ) -> None:
         self.status = "completed"
         self.size_bytes = size_bytes
         self.checksum = checksum
         self.completed_at = completed_at
+        self.wal_start_lsn = wal_start_lsn
+        self.wal_end_lsn = wal_end_lsn
 
     def fail(self, error: str, failed_at: datetime) -> None:
         if self.is_terminal:

@@ -28,6 +28,11 @@ from tidemark_platform.logging import bound_log_context, get_logger
 from tidemark_platform.vault import SecretVault
 
 from tidemark_backup_runner.application import BackupRunnerApplication
+from tidemark_backup_runner.basebackup import (
+    check_files_directory,
+    estimate_cluster_size,
+    take_full_backup,
+)
 from tidemark_backup_runner.domain import Backup, WorkPolicy
 from tidemark_backup_runner.failures import failure_reason
 from tidemark_backup_runner.pgtools import (
@@ -87,6 +92,8 @@ T = TypeVar("T")
 def artifact_key(backup: Backup) -> str:
     """Where the artifact goes in each destination: also its recorded location, so
     relative to the destination (the organization is already in a local one's path)."""
+    if backup.type == "full":
+        return f"{backup.environment_id}/{backup.backup_id}.full.tar.zst"
     return f"{backup.environment_id}/{backup.backup_id}.{backup.type}.pgdump.zst"
 
 
@@ -117,6 +124,9 @@ class BackupExecutor:
         registrations: Registrations | None = None,
         save_attempts: int = 12,
         destination_root: Path | None = None,
+        pg_basebackup: str = "pg_basebackup",
+        files_root: Path | None = None,
+        basebackup_max_rate_kb: int | None = None,
     ) -> None:
         self.app = app
         self.work = work
@@ -135,6 +145,11 @@ class BackupExecutor:
         self._registrations = registrations
         self._save_attempts = save_attempts
         self._destination_root = destination_root
+        self._pg_basebackup = pg_basebackup
+        # Environments' files directories live under <root>/<organization id>/<filesPath>;
+        # without a root a full backup of an environment that has one fails, saying so.
+        self._files_root = files_root
+        self._basebackup_max_rate_kb = basebackup_max_rate_kb
         self._progress_interval = progress_interval
         self._poll_seconds = poll_seconds
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -398,9 +413,10 @@ class BackupExecutor:
             backup.give_up(lease.attempt, claim.last_error or INTERRUPTED, utc_now())
             await self._end(backup, lease, "failed", backup.error)
             return
-        if backup.type != "db":
+        if backup.type not in ("db", "full"):
             await self._fail(backup, lease, f"backup type {backup.type!r} is not supported yet")
             return
+        files_path: str | None = None
         target = DatabaseTarget.model_validate(backup.database)
         try:
             # Before any connection: settings libpq would read as more than themselves,
@@ -413,6 +429,8 @@ class BackupExecutor:
                 )
                 if refusal is not None:
                     raise TargetError(refusal)
+            if backup.type == "full":
+                files_path = await self._files_path(backup)
             password = require_password(
                 await self._blocking(
                     resolve_secret,
@@ -431,13 +449,17 @@ class BackupExecutor:
             )
             if ended:
                 log.info("earlier_attempts_stopped", backup_id=str(backup.id), sessions=ended)
-        estimate = await self._blocking(estimate_size, target, password)
+        estimate = await self._blocking(
+            estimate_cluster_size if backup.type == "full" else estimate_size, target, password
+        )
         backup.start(utc_now(), estimate, lease.attempt)
         await self._save(backup, lease)
         BACKUPS_RUNNING.inc()
         started = time.monotonic()
         try:
-            result = await self._dump(backup, target, password, writers, estimate, lease)
+            result = await self._dump(
+                backup, target, password, writers, estimate, lease, files_path
+            )
             manifest = {
                 "backupId": str(backup.id),
                 "attempt": lease.attempt,
@@ -445,6 +467,8 @@ class BackupExecutor:
                 "sizeBytes": result.size_bytes,
                 "checksum": result.checksum,
                 "rawBytes": result.raw_bytes,
+                "walStartLsn": result.wal_start_lsn,
+                "walEndLsn": result.wal_end_lsn,
             }
             # From here on the dump is done for good: whatever happens to this attempt, a
             # later one finds it sealed and records it instead of dumping again.
@@ -476,7 +500,14 @@ class BackupExecutor:
             lease, [functools.partial(writer.commit) for writer in writers]
         )
         await self._record(
-            backup, lease, destinations, writers, locations, result.size_bytes, result.checksum
+            backup,
+            lease,
+            destinations,
+            writers,
+            locations,
+            result.size_bytes,
+            result.checksum,
+            wal_range=(result.wal_start_lsn, result.wal_end_lsn),
         )
         BACKUP_SECONDS.observe(time.monotonic() - started)
         log.info(
@@ -535,6 +566,7 @@ class BackupExecutor:
             locations,
             copies[0].size_bytes,
             copies[0].checksum,
+            wal_range=_wal_range_of(copies[0].manifest),
         )
         raw = copies[0].manifest.get("rawBytes")
         done = raw if isinstance(raw, int) else copies[0].size_bytes
@@ -570,13 +602,16 @@ class BackupExecutor:
         locations: list[str],
         size_bytes: int,
         checksum: str,
+        wal_range: tuple[str | None, str | None] = (None, None),
     ) -> None:
         """Record the uploads and the completion (retried while the store is away; an
         attempt cut off meanwhile leaves the sealed artifact to the next one)."""
         now = utc_now()
         for destination, location in zip(destinations, locations, strict=True):
             backup.record_upload(str(destination.destination_id), location, size_bytes, now)
-        backup.complete(size_bytes, checksum, "zstd", now)
+        backup.complete(
+            size_bytes, checksum, "zstd", now, wal_start_lsn=wal_range[0], wal_end_lsn=wal_range[1]
+        )
         await self._end(backup, lease, "completed", None)
         for writer in writers:
             with contextlib.suppress(OSError):
@@ -590,8 +625,10 @@ class BackupExecutor:
         writers: list[ArtifactWriter],
         estimate: int | None,
         lease: Lease,
+        files_path: str | None = None,
     ) -> DumpResult:
         done = 0
+        phase = "basebackup" if backup.type == "full" else "dumping"
 
         def on_progress(raw_bytes: int) -> None:
             nonlocal done
@@ -600,11 +637,33 @@ class BackupExecutor:
         async def tick() -> None:
             while True:
                 await asyncio.sleep(self._progress_interval)
-                self._progress(backup, "running", "dumping", done, estimate)
+                self._progress(backup, "running", phase, done, estimate)
 
         ticker = asyncio.create_task(tick())
         processes: list[subprocess.Popen[bytes]] = []
         try:
+            if backup.type == "full":
+                return await self._blocking(
+                    take_full_backup,
+                    target,
+                    password,
+                    writers,
+                    on_progress,
+                    backup_id=backup.id,
+                    created=utc_now(),
+                    files=(
+                        (self._files_root, backup.organization_id, files_path)
+                        if files_path is not None
+                        else None
+                    ),
+                    pg_basebackup=self._pg_basebackup,
+                    zstd_level=self._zstd_level,
+                    zstd_threads=self._zstd_threads,
+                    max_rate_kb=self._basebackup_max_rate_kb,
+                    stall_timeout_seconds=self._stall_timeout,
+                    on_process=processes.append,
+                    application_name=dump_application_name(lease.backup_id, lease.attempt),
+                )
             return await self._blocking(
                 dump_database,
                 target,
@@ -630,6 +689,20 @@ class BackupExecutor:
             # Waited for without swallowing a cancellation of this task (suppressing the
             # ticker's CancelledError here would also suppress ours).
             await asyncio.wait({ticker})
+
+    async def _files_path(self, backup: Backup) -> str | None:
+        """The registered files directory of a full backup's environment, checked before
+        anything else runs: the command cannot name one, only the catalog says it."""
+        if self._registrations is None:
+            return None
+        files_path = await self._registrations.files_path(
+            backup.organization_id, backup.environment_id
+        )
+        if files_path is not None:
+            await self._blocking(
+                check_files_directory, self._files_root, backup.organization_id, files_path
+            )
+        return files_path
 
     def _progress(
         self,
@@ -673,3 +746,12 @@ class BackupExecutor:
         except Exception as exc:
             # Losing a tick must never fail a backup.
             log.debug("progress_not_published", error=repr(exc))
+
+
+def _wal_range_of(manifest: Any) -> tuple[str | None, str | None]:
+    """The WAL range a sealed full backup's proof recorded (none for a dump)."""
+    start, end = manifest.get("walStartLsn"), manifest.get("walEndLsn")
+    return (
+        start if isinstance(start, str) else None,
+        end if isinstance(end, str) else None,
+    )

@@ -85,6 +85,11 @@ def create_app(settings: Settings) -> Litestar:
             catalog.pool, catalog.schema, wait_seconds=settings.catalog_wait_seconds
         ),
         destination_root=settings.destination_root,
+        # The runner's own pg_basebackup, never the environment's cluster.binDirectory (a
+        # tenant's setting must not choose a binary the runner executes).
+        pg_basebackup=find_tool("pg_basebackup", settings.pg_bin_dir),
+        files_root=settings.files_root,
+        basebackup_max_rate_kb=settings.basebackup_max_rate_kb,
     )
     deletions = DeletionTable(settings.database_url, SCHEMA)
     deleter = Deleter(

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from uuid import UUID
 
 import psycopg
@@ -34,6 +34,9 @@ class DumpResult:
     size_bytes: int
     checksum: str
     raw_bytes: int
+    # A full backup's WAL range (``basebackup``); None for a dump.
+    wal_start_lsn: str | None = None
+    wal_end_lsn: str | None = None
 
 
 def find_tool(name: str, bin_dir: str | None = None) -> str:
@@ -231,7 +234,9 @@ def stop_earlier_attempts(
         with connect(target, password, statement_timeout_ms=TERMINATE_WAIT_MS * 3) as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name LIKE %s "
+                # A full backup's pg_basebackup is a WAL sender, in no database.
+                "WHERE (datname = current_database() OR backend_type = 'walsender') "
+                "AND application_name LIKE %s "
                 "AND application_name <> %s",
                 (TERMINATE_WAIT_MS, f"tidemark-backup {backup_id} %", mine),
             ).fetchall()
@@ -240,11 +245,147 @@ def stop_earlier_attempts(
     return sum(1 for row in rows if row[0])
 
 
-def summarize_stderr(stderr: bytes) -> str:
+def summarize_stderr(stderr: bytes, tool: str = "pg_dump") -> str:
     lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
-    cleaned = [line.removeprefix("pg_dump: error: ").removeprefix("pg_dump: ") for line in lines]
+    cleaned = [line.removeprefix(f"{tool}: error: ").removeprefix(f"{tool}: ") for line in lines]
     text = " ".join(cleaned[-4:]) or "no diagnostic output"
     return text[:1000]
+
+
+class CompressedArtifact:
+    """Raw bytes in; zstd-compressed bytes out to every writer, with their SHA-256.
+
+    File-like on the way in (``write``), so a tar stream can be written straight into it.
+    The checksum is of the stored (compressed) bytes. Writers are opened here and
+    committed by the caller.
+    """
+
+    def __init__(
+        self, writers: Sequence[ArtifactWriter], *, zstd_level: int = 3, zstd_threads: int = 1
+    ) -> None:
+        self._writers = writers
+        zstd = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads)
+        self._compressor = zstd.compressobj(size=-1)
+        self._digest = hashlib.sha256()
+        self.raw_bytes = 0
+        self.stored_bytes = 0
+        for writer in writers:
+            writer.open()
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._digest.update(data)
+            for writer in self._writers:
+                writer.write(data)
+            self.stored_bytes += len(data)
+
+    def abandon(self) -> None:
+        """The artifact failed: whatever is still written (a tar stream flushing as it is
+        collected) goes nowhere, since the caller aborts the writers."""
+        self._writers = ()
+
+    def write(self, chunk: bytes) -> int:
+        self.raw_bytes += len(chunk)
+        self._emit(self._compressor.compress(chunk))
+        return len(chunk)
+
+    def finish(self) -> DumpResult:
+        self._emit(self._compressor.flush())
+        return DumpResult(
+            size_bytes=self.stored_bytes,
+            checksum=f"sha256:{self._digest.hexdigest()}",
+            raw_bytes=self.raw_bytes,
+        )
+
+
+class WatchedOutput:
+    """A tool's stdout, remembering when it last produced anything (for the watchdog)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.last_output = time.monotonic()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        if data:
+            self.last_output = time.monotonic()
+        return data
+
+
+def run_streaming(
+    command: Sequence[str],
+    env: dict[str, str],
+    consume: Callable[[WatchedOutput], None],
+    *,
+    tool: str,
+    stall_timeout_seconds: float,
+    on_process: Callable[[subprocess.Popen[bytes]], None] = lambda _: None,
+) -> None:
+    """Run ``command`` and hand its stdout to ``consume``; raise ``DumpError`` saying why
+    when the tool fails, stalls (no output for ``stall_timeout_seconds``: a host that
+    accepts the connection and then goes silent is killed, so nothing hangs forever) or
+    its output cannot be written. ``on_process`` receives the process, for a caller that
+    must be able to kill it (shutdown). When the tool dies mid-stream, its own reason is
+    reported, not what its truncated output did to ``consume``."""
+    process = subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    on_process(process)
+    assert process.stdout is not None
+    assert process.stderr is not None
+    output = WatchedOutput(process.stdout)
+    stalled = threading.Event()
+    finished = threading.Event()
+
+    def watchdog() -> None:
+        while not finished.wait(min(5.0, stall_timeout_seconds / 4)):
+            if time.monotonic() - output.last_output > stall_timeout_seconds:
+                stalled.set()
+                process.kill()
+                return
+
+    threading.Thread(target=watchdog, daemon=True, name=f"{tool}-watchdog").start()
+    stderr_chunks: list[bytes] = []
+    stderr_reader = threading.Thread(
+        target=lambda: stderr_chunks.append(process.stderr.read() if process.stderr else b""),
+        daemon=True,
+    )
+    stderr_reader.start()
+
+    def tool_failure(returncode: int) -> DumpError:
+        stderr_reader.join(timeout=10)
+        if stalled.is_set():
+            return DumpError(
+                f"{tool} produced no output for {stall_timeout_seconds:.0f} s and was stopped"
+            )
+        if returncode < 0:
+            return DumpError(f"{tool} was stopped by signal {-returncode}")
+        return DumpError(
+            f"{tool} exited with {returncode}: {summarize_stderr(b''.join(stderr_chunks), tool)}"
+        )
+
+    try:
+        consume(output)
+    except Exception as exc:
+        # Did the tool end first (its output cut short, which is what ``consume`` saw)?
+        try:
+            returncode: int | None = process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            returncode = None
+            process.kill()
+            process.wait()
+        if stalled.is_set() or (returncode is not None and returncode != 0):
+            raise tool_failure(process.returncode) from None
+        if isinstance(exc, OSError):
+            raise DumpError(f"writing the artifact failed: {exc.strerror or exc}") from None
+        raise
+    finally:
+        finished.set()
+        process.stdout.close()
+    returncode = process.wait()
+    if stalled.is_set() or returncode != 0:
+        raise tool_failure(returncode)
+    stderr_reader.join(timeout=10)
 
 
 def dump_database(
@@ -288,70 +429,23 @@ def dump_database(
         f"--lock-wait-timeout={lock_wait_timeout_seconds}s",
         f"--dbname={conninfo}",
     ]
-    for writer in writers:
-        writer.open()
-    process = subprocess.Popen(
+    artifact = CompressedArtifact(writers, zstd_level=zstd_level, zstd_threads=zstd_threads)
+
+    def consume(output: WatchedOutput) -> None:
+        while chunk := output.read(CHUNK):
+            artifact.write(chunk)
+            on_progress(artifact.raw_bytes)
+
+    run_streaming(
         command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
+        env,
+        consume,
+        tool="pg_dump",
+        stall_timeout_seconds=stall_timeout_seconds,
+        on_process=on_process,
     )
-    on_process(process)
-    assert process.stdout is not None
-    assert process.stderr is not None
-    last_output = time.monotonic()
-    stalled = threading.Event()
-    finished = threading.Event()
-
-    def watchdog() -> None:
-        while not finished.wait(min(5.0, stall_timeout_seconds / 4)):
-            if time.monotonic() - last_output > stall_timeout_seconds:
-                stalled.set()
-                process.kill()
-                return
-
-    threading.Thread(target=watchdog, daemon=True, name="pg_dump-watchdog").start()
-    stderr_chunks: list[bytes] = []
-    stderr_reader = threading.Thread(
-        target=lambda: stderr_chunks.append(process.stderr.read() if process.stderr else b""),
-        daemon=True,
-    )
-    stderr_reader.start()
-    zstd = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads)
-    compressor = zstd.compressobj(size=-1)
-    digest = hashlib.sha256()
-    raw = stored = 0
-
-    def emit(data: bytes) -> None:
-        nonlocal stored
-        if data:
-            digest.update(data)
-            for writer in writers:
-                writer.write(data)
-            stored += len(data)
-
+    # The compressor's tail is written only once pg_dump succeeded.
     try:
-        while chunk := process.stdout.read(CHUNK):
-            last_output = time.monotonic()
-            raw += len(chunk)
-            emit(compressor.compress(chunk))
-            on_progress(raw)
-        emit(compressor.flush())
+        return artifact.finish()
     except OSError as exc:
-        process.kill()
-        process.wait()
         raise DumpError(f"writing the artifact failed: {exc.strerror or exc}") from None
-    finally:
-        finished.set()
-        process.stdout.close()
-    returncode = process.wait()
-    stderr_reader.join(timeout=10)
-    if stalled.is_set():
-        raise DumpError(
-            f"pg_dump produced no output for {stall_timeout_seconds:.0f} s and was stopped"
-        )
-    if returncode != 0:
-        raise DumpError(
-            f"pg_dump exited with {returncode}: {summarize_stderr(b''.join(stderr_chunks))}"
-        )
-    return DumpResult(size_bytes=stored, checksum=f"sha256:{digest.hexdigest()}", raw_bytes=raw)

@@ -59,6 +59,19 @@ class Registrations:
                 return reason
             await asyncio.sleep(self._poll)
 
+    async def files_path(self, organization_id: UUID, environment_id: UUID) -> str | None:
+        """The environment's registered files directory (``refusal`` checked that it is
+        registered to the organization); None when it has none."""
+        async with self._pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    f"SELECT files_path FROM {self._schema}.environments "
+                    "WHERE id = %s AND organization_id = %s",
+                    (environment_id, organization_id),
+                )
+            ).fetchone()
+        return None if row is None else row["files_path"]
+
     async def _check(
         self,
         organization_id: UUID,

@@ -28,6 +28,17 @@ class Settings(ServiceSettings, SecretSettings):
     # Local destinations live under <root>/<organization id>/<path>; without a root they
     # are refused (a backup to one fails, saying so).
     destination_root: Path | None = None
+    # Environments' files directories (full backups) live under
+    # <root>/<organization id>/<filesPath>; without a root, a full backup of an environment
+    # that has one fails, saying so.
+    files_root: Path | None = None
+    basebackup_max_rate_kb: int | None = Field(
+        default=None,
+        ge=32,
+        le=1024 * 1024,
+        description="pg_basebackup's --max-rate in kB/s (none: unlimited), to spare the "
+        "environment's disks during full backups",
+    )
     lease_seconds: float = Field(default=30.0, gt=0)
     lease_renew_fraction: float = Field(default=1 / 3, gt=0, lt=1)
     max_attempts: int = Field(default=3, ge=1)

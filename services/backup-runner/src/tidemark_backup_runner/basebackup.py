@@ -1,0 +1,436 @@
+"""Full backups: pg_basebackup of the environment's cluster plus its files directory,
+re-packed on the fly into one zstd-compressed tar that ends with a manifest.
+
+The archive holds ``pgdata/`` (pg_basebackup's tar, ``-X fetch``: a data directory that
+starts as it is, its ``backup_manifest`` included), ``files/`` (the environment's files
+directory, when it has one) and ``manifest.json`` last: the path, size and SHA-256 of
+every file in the archive, the backup's id and its WAL range. Nothing of it is kept on
+local disk: pg_basebackup's stdout is read as a tar stream and written as a new one
+straight into the compressor and the writers (``pgtools.CompressedArtifact``).
+
+The files directory is a tenant's path on the runner's host, so it is confined like a
+local destination: relative to ``<files root>/<organization id>/``, no absolute path, no
+``..``, every component opened with ``O_NOFOLLOW``. Inside it nothing is followed either:
+a symbolic link is stored as a symbolic link (its target as text, never read), and what
+is neither a file, a directory nor a link (sockets, FIFOs, devices) is left out and named
+in the manifest's ``skipped``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import stat
+import subprocess
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, cast
+from uuid import UUID
+
+import psycopg
+from tidemark_contracts.backup import DatabaseTarget, local_path_problem
+
+from tidemark_backup_runner.pgtools import (
+    APPLICATION_NAME,
+    CHUNK,
+    CompressedArtifact,
+    DumpError,
+    DumpResult,
+    TargetError,
+    WatchedOutput,
+    connect,
+    libpq_env,
+    require_password,
+    run_streaming,
+    target_conninfo,
+)
+from tidemark_backup_runner.storage import ArtifactWriter
+
+PGDATA = "pgdata"
+FILES = "files"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+# A directory postgres starts from must be its owner's only (it refuses anything wider).
+PGDATA_MODE = 0o700
+_OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO swapped in after the type check must not block the backup.
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class FilesError(TargetError):
+    """The environment's files directory cannot be backed up as registered; permanent.
+    The message never repeats the registered path (errors become events, kept forever)."""
+
+
+def check_files_directory(root: Path | None, organization_id: UUID, files_path: str) -> None:
+    """Refuse a files directory that is not confined to the organization's directory
+    under the operator's files root, before anything else of the backup runs."""
+    with files_directory(root, organization_id, files_path):
+        pass
+
+
+@contextlib.contextmanager
+def files_directory(root: Path | None, organization_id: UUID, files_path: str) -> Iterator[int]:
+    """A descriptor of ``<root>/<organization id>/<files_path>``, reached without
+    following a symbolic link in any component below the root (the root is the
+    operator's and trusted as it is)."""
+    if root is None:
+        raise FilesError(
+            "the environment has a files directory (filesPath), but this runner has no files "
+            "root configured (TIDEMARK_BACKUP_RUNNER_FILES_ROOT): full backups of it are "
+            "refused"
+        )
+    problem = local_path_problem(files_path)
+    if problem is not None:
+        raise FilesError(f"filesPath {problem}")
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FilesError(
+            f"the runner's files root cannot be opened: {exc.strerror or exc}"
+        ) from None
+    try:
+        for index, name in enumerate([str(organization_id), *files_path.split("/")]):
+            try:
+                child = os.open(name, _OPEN_DIRECTORY, dir_fd=fd)
+            except OSError as exc:
+                raise _component_error(fd, name, index, exc) from None
+            os.close(fd)
+            fd = child
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _component_error(parent: int, name: str, index: int, exc: OSError) -> FilesError:
+    what = "the organization's files directory" if index == 0 else "the files directory (filesPath)"
+    try:
+        mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and stat.S_ISLNK(mode):
+        return FilesError(
+            f"{what} is or passes through a symbolic link, which the runner does not follow"
+        )
+    if exc.errno == errno.ENOENT:
+        return FilesError(f"{what} does not exist under the runner's files root")
+    if exc.errno == errno.ENOTDIR:
+        return FilesError(f"{what} is not a directory")
+    return FilesError(f"{what} cannot be opened: {exc.strerror or exc}")
+
+
+def estimate_cluster_size(target: DatabaseTarget, password: str) -> int | None:
+    """Every database's size: about what pg_basebackup sends (WAL aside); None if unknown."""
+    try:
+        with connect(target, password, statement_timeout_ms=10_000) as conn:
+            row = conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()
+    except (psycopg.Error, TargetError):
+        return None  # pg_basebackup will report the real reason
+    return int(row[0]) if row and row[0] is not None else None
+
+
+class _Hashing:
+    """Reads ``size`` bytes of ``source`` for tarfile, hashing them; a source that ends
+    early (a file truncated while read) is padded with zeros, one that grew is cut at
+    ``size``: the archive and its manifest always agree with each other."""
+
+    def __init__(self, read: Callable[[int], bytes], size: int, on_read: Callable[[int], None]):
+        self._read = read
+        self._left = size
+        self._on_read = on_read
+        self.digest = hashlib.sha256()
+        self.short = False
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = self._left if size < 0 else min(size, self._left)
+        data = self._read(wanted) if wanted else b""
+        if len(data) < wanted:
+            self.short = True
+            data += b"\0" * (wanted - len(data))
+        self._left -= len(data)
+        self.digest.update(data)
+        self._on_read(len(data))
+        return data
+
+
+def _forget_members(archive: tarfile.TarFile) -> None:
+    """A stream's list of members only grows (one TarInfo per file of the cluster, kept to
+    the end): nothing here looks back at it, so it is emptied as the stream goes on."""
+    archive.members.clear()  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """An error reading the files directory is the backup's reason (not a storage error)."""
+    try:
+        yield
+    except OSError as exc:
+        raise FilesError(f"{path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _safe_member_name(name: str) -> str:
+    """A pg_basebackup member's name, refused when it could land outside ``pgdata/`` on
+    extraction (the server is the tenant's, and may send anything)."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise DumpError("pg_basebackup sent an archive member with an unsafe name")
+    return str(path)
+
+
+def _lsn_of_label(label: bytes) -> tuple[str | None, int | None]:
+    start = timeline = None
+    for line in label.decode(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key == "START WAL LOCATION":
+            start = value.split()[0] if value.split() else None
+        elif key == "START TIMELINE" and value.strip().isdigit():
+            timeline = int(value.strip())
+    return start, timeline
+
+
+class _Repacker:
+    """Writes the new archive: members in, ``manifest.json`` out at the end."""
+
+    def __init__(self, artifact: CompressedArtifact, on_progress: Callable[[int], None]) -> None:
+        self._out = tarfile.open(  # noqa: SIM115 (closed by ``manifest``)
+            fileobj=cast(IO[bytes], artifact), mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK
+        )
+        # Members are copied in chunks of this size (tarfile's default is 16 kB: many
+        # more Python-level rounds per megabyte).
+        self._out.copybufsize = CHUNK  # type: ignore[attr-defined]
+        self._on_progress = on_progress
+        self.done = 0
+        self.entries: list[dict[str, Any]] = []
+        self.skipped: list[str] = []
+        self.wal_start_lsn: str | None = None
+        self.wal_end_lsn: str | None = None
+        self.timeline: int | None = None
+        self.saw_manifest = False
+
+    def _count(self, size: int) -> None:
+        self.done += size
+        self._on_progress(self.done)
+
+    def _add(self, info: tarfile.TarInfo, read: Callable[[int], bytes] | None = None) -> None:
+        if info.isreg() and read is not None:
+            hashing = _Hashing(read, info.size, self._count)
+            self._out.addfile(info, hashing)
+            self.entries.append(
+                {"path": info.name, "size": info.size, "sha256": hashing.digest.hexdigest()}
+            )
+        else:
+            self._out.addfile(info)
+        # A stream's member list only grows: nothing here looks back at it.
+        _forget_members(self._out)
+
+    def directory(
+        self, name: str, mode: int, mtime: float, owner: tarfile.TarInfo | None = None
+    ) -> None:
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE
+        info.mode = mode
+        info.mtime = int(mtime)
+        if owner is not None:
+            info.uid, info.gid, info.uname, info.gname = (
+                owner.uid,
+                owner.gid,
+                owner.uname,
+                owner.gname,
+            )
+        self._add(info)
+
+    def pgdata(self, output: WatchedOutput) -> None:
+        """Copy pg_basebackup's tar from ``output`` under ``pgdata/``."""
+        source = tarfile.open(fileobj=cast(IO[bytes], output), mode="r|", bufsize=CHUNK)  # noqa: SIM115
+        first = True
+        while (member := source.next()) is not None:
+            _forget_members(source)
+            if first:
+                # ``pgdata/`` itself belongs to whoever owns the server's files, 0700.
+                self.directory(PGDATA, PGDATA_MODE, member.mtime, owner=member)
+                first = False
+            name = _safe_member_name(member.name)
+            member.name = f"{PGDATA}/{name}"
+            if member.isdir():
+                self._add(member)
+            elif member.isreg():
+                data = source.extractfile(member)
+                assert data is not None
+                if name in ("backup_label", "backup_manifest"):
+                    body = data.read()
+                    self._note(name, body)
+                    self._add(member, io.BytesIO(body).read)
+                else:
+                    self._add(member, data.read)
+            else:
+                # Links appear only with extra tablespaces, which streaming to stdout
+                # cannot take anyway: anything else is not a data directory we can restore.
+                raise DumpError(
+                    "pg_basebackup sent an archive member that is neither a file nor a "
+                    "directory (extra tablespaces are not supported)"
+                )
+        if not self.saw_manifest:
+            raise DumpError("pg_basebackup sent no backup_manifest (it holds the WAL range)")
+
+    def _note(self, name: str, body: bytes) -> None:
+        if name == "backup_label":
+            start, timeline = _lsn_of_label(body)
+            self.wal_start_lsn = self.wal_start_lsn or start
+            self.timeline = self.timeline or timeline
+            return
+        self.saw_manifest = True
+        try:
+            ranges = json.loads(body)["WAL-Ranges"]
+            self.wal_start_lsn = str(ranges[0]["Start-LSN"])
+            self.wal_end_lsn = str(ranges[-1]["End-LSN"])
+            self.timeline = int(ranges[-1]["Timeline"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise DumpError("pg_basebackup's backup_manifest has no readable WAL range") from None
+
+    def files(self, fd: int, prefix: str) -> None:
+        """Copy the directory open at ``fd`` under ``prefix``, following nothing."""
+        with _reading(prefix):
+            names = sorted(os.listdir(fd))
+        for name in names:
+            path = f"{prefix}/{name}"
+            with _reading(path):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            info = tarfile.TarInfo(path)
+            info.mode = stat.S_IMODE(st.st_mode)
+            info.mtime = int(st.st_mtime)
+            info.uid, info.gid = st.st_uid, st.st_gid
+            if stat.S_ISLNK(st.st_mode):
+                info.type = tarfile.SYMTYPE
+                with _reading(path):
+                    info.linkname = os.readlink(name, dir_fd=fd)
+                self._add(info)
+                self.entries.append({"path": path, "type": "symlink", "target": info.linkname})
+            elif stat.S_ISDIR(st.st_mode):
+                with _reading(path):
+                    child = os.open(name, _OPEN_DIRECTORY, dir_fd=fd)
+                try:
+                    info.type = tarfile.DIRTYPE
+                    self._add(info)
+                    self.files(child, path)
+                finally:
+                    os.close(child)
+            elif stat.S_ISREG(st.st_mode):
+                self._file(fd, name, info)
+            else:
+                self.skipped.append(path)
+
+    def _file(self, fd: int, name: str, info: tarfile.TarInfo) -> None:
+        with _reading(info.name):
+            handle = os.open(name, _OPEN_FILE, dir_fd=fd)
+
+        def read(size: int) -> bytes:
+            with _reading(info.name):
+                return os.read(handle, min(size, CHUNK))
+
+        try:
+            st = os.fstat(handle)
+            if not stat.S_ISREG(st.st_mode):  # swapped since it was listed
+                self.skipped.append(info.name)
+                return
+            os.set_blocking(handle, True)
+            info.size = st.st_size
+            self._add(info, read)
+        finally:
+            os.close(handle)
+
+    def manifest(self, backup_id: UUID, created: datetime) -> None:
+        body = json.dumps(
+            {
+                "format": MANIFEST_FORMAT,
+                "backupId": str(backup_id),
+                "created": created.isoformat().replace("+00:00", "Z"),
+                "walStartLsn": self.wal_start_lsn,
+                "walEndLsn": self.wal_end_lsn,
+                "timeline": self.timeline,
+                "files": self.entries,
+                "skipped": self.skipped,
+            },
+            indent=1,
+        ).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(body)
+        info.mode = 0o644
+        info.mtime = int(created.timestamp())
+        self._out.addfile(info, io.BytesIO(body))
+        self._out.close()
+
+
+def take_full_backup(
+    target: DatabaseTarget,
+    password: str,
+    writers: Sequence[ArtifactWriter],
+    on_progress: Callable[[int], None],
+    *,
+    backup_id: UUID,
+    created: datetime,
+    files: tuple[Path | None, UUID, str] | None = None,
+    pg_basebackup: str,
+    zstd_level: int = 3,
+    zstd_threads: int = 1,
+    max_rate_kb: int | None = None,
+    stall_timeout_seconds: float = 900.0,
+    on_process: Callable[[subprocess.Popen[bytes]], None] = lambda _: None,
+    application_name: str = APPLICATION_NAME,
+) -> DumpResult:
+    """Stream a full backup of ``target``'s cluster (and of ``files``: the files root, the
+    organization and the registered filesPath) into ``writers``; the result names the
+    WAL range. Raises ``DumpError`` (``FilesError`` for the files directory) saying why;
+    the caller aborts the writers then. The cluster is reached as pg_dump reaches its
+    database (``target_conninfo``; the password only in the tool's environment)."""
+    conninfo = target_conninfo(target, application_name=application_name)
+    env = libpq_env(require_password(password))
+    command = [
+        pg_basebackup,
+        "--pgdata=-",
+        "--format=tar",
+        "--wal-method=fetch",
+        # Start at once rather than after a spread checkpoint (minutes on a quiet server).
+        "--checkpoint=fast",
+        "--no-password",
+        f"--label=tidemark {backup_id}",
+        f"--dbname={conninfo}",
+    ]
+    if max_rate_kb is not None:
+        command.append(f"--max-rate={max_rate_kb}k")
+    artifact = CompressedArtifact(writers, zstd_level=zstd_level, zstd_threads=zstd_threads)
+    repacker = _Repacker(artifact, on_progress)
+    try:
+        run_streaming(
+            command,
+            env,
+            repacker.pgdata,
+            tool="pg_basebackup",
+            stall_timeout_seconds=stall_timeout_seconds,
+            on_process=on_process,
+        )
+        if files is not None:
+            with files_directory(*files) as fd:
+                st = os.fstat(fd)
+                repacker.directory(FILES, stat.S_IMODE(st.st_mode), st.st_mtime)
+                repacker.files(fd, FILES)
+        repacker.manifest(backup_id, created)
+        result = artifact.finish()
+    except OSError as exc:
+        artifact.abandon()
+        raise DumpError(f"writing the artifact failed: {exc.strerror or exc}") from None
+    except BaseException:
+        artifact.abandon()
+        raise
+    return DumpResult(
+        size_bytes=result.size_bytes,
+        checksum=result.checksum,
+        raw_bytes=result.raw_bytes,
+        wal_start_lsn=repacker.wal_start_lsn,
+        wal_end_lsn=repacker.wal_end_lsn,
+    )
