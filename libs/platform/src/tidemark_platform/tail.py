@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from tidemark_platform.logging import get_logger
@@ -83,14 +84,10 @@ class TopicTail:
             group_id=None,
             enable_auto_commit=False,
         )
+        numbers = await self._partition_numbers()
         await consumer.start()
         try:
-            # All topics' metadata (naming the topic could auto-create it).
-            await consumer.topics()
-            numbers = consumer.partitions_for_topic(self.topic)
-            if not numbers:
-                raise RuntimeError(f"topic {self.topic} does not exist")
-            self._partitions = [TopicPartition(self.topic, p) for p in sorted(numbers)]
+            self._partitions = [TopicPartition(self.topic, p) for p in numbers]
             consumer.assign(self._partitions)
             await consumer.seek_to_end(*self._partitions)
             # Resolve the end offsets now: positions are what a new stream starts from.
@@ -100,6 +97,20 @@ class TopicTail:
             await consumer.stop()
             raise
         self._consumer = consumer
+
+    async def _partition_numbers(self) -> list[int]:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, request_timeout_ms=10_000
+        )
+        await admin.start()
+        try:
+            # Every topic, not this one by name: naming a missing topic could create it.
+            described = [t for t in await admin.describe_topics() if t["topic"] == self.topic]
+        finally:
+            await admin.close()
+        if not described or not described[0]["partitions"]:
+            raise RuntimeError(f"topic {self.topic} does not exist")
+        return sorted(int(p["partition"]) for p in described[0]["partitions"])
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
