@@ -125,7 +125,8 @@ async def test_a_stream_starts_with_the_state_then_live_ticks_then_the_final_res
         "message",
         "at",
     }
-    assert data["backupId"] == str(BACKUP) and data["phase"] == "dumping"
+    assert data["backupId"] == str(BACKUP)
+    assert data["phase"] == "dumping"
     model.status = "completed"
     live(progress, log, log.append("completed"))
     final = await rest(stream)
@@ -169,7 +170,8 @@ async def test_a_terminal_state_without_a_tick_still_ends_the_stream() -> None:
     model.status = "completed"  # its terminal tick was lost
     final = await asyncio.wait_for(rest(stream), 5.0)
     assert [(m.event, m.id) for m in final] == [("completed", 2)]
-    assert progress._watchers == {} and progress._subscriptions == {}
+    assert progress._watchers == {}
+    assert progress._subscriptions == {}
 
 
 async def test_a_followed_backup_is_read_by_one_watcher_not_one_per_stream() -> None:
@@ -186,12 +188,15 @@ async def test_a_followed_backup_is_read_by_one_watcher_not_one_per_stream() -> 
     assert progress._watchers == {}
 
 
-@pytest.mark.parametrize(("status", "checksum", "event"), [
-    ("completed", "sha256:" + "0" * 64, "completed"),
-    ("failed", None, "failed"),
-    ("deleting", "sha256:" + "0" * 64, "completed"),
-    ("deleted", None, "failed"),
-])
+@pytest.mark.parametrize(
+    ("status", "checksum", "event"),
+    [
+        ("completed", "sha256:" + "0" * 64, "completed"),
+        ("failed", None, "failed"),
+        ("deleting", "sha256:" + "0" * 64, "completed"),
+        ("deleted", None, "failed"),
+    ],
+)
 async def test_a_backup_already_over_gets_its_terminal_event_at_once(
     status: str, checksum: str | None, event: str
 ) -> None:
