@@ -72,6 +72,18 @@ TERMINAL_POLL_SECONDS = 0.2
 ReadState = Callable[[], Awaitable[dict[str, Any] | None]]
 
 
+class EncodedEvent(ServerSentEventMessage):
+    """An event encoded once, however many streams send it (a tick reaches every stream
+    of its backup with the same id and data)."""
+
+    def __init__(self, message: ServerSentEventMessage) -> None:
+        super().__init__(data=message.data, event=message.event, id=message.id)
+        self._encoded = message.encode()
+
+    def encode(self) -> bytes:
+        return self._encoded
+
+
 @dataclass(frozen=True)
 class Tick:
     """A progress tick as a stream delivers it: its id, and when Kafka took it."""
@@ -79,6 +91,21 @@ class Tick:
     event_id: int
     progress: BackupProgress
     published_ms: int
+    encoded: list[EncodedEvent] = field(default_factory=list, compare=False)
+
+    def as_event(self) -> EncodedEvent:
+        """The tick as a ``progress`` event, encoded on first use."""
+        if not self.encoded:
+            self.encoded.append(
+                EncodedEvent(
+                    ServerSentEventMessage(
+                        id=self.event_id,
+                        event="progress",
+                        data=_json(progress_data(self.progress)),
+                    )
+                )
+            )
+        return self.encoded[0]
 
     @classmethod
     def of(cls, record: TailRecord) -> Tick | None:
@@ -333,9 +360,7 @@ class ProgressHub:
         once the read model shows it (heartbeats while waiting); nothing when it does
         not in time: the stream then ends and the client resumes from before it."""
         if tick.progress.status not in TERMINAL_STATUSES:
-            yield ServerSentEventMessage(
-                id=tick.event_id, event="progress", data=_json(progress_data(tick.progress))
-            )
+            yield tick.as_event()
             return
         deadline = time.monotonic() + self.terminal_wait_seconds
         beat = time.monotonic() + self.heartbeat_seconds
