@@ -14,7 +14,7 @@ import pytest
 from litestar.response import ServerSentEventMessage
 from tidemark_api_gateway.controllers.progress import parse_last_event_id
 from tidemark_api_gateway.problems import Problem
-from tidemark_api_gateway.progress import ProgressHub
+from tidemark_api_gateway.progress import EncodedEvents, ProgressHub
 from tidemark_contracts import Envelope, utc_now
 from tidemark_contracts.backup import BackupProgress
 from tidemark_platform.tail import TailRecord
@@ -89,12 +89,21 @@ def live(progress: ProgressHub, log: MemoryLog, *records: TailRecord) -> None:
     progress.dispatch(list(records))
 
 
+def events(message: ServerSentEventMessage) -> list[ServerSentEventMessage]:
+    """The events one write carries (ticks waiting together go out in one)."""
+    return list(message.events) if isinstance(message, EncodedEvents) else [message]
+
+
 async def take(stream: AsyncIterator[ServerSentEventMessage], n: int) -> list[Any]:
-    return [await asyncio.wait_for(anext(stream), 5.0) for _ in range(n)]
+    got: list[ServerSentEventMessage] = []
+    while len(got) < n:
+        got += events(await asyncio.wait_for(anext(stream), 5.0))
+    assert len(got) == n, got
+    return got
 
 
 async def rest(stream: AsyncIterator[ServerSentEventMessage]) -> list[Any]:
-    return [m async for m in stream]
+    return [e async for m in stream for e in events(m)]
 
 
 def ids(messages: list[ServerSentEventMessage]) -> list[Any]:
@@ -215,10 +224,11 @@ async def test_resuming_reads_what_was_missed_from_the_log_then_goes_on_live() -
     progress = hub(log)
     first = progress.stream(BACKUP, ENVIRONMENT, model, None)
     [state] = await take(first, 1)
-    live(progress, log, log.append(), log.append())
+    live(progress, log, log.append())
     got = await take(first, 1)
     await first.aclose()  # the client drops after id 1
-    live(progress, log, log.append(), log.append("running", backup_id=uuid.uuid4()))
+    live(progress, log, log.append(), log.append())
+    live(progress, log, log.append("running", backup_id=uuid.uuid4()))
     resumed = progress.stream(BACKUP, ENVIRONMENT, model, int(got[-1].id))
     got += await take(resumed, 2)
     assert log.range_reads == [(1, 4)]
@@ -259,6 +269,25 @@ async def test_a_slow_client_overflows_and_ends_while_the_others_get_every_tick(
     assert await asyncio.wait_for(rest(slow), 5.0) == []
     assert len(progress._subscriptions[BACKUP]) == 1
     await fast.aclose()
+
+
+async def test_ticks_waiting_together_go_out_in_one_write_encoded_once() -> None:
+    log, model = MemoryLog(), ReadModel("running")
+    progress = hub(log)
+    one = progress.stream(BACKUP, ENVIRONMENT, model, None)
+    other = progress.stream(BACKUP, ENVIRONMENT, model, None)
+    await take(one, 1)
+    await take(other, 1)
+    live(progress, log, log.append(), log.append(), log.append())
+    [write] = [await asyncio.wait_for(anext(one), 5.0)]
+    assert isinstance(write, EncodedEvents)
+    assert [e.id for e in write.events] == [1, 2, 3]
+    assert write.encode() == b"".join(e.encode() for e in write.events)
+    assert write.encode().count(b"event: progress") == 3
+    [same] = [await asyncio.wait_for(anext(other), 5.0)]
+    assert [a is b for a, b in zip(write.events, same.events, strict=True)] == [True] * 3
+    await one.aclose()
+    await other.aclose()
 
 
 async def test_an_idle_stream_sends_comment_heartbeats() -> None:

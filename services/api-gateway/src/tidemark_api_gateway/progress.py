@@ -77,11 +77,28 @@ class EncodedEvent(ServerSentEventMessage):
     of its backup with the same id and data)."""
 
     def __init__(self, message: ServerSentEventMessage) -> None:
-        super().__init__(data=message.data, event=message.event, id=message.id)
+        super().__init__(
+            data=message.data, event=message.event, id=message.id, comment=message.comment
+        )
         self._encoded = message.encode()
 
     def encode(self) -> bytes:
         return self._encoded
+
+
+class EncodedEvents(ServerSentEventMessage):
+    """Several encoded events sent in one write."""
+
+    def __init__(self, events: list[EncodedEvent]) -> None:
+        super().__init__(data=None, id=events[-1].id)
+        self.events = events
+        self._encoded = b"".join(e.encode() for e in events)
+
+    def encode(self) -> bytes:
+        return self._encoded
+
+
+PING = EncodedEvent(ServerSentEventMessage(comment="ping", data=None))
 
 
 @dataclass(frozen=True)
@@ -334,24 +351,37 @@ class ProgressHub:
             if subscription.overflowed or subscription.interrupted:
                 return
             if subscription.ticks:
-                tick = subscription.ticks.popleft()
-                if tick.event_id - 1 < subscription.next_offset:
-                    continue  # delivered already (by the catch-up read)
-                subscription.next_offset = tick.event_id
-                async for message in self._deliver(tick, read_state):
-                    yield message
-                if tick.progress.status in TERMINAL_STATUSES:
+                # Everything waiting goes out in one write: a stream that fell behind
+                # catches up in fewer, larger sends.
+                running: list[EncodedEvent] = []
+                terminal: Tick | None = None
+                while subscription.ticks and terminal is None:
+                    tick = subscription.ticks.popleft()
+                    if tick.event_id - 1 < subscription.next_offset:
+                        continue  # delivered already (by the catch-up read)
+                    subscription.next_offset = tick.event_id
+                    if tick.progress.status in TERMINAL_STATUSES:
+                        terminal = tick
+                    else:
+                        running.append(tick.as_event())
+                        last_id = tick.event_id
+                if running:
+                    yield running[0] if len(running) == 1 else EncodedEvents(running)
+                if terminal is not None:
+                    async for message in self._deliver(terminal, read_state):
+                        yield message
                     return
-                last_id = tick.event_id
                 continue
             if subscription.terminal_state is not None:
                 yield terminal_event(subscription.terminal_state, last_id + 1)
                 return
             subscription.wake.clear()
             try:
-                await asyncio.wait_for(subscription.wake.wait(), self.heartbeat_seconds)
+                # A timeout context, not wait_for: no task per wait (many streams wait).
+                async with asyncio.timeout(self.heartbeat_seconds):
+                    await subscription.wake.wait()
             except TimeoutError:
-                yield ServerSentEventMessage(comment="ping", data=None)
+                yield PING
 
     async def _deliver(
         self, tick: Tick, read_state: ReadState
@@ -377,7 +407,7 @@ class ProgressHub:
                 return
             if now >= beat:
                 beat = now + self.heartbeat_seconds
-                yield ServerSentEventMessage(comment="ping", data=None)
+                yield PING
             await asyncio.sleep(TERMINAL_POLL_SECONDS)
 
 
