@@ -160,9 +160,11 @@ async def follow(client: Client, host: str, port: int, path: str, token: str) ->
             if not client.first_event.is_set():
                 client.first_event.set()  # the current state, before any tick
                 continue
-            # One event per chunk: "id: N\r\nevent: progress\r\ndata: …\r\n\r\n".
-            if chunk.startswith(b"id: ") and b"\r\nevent: progress\r\n" in chunk:
-                client.received.append((int(chunk[4 : chunk.index(b"\r\n")]), now))
+            # Events "id: N\r\nevent: progress\r\ndata: …\r\n\r\n", one or several
+            # per chunk (ticks waiting together go out in one write).
+            for event in chunk.split(b"\r\n\r\n"):
+                if event.startswith(b"id: ") and b"\r\nevent: progress\r\n" in event:
+                    client.received.append((int(event[4 : event.index(b"\r\n")]), now))
     except asyncio.CancelledError:
         raise
     except Exception as exc:

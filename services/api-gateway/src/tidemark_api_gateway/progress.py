@@ -154,6 +154,9 @@ class Subscription:
     interrupted: bool = False
     terminal_state: dict[str, Any] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # When the stream last sent something, and whether the hub asks it for a heartbeat.
+    last_sent: float = field(default_factory=time.monotonic)
+    ping_due: bool = False
 
     def offer(self, tick: Tick) -> None:
         """Take ``tick`` without ever waiting: a full mailbox marks the stream overflowed."""
@@ -230,6 +233,7 @@ class ProgressHub:
         self._subscriptions: dict[uuid.UUID, set[Subscription]] = {}
         self._watchers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._readers: dict[uuid.UUID, ReadState] = {}
+        self._heartbeats: asyncio.Task[None] | None = None
 
     async def is_ready(self) -> bool:
         return self.connected.is_set()
@@ -265,6 +269,8 @@ class ProgressHub:
         self._readers[backup_id] = read_state
         if backup_id not in self._watchers:
             self._watchers[backup_id] = asyncio.create_task(self._watch(backup_id))
+        if self._heartbeats is None:
+            self._heartbeats = asyncio.create_task(self._beat())
         OPEN_STREAMS.inc()
 
     def _unsubscribe(self, subscription: Subscription) -> None:
@@ -278,6 +284,22 @@ class ProgressHub:
             watcher = self._watchers.pop(backup_id, None)
             if watcher is not None:
                 watcher.cancel()
+        if not self._subscriptions and self._heartbeats is not None:
+            self._heartbeats.cancel()
+            self._heartbeats = None
+
+    async def _beat(self) -> None:
+        """One timer for every stream's heartbeat (not a timeout per wait): a stream idle
+        for 3/4 of the interval, checked every 1/4, is woken to send a comment, so none
+        is silent for longer than the interval."""
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds / 4)
+            idle_since = time.monotonic() - self.heartbeat_seconds * 3 / 4
+            for subscriptions in self._subscriptions.values():
+                for subscription in subscriptions:
+                    if subscription.last_sent <= idle_since:
+                        subscription.ping_due = True
+                        subscription.wake.set()
 
     async def _watch(self, backup_id: uuid.UUID) -> None:
         """One reader of the read model per followed backup (not per stream): a backup
@@ -366,6 +388,7 @@ class ProgressHub:
                         running.append(tick.as_event())
                         last_id = tick.event_id
                 if running:
+                    subscription.last_sent = time.monotonic()
                     yield running[0] if len(running) == 1 else EncodedEvents(running)
                 if terminal is not None:
                     async for message in self._deliver(terminal, read_state):
@@ -375,13 +398,13 @@ class ProgressHub:
             if subscription.terminal_state is not None:
                 yield terminal_event(subscription.terminal_state, last_id + 1)
                 return
-            subscription.wake.clear()
-            try:
-                # A timeout context, not wait_for: no task per wait (many streams wait).
-                async with asyncio.timeout(self.heartbeat_seconds):
-                    await subscription.wake.wait()
-            except TimeoutError:
+            if subscription.ping_due:
+                subscription.ping_due = False
+                subscription.last_sent = time.monotonic()
                 yield PING
+                continue
+            subscription.wake.clear()
+            await subscription.wake.wait()
 
     async def _deliver(
         self, tick: Tick, read_state: ReadState
