@@ -19,8 +19,10 @@ from tidemark_api_gateway.readmodel import Pool
 from tidemark_api_gateway.schemas import BackupOut
 
 LAST_EVENT_ID = "Last-Event-ID"
-# Event ids are Kafka offsets (see progress.py): non-negative 64-bit integers.
-MAX_EVENT_ID = 2**63 - 1
+# Event ids are Kafka offsets (see progress.py): non-negative integers, documented (and
+# accepted) up to 18 digits.
+EVENT_ID_PATTERN = r"^[0-9]{1,18}$"
+MAX_EVENT_ID = 10**18 - 1
 
 
 def parse_last_event_id(value: str | None) -> int | None:
@@ -74,6 +76,7 @@ class ProgressController(Controller):
             Parameter(
                 header=LAST_EVENT_ID,
                 required=False,
+                pattern=EVENT_ID_PATTERN,
                 description="the last event id received, to resume after it",
             ),
         ] = None,
