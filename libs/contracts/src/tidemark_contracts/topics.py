@@ -11,6 +11,7 @@ from tidemark_contracts.backup import (
     BackupRequested,
     BackupStarted,
     BackupUploaded,
+    BackupUploadFailed,
     RequestBackup,
 )
 from tidemark_contracts.base import Message
@@ -68,7 +69,14 @@ BACKUP_COMMANDS = Topic(
 BACKUP_EVENTS = Topic(
     "backup.events",
     "Domain events of the Backup aggregate, relayed from the backup-runner's event store.",
-    (BackupRequested, BackupStarted, BackupUploaded, BackupCompleted, BackupFailed),
+    (
+        BackupRequested,
+        BackupStarted,
+        BackupUploaded,
+        BackupCompleted,
+        BackupFailed,
+        BackupUploadFailed,
+    ),
 )
 BACKUP_PROGRESS = Topic(
     "backup.progress",

@@ -17,6 +17,7 @@ from tidemark_contracts.backup import (
     BackupRequested,
     BackupStarted,
     BackupUploaded,
+    BackupUploadFailed,
 )
 from tidemark_platform.database import Connection
 from tidemark_platform.projection import OutOfOrder
@@ -80,7 +81,14 @@ def next_row(row: Row | None, event: Message) -> Row:
         if event.attempt > 1:
             # A new attempt starts over: an earlier attempt's uploads were discarded.
             new["destinations"] = [
-                {**d, "status": "pending", "location": None, "sizeBytes": None, "uploadedAt": None}
+                {
+                    **d,
+                    "status": "pending",
+                    "location": None,
+                    "sizeBytes": None,
+                    "uploadedAt": None,
+                    "error": None,
+                }
                 for d in new.get("destinations", [])
             ]
     elif isinstance(event, BackupUploaded):
@@ -96,6 +104,8 @@ def next_row(row: Row | None, event: Message) -> Row:
             else d
             for d in new.get("destinations", [])
         ]
+    elif isinstance(event, BackupUploadFailed):
+        new["destinations"] = _destination_failed(new.get("destinations", []), event)
     elif isinstance(event, BackupCompleted):
         new.update(
             status="completed",
@@ -119,6 +129,24 @@ def next_row(row: Row | None, event: Message) -> Row:
         if new.get("started_at"):
             new["duration_ms"] = int((event.failed_at - new["started_at"]).total_seconds() * 1000)
     return new
+
+
+def _destination_failed(destinations: list[dict[str, Any]], event: BackupUploadFailed) -> list[Any]:
+    """One destination could not take the artifact: it says so, and why; the others are
+    as they were (the backup may still complete with them)."""
+    return [
+        {
+            **d,
+            "status": "failed",
+            "location": None,
+            "sizeBytes": None,
+            "uploadedAt": None,
+            "error": event.error,
+        }
+        if d["destinationId"] == str(event.destination_id)
+        else d
+        for d in destinations
+    ]
 
 
 class BackupsView:

@@ -15,6 +15,7 @@ from tidemark_contracts.backup import (
     BackupRequested,
     BackupStarted,
     BackupUploaded,
+    BackupUploadFailed,
     DestinationRef,
     RequestBackup,
 )
@@ -28,6 +29,7 @@ PRODUCER = "backup-runner"
 MILESTONES: dict[type, type[Message]] = {
     Backup.Started: BackupStarted,
     Backup.Uploaded: BackupUploaded,
+    Backup.UploadFailed: BackupUploadFailed,
     Backup.Completed: BackupCompleted,
     Backup.Failed: BackupFailed,
 }

@@ -49,6 +49,7 @@ from tidemark_backup_runner.storage import (
     UnsupportedDestination,
     writer_for,
 )
+from tidemark_backup_runner.storage.fanout import FanOut
 from tidemark_backup_runner.work import Claim, Lease, LeaseLost, WorkTable
 
 log = get_logger(__name__)
@@ -82,6 +83,9 @@ MAX_PROGRESS_IN_FLIGHT = 200
 
 
 T = TypeVar("T")
+# What became of the artifact in one destination: (location, None) once it is there,
+# verified and visible; (None, why) when that destination failed.
+Outcome = tuple[str | None, str | None]
 
 
 def artifact_key(backup: Backup) -> str:
@@ -117,6 +121,7 @@ class BackupExecutor:
         registrations: Registrations | None = None,
         save_attempts: int = 12,
         destination_root: Path | None = None,
+        s3_part_size: int | None = None,
     ) -> None:
         self.app = app
         self.work = work
@@ -135,6 +140,7 @@ class BackupExecutor:
         self._registrations = registrations
         self._save_attempts = save_attempts
         self._destination_root = destination_root
+        self._s3_part_size = s3_part_size
         self._progress_interval = progress_interval
         self._poll_seconds = poll_seconds
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -326,8 +332,25 @@ class BackupExecutor:
         # The partial file names its owner and attempt; any later attempt finds and removes
         # it by the artifact's name.
         tag = f"{lease.owner.hex}-{lease.attempt}"
+        # An s3 destination's keys are resolved on its writer's thread, for the backup's
+        # organization only, like the database's password.
+        credentials = functools.partial(
+            _resolve_for,
+            organization_id=backup.organization_id,
+            policy=self._policy,
+            vault=self._vault,
+        )
+        extra = {} if self._s3_part_size is None else {"s3_part_size": self._s3_part_size}
         writers = [
-            writer_for(d, backup.organization_id, key, tag, local_root=self._destination_root)
+            writer_for(
+                d,
+                backup.organization_id,
+                key,
+                tag,
+                local_root=self._destination_root,
+                credentials=credentials,
+                **extra,
+            )
             for d in destinations
         ]
         return destinations, writers
@@ -436,8 +459,10 @@ class BackupExecutor:
         await self._save(backup, lease)
         BACKUPS_RUNNING.inc()
         started = time.monotonic()
+        # Produced once, streamed to every destination at the same time.
+        fan = FanOut(writers)
         try:
-            result = await self._dump(backup, target, password, writers, estimate, lease)
+            result = await self._dump(backup, target, password, fan, estimate, lease)
             manifest = {
                 "backupId": str(backup.id),
                 "attempt": lease.attempt,
@@ -447,23 +472,23 @@ class BackupExecutor:
                 "rawBytes": result.raw_bytes,
             }
             # From here on the dump is done for good: whatever happens to this attempt, a
-            # later one finds it sealed and records it instead of dumping again.
-            for writer in writers:
-                await self._blocking(writer.seal, manifest)
+            # later one finds it sealed and records it instead of dumping again. Each
+            # destination seals (and verifies) its copy on its own thread; one that fails
+            # here is recorded as failed below.
+            await self._blocking(fan.seal, manifest)
         except (asyncio.CancelledError, LeaseLost):
             # The lease is lost, or the service stops: remove only this attempt's unsealed
             # partial files; whoever holds the backup next owns the rest.
-            for writer in writers:
-                await self._blocking(writer.abort)
+            await self._blocking(fan.abort)
             raise
         except Exception as exc:
-            for writer in writers:
-                await self._blocking(writer.abort)
+            await self._blocking(fan.abort)
             if is_transient(exc):
                 raise
             # The dump or its storage failed: nothing partial stays behind (the failure is
             # recorded first: a runner that lost the backup must not remove the new
             # owner's files) and the backup says why.
+            self._record_failed_destinations(backup, destinations, fan)
             await self._fail(backup, lease, failure_reason(exc))
             for writer in writers:
                 await self._blocking(writer.discard)
@@ -472,12 +497,18 @@ class BackupExecutor:
             return
         finally:
             BACKUPS_RUNNING.dec()
-        locations = await self._publish(
-            lease, [functools.partial(writer.commit) for writer in writers]
+        outcomes = await self._publish(
+            lease,
+            [
+                (None, lane.error) if lane.error else functools.partial(lane.writer.commit)
+                for lane in fan.lanes
+            ],
         )
         await self._record(
-            backup, lease, destinations, writers, locations, result.size_bytes, result.checksum
+            backup, lease, destinations, writers, outcomes, result.size_bytes, result.checksum
         )
+        if backup.status != "completed":
+            return
         BACKUP_SECONDS.observe(time.monotonic() - started)
         log.info(
             "backup_completed",
@@ -520,7 +551,7 @@ class BackupExecutor:
             attempt=lease.attempt,
             sealed_by_attempt=copies[0].manifest.get("attempt"),
         )
-        locations = await self._publish(
+        outcomes = await self._publish(
             lease,
             [
                 functools.partial(writer.adopt, copy)
@@ -532,19 +563,25 @@ class BackupExecutor:
             lease,
             destinations,
             writers,
-            locations,
+            outcomes,
             copies[0].size_bytes,
             copies[0].checksum,
         )
+        if backup.status != "completed":
+            return
         raw = copies[0].manifest.get("rawBytes")
         done = raw if isinstance(raw, int) else copies[0].size_bytes
         self._progress(backup, "completed", "completed", done, done)
 
-    async def _publish(self, lease: Lease, steps: list[Callable[[], str]]) -> list[str]:
+    async def _publish(
+        self, lease: Lease, steps: list[Callable[[], str] | Outcome]
+    ) -> list[Outcome]:
         """Make the sealed artifact visible in every destination, once the lease is
         confirmed: a runner that lost the backup must not put its copy where the new
         owner's goes. While the work table is unreachable the confirmation is retried; the
-        renewer gives the attempt up once the lease may have run out."""
+        renewer gives the attempt up once the lease may have run out. A step is a
+        destination's publication, or the outcome of one that already failed; a
+        publication that fails fails its destination only."""
         delay = 0.5
         while True:
             try:
@@ -559,7 +596,19 @@ class BackupExecutor:
             if not held:
                 raise LeaseLost(f"backup {lease.backup_id}: lost before storing the artifact")
             break
-        return [await self._blocking(step) for step in steps]
+        return [
+            step if isinstance(step, tuple) else await self._blocking(_outcome_of, step)
+            for step in steps
+        ]
+
+    def _record_failed_destinations(
+        self, backup: Backup, destinations: list[DestinationTarget], fan: FanOut
+    ) -> None:
+        """Record which destinations failed on their own before the whole backup did."""
+        now = utc_now()
+        for destination, lane in zip(destinations, fan.lanes, strict=True):
+            if lane.error and backup.status == "running":
+                backup.record_upload_failure(str(destination.destination_id), lane.error, now)
 
     async def _record(
         self,
@@ -567,27 +616,50 @@ class BackupExecutor:
         lease: Lease,
         destinations: list[DestinationTarget],
         writers: list[ArtifactWriter],
-        locations: list[str],
+        outcomes: list[Outcome],
         size_bytes: int,
         checksum: str,
     ) -> None:
-        """Record the uploads and the completion (retried while the store is away; an
-        attempt cut off meanwhile leaves the sealed artifact to the next one)."""
+        """Record each destination's outcome and the backup's: completed when at least one
+        destination holds a verified copy, else failed (retried while the store is away;
+        an attempt cut off meanwhile leaves the sealed artifact to the next one). Only
+        then, the write fenced by the lease, is what failed destinations hold removed."""
         now = utc_now()
-        for destination, location in zip(destinations, locations, strict=True):
-            backup.record_upload(str(destination.destination_id), location, size_bytes, now)
-        backup.complete(size_bytes, checksum, "zstd", now)
-        await self._end(backup, lease, "completed", None)
-        for writer in writers:
-            with contextlib.suppress(OSError):
-                await self._blocking(writer.forget_proofs)
+        for destination, (location, error) in zip(destinations, outcomes, strict=True):
+            if location is not None:
+                backup.record_upload(str(destination.destination_id), location, size_bytes, now)
+            else:
+                backup.record_upload_failure(
+                    str(destination.destination_id), error or "failed", now
+                )
+        if backup.uploads:
+            backup.complete(size_bytes, checksum, "zstd", now)
+            await self._end(backup, lease, "completed", None)
+        else:
+            reasons = "; ".join(error or "failed" for _, error in outcomes)
+            backup.fail(f"no destination holds a verified copy: {reasons}", now)
+            await self._end(backup, lease, "failed", backup.error)
+        for writer, (location, _) in zip(writers, outcomes, strict=True):
+            if location is None:
+                await self._discard_quietly(writer)
+            else:
+                with contextlib.suppress(OSError):
+                    await self._blocking(writer.forget_proofs)
+
+    async def _discard_quietly(self, writer: ArtifactWriter) -> None:
+        """Remove what a failed destination holds of the artifact; a store still away is
+        logged (its cleanup is then the deletion's, or the store's lifecycle rules')."""
+        try:
+            await self._blocking(writer.discard)
+        except Exception as exc:
+            log.warning("failed_destination_not_cleaned", error=failure_reason(exc))
 
     async def _dump(
         self,
         backup: Backup,
         target: DatabaseTarget,
         password: str,
-        writers: list[ArtifactWriter],
+        fan: FanOut,
         estimate: int | None,
         lease: Lease,
     ) -> DumpResult:
@@ -609,7 +681,7 @@ class BackupExecutor:
                 dump_database,
                 target,
                 password,
-                writers,
+                [fan],
                 on_progress,
                 pg_dump=self._pg_dump,
                 zstd_level=self._zstd_level,
@@ -673,3 +745,22 @@ class BackupExecutor:
         except Exception as exc:
             # Losing a tick must never fail a backup.
             log.debug("progress_not_published", error=repr(exc))
+
+
+def _resolve_for(
+    ref: str | None,
+    *,
+    organization_id: UUID,
+    policy: CredentialPolicy,
+    vault: SecretVault | None,
+) -> str | None:
+    return resolve_secret(ref, organization_id, policy, vault)
+
+
+def _outcome_of(publish: Callable[[], str]) -> Outcome:
+    """A destination's publication as its outcome; its failure fails that destination."""
+    try:
+        return publish(), None
+    except Exception as exc:
+        log.warning("destination_not_published", reason=failure_reason(exc))
+        return None, failure_reason(exc)

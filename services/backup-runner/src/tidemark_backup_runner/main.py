@@ -84,6 +84,7 @@ def create_app(settings: Settings) -> Litestar:
             catalog.pool, catalog.schema, wait_seconds=settings.catalog_wait_seconds
         ),
         destination_root=settings.destination_root,
+        s3_part_size=settings.s3_part_size_bytes,
     )
     register_handlers(broker, app, executor, relay.wake, service=SERVICE)
     runtime.add_background(executor.run)
