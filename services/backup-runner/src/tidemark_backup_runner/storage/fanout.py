@@ -132,14 +132,17 @@ class FanOut:
 
     def _run(self, lane: Lane) -> None:
         writer = lane.writer
+        ended = False  # the producer's last item (seal or abort) was taken
         try:
             writer.open()
             while True:
                 item = lane.queue.get()
                 if item is _ABORT:
+                    ended = True
                     writer.abort()
                     return
                 if isinstance(item, _Seal):
+                    ended = True
                     writer.seal(item.manifest)
                     lane.sealed = True
                     return
@@ -153,5 +156,6 @@ class FanOut:
             except Exception as cleanup:
                 log.warning("destination_abort_failed", destination=lane.index, error=repr(cleanup))
             # Drained until the producer ends, so it never blocks on this lane again.
-            while (item := lane.queue.get()) is not _ABORT and not isinstance(item, _Seal):
-                pass
+            while not ended:
+                item = lane.queue.get()
+                ended = item is _ABORT or isinstance(item, _Seal)
