@@ -83,7 +83,8 @@ class CuttableProxy:
     ``small_bytes`` upstream: bulk transfers (a part, an object) never get through again,
     while small requests (an abort, a listing, a delete) still do, as on a link that drops
     large transfers. ``refuse_puts()``: answer ``403 Forbidden`` to every ``PUT`` request
-    (connections carrying one are answered and closed).
+    (connections carrying one are answered and closed). ``refuse_connections(n)``: reset
+    every open connection and the next ``n`` new ones (an endpoint away for a moment).
     """
 
     def __init__(self, upstream: tuple[str, int], *, small_bytes: int = 64 * 1024) -> None:
@@ -102,6 +103,8 @@ class CuttableProxy:
         self._release.set()
         self.broken = False
         self.refusing_puts = False
+        self._refuse = 0
+        self.refused = 0
         self._open: set[socket.socket] = set()
         self._closed = False
         threading.Thread(target=self._accept, daemon=True, name="s3-proxy").start()
@@ -119,6 +122,13 @@ class CuttableProxy:
 
     def refuse_puts(self) -> None:
         self.refusing_puts = True
+
+    def refuse_connections(self, n: int) -> None:
+        with self._lock:
+            self._refuse = n
+            sockets = list(self._open)
+        for sock in sockets:
+            _reset(sock)
 
     def cut(self) -> None:
         with self._lock:
@@ -147,6 +157,14 @@ class CuttableProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        with self._lock:
+            refuse = self._refuse > 0
+            if refuse:
+                self._refuse -= 1
+                self.refused += 1
+        if refuse:
+            _reset(client)
+            return
         try:
             upstream = socket.create_connection(self._upstream, timeout=10)
         except OSError:
