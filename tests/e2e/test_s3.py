@@ -54,7 +54,8 @@ def bucket(s3: Any) -> str:
 @pytest.fixture
 def proxy(s3_endpoint: S3Endpoint) -> Iterator[CuttableProxy]:
     parts = urlsplit(s3_endpoint.url)
-    assert parts.hostname is not None and parts.port is not None
+    assert parts.hostname is not None
+    assert parts.port is not None
     front = CuttableProxy((parts.hostname, parts.port))
     yield front
     front.close()

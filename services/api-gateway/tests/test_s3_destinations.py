@@ -86,7 +86,8 @@ def test_an_endpoint_that_is_not_a_plain_http_url_is_refused_without_repeating_i
 ) -> None:
     [error] = refused(s3(endpointUrl=url))
     assert error["loc"][-1] == "endpointUrl"
-    assert "hunter2" not in error["msg"] and "AKIAEXAMPLE" not in error["msg"]
+    assert "hunter2" not in error["msg"]
+    assert "AKIAEXAMPLE" not in error["msg"]
 
 
 @pytest.mark.parametrize("region", ["", "US EAST", "eu_1", "x" * 64, "-eu"])

@@ -43,7 +43,8 @@ def bucket(s3: Any) -> str:
 @pytest.fixture
 def proxy(s3_endpoint: S3Endpoint) -> Iterator[CuttableProxy]:
     parts = urlsplit(s3_endpoint.url)
-    assert parts.hostname is not None and parts.port is not None
+    assert parts.hostname is not None
+    assert parts.port is not None
     front = CuttableProxy((parts.hostname, parts.port))
     yield front
     front.close()
@@ -109,7 +110,7 @@ def test_a_large_artifact_goes_up_in_parts_and_only_the_final_key_stays(
     data = os.urandom(2 * MIN_PART_SIZE + 12345)
     writer = make_writer(s3_endpoint, bucket)
     stream(writer, data)
-    assert pending(s3, bucket) == [f"base/env-1/.backup-1.db.pgdump.zst.attempt-1.partial"]
+    assert pending(s3, bucket) == ["base/env-1/.backup-1.db.pgdump.zst.attempt-1.partial"]
     writer.seal(manifest_of(data))
     assert pending(s3, bucket) == []
     writer.commit()
@@ -219,10 +220,11 @@ def test_discard_removes_every_attempt_and_pending_upload_and_tolerates_gone(
     sealed.seal(manifest_of(data))
     cut_off = make_writer(s3_endpoint, bucket, tag="attempt-3")
     stream(cut_off, os.urandom(MIN_PART_SIZE + 1))  # a runner that died mid-upload
-    other = f"base/env-1/backup-2.db.pgdump.zst"
+    other = "base/env-1/backup-2.db.pgdump.zst"
     s3.put_object(Bucket=bucket, Key=other, Body=b"another backup's")
     # The final object, two manifests, a sealed partial copy, and another backup.
-    assert len(keys(s3, bucket)) == 5 and len(pending(s3, bucket)) == 1
+    assert len(keys(s3, bucket)) == 5
+    assert len(pending(s3, bucket)) == 1
 
     deleter = make_writer(s3_endpoint, bucket, tag="deletion")
     deleter.discard()
@@ -246,7 +248,7 @@ def test_without_both_credentials_nothing_is_written_and_the_runners_own_are_not
         {"bucket": bucket, "endpointUrl": s3_endpoint.url, "accessKeyRef": None},
     )
     writer = writer_for(destination, uuid.uuid4(), KEY, "t", credentials=lambda ref: None)
-    with pytest.raises(StorageFailed, match="accessKeyRef and config.secretKeyRef must both"):
+    with pytest.raises(StorageFailed, match=r"accessKeyRef and config\.secretKeyRef must both"):
         writer.open()
     unresolvable = writer_for(destination, uuid.uuid4(), KEY, "t")
     with pytest.raises(StorageFailed, match="resolves no credentials"):
