@@ -6,6 +6,7 @@ with nothing of the artifact left in the store."""
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 import boto3
 import psycopg
 import pytest
-from tidemark_devstack.e2e import Api
+from tidemark_devstack.e2e import Api, send_backup_command
 from tidemark_devstack.pytest_plugin import S3Endpoint
 from tidemark_devstack.s3 import CuttableProxy
 
@@ -235,3 +236,31 @@ def test_an_endpoint_gone_mid_upload_leaves_no_object_and_no_pending_upload(
         assert backup["status"] == "failed", backup
     assert keys(s3, bucket) == []
     assert pending_uploads(s3, bucket) == []
+
+
+def test_a_command_sending_an_s3_destinations_keys_to_another_endpoint_is_refused(
+    api: Api, source_database: str, s3_endpoint: S3Endpoint, bucket: str, kafka_bootstrap: str
+) -> None:
+    """A command in the organization's name, with its registered s3 destination's key
+    references but an endpoint of the sender's choosing: the runner's registrations check
+    refuses it before any credential is resolved, so the keys never leave."""
+    environment = api.environment(source_database)
+    remote = s3_destination(api, s3_endpoint, bucket)
+    command = api.backup_command(environment, remote)
+    with socket.socket() as elsewhere:
+        elsewhere.bind(("127.0.0.1", 0))
+        elsewhere.listen()
+        elsewhere.setblocking(False)
+        url = f"http://127.0.0.1:{elsewhere.getsockname()[1]}"
+        [registered] = command.destinations
+        moved = registered.model_copy(
+            update={"config": registered.config.model_copy(update={"endpoint_url": url})}
+        )
+        command = command.model_copy(update={"destinations": [moved]})
+        send_backup_command(kafka_bootstrap, command)
+        backup = api.wait_for(str(command.backup_id), missing_ok=True)
+        assert backup["status"] == "failed", backup
+        assert "registered" in backup["error"]
+        assert backup["startedAt"] is None
+        with pytest.raises(BlockingIOError):
+            elsewhere.accept()  # nobody came

@@ -416,7 +416,7 @@ class BackupExecutor:
                 await self._adopt(backup, lease, destinations, writers, copies)
                 return
             for writer in writers:
-                await self._blocking(writer.discard)
+                await self._discard_quietly(writer)
         if claim.step == "give_up":
             backup.give_up(lease.attempt, claim.last_error or INTERRUPTED, utc_now())
             await self._end(backup, lease, "failed", backup.error)
@@ -491,7 +491,7 @@ class BackupExecutor:
             self._record_failed_destinations(backup, destinations, fan)
             await self._fail(backup, lease, failure_reason(exc))
             for writer in writers:
-                await self._blocking(writer.discard)
+                await self._discard_quietly(writer)
             if not isinstance(exc, DumpError | OSError):
                 log.exception("backup_crashed", backup_id=str(backup.id))
             return
