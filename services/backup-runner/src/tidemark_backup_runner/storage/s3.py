@@ -282,8 +282,8 @@ class S3ArtifactWriter:
             raise StorageFailed(f"{self._label}: the manifest is not of what this writer stored")
         if self._verified(self.partial, dict(manifest)) is None:
             raise StorageFailed(
-                f"{self._label}: the stored object does not match what was sent "
-                "(size or SHA-256 read back differ)"
+                f"{self._label}: the stored object could not be verified (its size or "
+                "SHA-256 read back differ from what was sent, or it could not be read back)"
             )
         self._call(
             "put_object",
