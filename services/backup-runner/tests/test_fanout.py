@@ -123,3 +123,15 @@ def test_abort_reaches_every_destination_opened_or_not() -> None:
     assert [w.calls for w in writers] == [["open", "abort"], ["open", "abort"]]
     with pytest.raises(AllDestinationsFailed):
         fan.write(b"after the end")
+
+
+def test_a_destination_failure_names_what_failed_never_the_runners_path(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / str(ORG)).mkdir()
+    (tmp_path / str(ORG) / "blocked").write_text("a file where the directory should be")
+    fan = FanOut([LocalArtifactWriter(tmp_path, ORG, "blocked", KEY, "t1")])
+    with pytest.raises(AllDestinationsFailed) as failed:
+        produce(fan)
+    assert str(failed.value) == "Not a directory: <organization>/blocked"
+    assert str(tmp_path) not in str(failed.value)

@@ -148,8 +148,7 @@ class FanOut:
                     return
                 writer.write(item)
         except Exception as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            lane.error = reason or type(exc).__name__
+            lane.error = _reason(exc)
             log.warning("destination_failed", destination=lane.index, reason=lane.error)
             try:
                 writer.abort()
@@ -159,3 +158,11 @@ class FanOut:
             while not ended:
                 item = lane.queue.get()
                 ended = item is _ABORT or isinstance(item, _Seal)
+
+
+def _reason(exc: Exception) -> str:
+    """Why a destination failed: a storage error's own words and what it names (relative
+    to the organization's directory, or the artifact's key; never a runner's path)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    return str(exc) or type(exc).__name__
