@@ -35,11 +35,12 @@ from tidemark_contracts import utc_now
 from tidemark_contracts.backup import DestinationTarget
 from tidemark_platform.leadership import lock_key
 from tidemark_platform.logging import get_logger
+from tidemark_platform.vault import SecretVault
 
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup
 from tidemark_backup_runner.executor import artifact_key
-from tidemark_backup_runner.secrets import SecretError
+from tidemark_backup_runner.secrets import CredentialPolicy, SecretError, resolver_for
 from tidemark_backup_runner.storage import (
     DestinationRefused,
     UnsupportedDestination,
@@ -237,9 +238,14 @@ class Deleter:
         owner: UUID,
         policy: DeletionPolicy | None = None,
         destination_root: Path | None = None,
+        credential_policy: CredentialPolicy | None = None,
+        vault: SecretVault | None = None,
     ) -> None:
         self.app = app
         self.table = table
+        # An s3 destination's keys, opened for the backup's organization only.
+        self._credential_policy = credential_policy or CredentialPolicy()
+        self._vault = vault
         self.owner = owner
         self.policy = policy or DeletionPolicy()
         self._on_saved = on_saved
@@ -322,7 +328,13 @@ class Deleter:
             destination = DestinationTarget.model_validate(recorded)
             try:
                 writer = writer_for(
-                    destination, backup.organization_id, key, local_root=self._destination_root
+                    destination,
+                    backup.organization_id,
+                    key,
+                    local_root=self._destination_root,
+                    credentials=resolver_for(
+                        backup.organization_id, self._credential_policy, self._vault
+                    ),
                 )
                 writer.discard()
             except Exception as exc:

@@ -56,6 +56,11 @@ def create_app(settings: Settings) -> Litestar:
     work = WorkTable(settings.database_url, SCHEMA)
     catalog = runtime.follow_catalog(CATALOG_SCHEMA)
     vault = SecretVault(settings.database_url, settings.keyring())
+    credential_policy = CredentialPolicy(
+        settings.credential_env_prefix,
+        settings.credential_file_root,
+        settings.allow_operator_secret_refs,
+    )
     executor = BackupExecutor(
         app,
         work,
@@ -75,11 +80,7 @@ def create_app(settings: Settings) -> Litestar:
         progress_interval=settings.progress_interval_seconds,
         lock_wait_timeout_seconds=settings.lock_wait_timeout_seconds,
         stall_timeout_seconds=settings.stall_timeout_seconds,
-        credential_policy=CredentialPolicy(
-            settings.credential_env_prefix,
-            settings.credential_file_root,
-            settings.allow_operator_secret_refs,
-        ),
+        credential_policy=credential_policy,
         vault=vault,
         registrations=Registrations(
             catalog.pool, catalog.schema, wait_seconds=settings.catalog_wait_seconds
@@ -90,6 +91,7 @@ def create_app(settings: Settings) -> Litestar:
         pg_basebackup=find_tool("pg_basebackup", settings.pg_bin_dir),
         files_root=settings.files_root,
         basebackup_max_rate_kb=settings.basebackup_max_rate_kb,
+        s3_part_size=settings.s3_part_size_bytes,
     )
     deletions = DeletionTable(settings.database_url, SCHEMA)
     deleter = Deleter(
@@ -106,6 +108,8 @@ def create_app(settings: Settings) -> Litestar:
             poll_seconds=settings.work_poll_seconds,
         ),
         destination_root=settings.destination_root,
+        credential_policy=credential_policy,
+        vault=vault,
     )
     register_handlers(broker, app, executor, relay.wake, service=SERVICE, deleter=deleter)
     runtime.add_background(executor.run)
