@@ -183,6 +183,29 @@ def test_a_sealed_copy_outlives_abort_and_a_later_attempt_adopts_it(
     assert later.sealed() is None
 
 
+def test_an_old_owner_committing_late_leaves_the_new_owners_adoption_intact(
+    s3_endpoint: S3Endpoint, s3: Any, bucket: str
+) -> None:
+    """A runner that lost the backup may still finish its commit on a thread (a blocking
+    call outlives the cancelled task) while the new owner adopts the same sealed copy: the
+    commit must not remove the copy's source, and only the recorded outcome's
+    ``forget_proofs`` removes the temporary objects."""
+    data = os.urandom(50_000)
+    old = make_writer(s3_endpoint, bucket, tag="attempt-1")
+    stream(old, data)
+    old.seal({**manifest_of(data), "attempt": 1})
+    new = make_writer(s3_endpoint, bucket, tag="attempt-2")
+    copy = new.sealed()
+    assert copy is not None
+    assert old.commit() == KEY  # the late commit of the runner that lost the lease
+    assert new.adopt(copy) == KEY  # still finds its source
+    assert f"base/{KEY}" in keys(s3, bucket)
+    new.forget_proofs()
+    assert keys(s3, bucket) == [f"base/{KEY}"]
+    body = s3.get_object(Bucket=bucket, Key=f"base/{KEY}")["Body"].read()
+    assert body == data
+
+
 def test_a_sealed_copy_whose_bytes_changed_is_not_adopted(
     s3_endpoint: S3Endpoint, s3: Any, bucket: str
 ) -> None:
@@ -222,8 +245,9 @@ def test_discard_removes_every_attempt_and_pending_upload_and_tolerates_gone(
     stream(cut_off, os.urandom(MIN_PART_SIZE + 1))  # a runner that died mid-upload
     other = "base/env-1/backup-2.db.pgdump.zst"
     s3.put_object(Bucket=bucket, Key=other, Body=b"another backup's")
-    # The final object, two manifests, a sealed partial copy, and another backup.
-    assert len(keys(s3, bucket)) == 5
+    # The final object, two manifests, two sealed partial copies (a commit leaves its
+    # source to forget_proofs), and another backup.
+    assert len(keys(s3, bucket)) == 6
     assert len(pending(s3, bucket)) == 1
 
     deleter = make_writer(s3_endpoint, bucket, tag="deletion")

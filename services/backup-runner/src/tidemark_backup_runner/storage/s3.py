@@ -319,7 +319,10 @@ class S3ArtifactWriter:
         head = self._call("head_object", Key=self.object)
         if head.get("ContentLength") != size:
             raise StorageFailed(f"{self._label}: the copied object has the wrong size")
-        self._cleanup("delete_object", Key=source)
+        # The source stays until ``forget_proofs``, which runs only once the outcome is
+        # saved under the lease: a runner that lost the backup while its commit was still
+        # running (a blocking call outlives the cancelled task) must not delete the copy
+        # the new owner is adopting, and a failed removal here must not fail a good copy.
         self._opened = False
         return self.key
 
@@ -400,8 +403,10 @@ class S3ArtifactWriter:
         return self._publish(copy.name, copy.size_bytes)
 
     def forget_proofs(self) -> None:
+        """The artifact is recorded: remove every attempt's manifest and sealed temporary
+        object (the committed copy's source among them)."""
         for key in list(self._listed(self._artifact_prefix)):
-            if key.endswith(".manifest"):
+            if key.endswith((".manifest", ".partial")):
                 self._cleanup("delete_object", Key=key)
 
     # --- removal -----------------------------------------------------------------------
