@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from eventsourcing.persistence import Tracking
+from psycopg.types.json import Jsonb
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.deletion import (
     Deleter,
@@ -22,10 +23,13 @@ from tidemark_backup_runner.deletion import (
 )
 from tidemark_backup_runner.domain import Backup
 from tidemark_backup_runner.executor import artifact_key
+from tidemark_backup_runner.registry import Registrations
 from tidemark_backup_runner.storage import writer_for
 from tidemark_contracts import utc_now
 from tidemark_contracts.backup import DeleteBackup, DestinationTarget, RequestBackup
 from tidemark_devstack.e2e import backup_request
+from tidemark_platform.catalog import CatalogView
+from tidemark_platform.database import connection_pool
 
 OWNER = uuid.uuid4()
 # No waiting between tries: the test says when the next one is due.
@@ -112,6 +116,55 @@ async def test_a_deleted_backups_artifact_goes_from_every_destination(
     assert events_of(app, backup)[-2:] == ["DeletionRequested", "Deleted"]
     assert table.row(backup.id)["state"] == "done"  # type: ignore[index]
     assert table.claim(OWNER, POLICY) is None
+
+
+async def test_a_destination_not_registered_as_recorded_is_never_touched(
+    app: BackupRunnerApplication,
+    table: DeletionTable,
+    root: Path,
+    database_url: str,
+    schema: str,
+) -> None:
+    """A backup refused for naming a destination other than the registered one keeps what
+    it named; deleting it must not open the organization's credentials for that (an s3
+    endpoint of the sender's choosing) nor touch it: only registered destinations are
+    cleaned."""
+    backup, (registered_file, forged_file) = stored_backup(app, root)
+    registered, forged = (DestinationTarget.model_validate(d) for d in backup.destinations)
+    view = CatalogView()
+    pool = connection_pool(database_url)
+    await pool.open()
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(view.ddl(schema))  # type: ignore[arg-type]
+            for destination, path in ((registered, "a"), (forged, "elsewhere")):
+                await conn.execute(
+                    f"INSERT INTO {schema}.destinations (id, organization_id, name, type, "
+                    "config, is_default, created_at) VALUES (%s, %s, %s, 'local', %s, true, now())",
+                    (
+                        destination.destination_id,
+                        backup.organization_id,
+                        destination.name,
+                        Jsonb({"path": path}),
+                    ),
+                )
+        assert request_deletion(app, backup) == "accepted"
+        runner = Deleter(
+            app,
+            table,
+            lambda: None,
+            owner=OWNER,
+            policy=POLICY,
+            destination_root=root,
+            registrations=Registrations(pool, schema, wait_seconds=0),
+        )
+        await runner.submit(backup.id)
+        await runner.carry_out(claim(table))
+    finally:
+        await pool.close()
+    assert not registered_file.exists()
+    assert forged_file.is_file(), "a destination the command named, not the registered one"
+    assert app.get_backup(backup.id).status == "deleted"
 
 
 async def test_an_artifact_already_gone_is_no_failure(

@@ -40,6 +40,7 @@ from tidemark_platform.vault import SecretVault
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup
 from tidemark_backup_runner.executor import artifact_key
+from tidemark_backup_runner.registry import Registrations
 from tidemark_backup_runner.secrets import CredentialPolicy, SecretError, resolver_for
 from tidemark_backup_runner.storage import (
     DestinationRefused,
@@ -240,12 +241,15 @@ class Deleter:
         destination_root: Path | None = None,
         credential_policy: CredentialPolicy | None = None,
         vault: SecretVault | None = None,
+        registrations: Registrations | None = None,
     ) -> None:
         self.app = app
         self.table = table
         # An s3 destination's keys, opened for the backup's organization only.
         self._credential_policy = credential_policy or CredentialPolicy()
         self._vault = vault
+        # None only where a test drives the deleter without a catalog: main always has it.
+        self._registrations = registrations
         self.owner = owner
         self.policy = policy or DeletionPolicy()
         self._on_saved = on_saved
@@ -288,7 +292,9 @@ class Deleter:
             # Deleted already (another runner finished first), or never accepted.
             await asyncio.to_thread(self.table.finish, claim, "done", f"backup {backup.status}")
             return
-        failures = await asyncio.to_thread(self._remove_everywhere, backup)
+        failures = await asyncio.to_thread(
+            self._remove_everywhere, backup, await self._registered(backup)
+        )
         now = utc_now()
         if not failures:
             backup.mark_deleted(now)
@@ -315,9 +321,22 @@ class Deleter:
             delay = self.policy.delay_after(claim.attempt)
             await asyncio.to_thread(self.table.finish, claim, "queued", reasons, delay)
 
-    def _remove_everywhere(self, backup: Backup) -> list[tuple[str, str]]:
+    async def _registered(self, backup: Backup) -> set[UUID] | None:
+        """The backup's destinations registered as it recorded them (None: no catalog)."""
+        if self._registrations is None:
+            return None
+        recorded = [
+            DestinationTarget.model_validate(d) for d in backup.destinations if "config" in d
+        ]
+        return await self._registrations.registered_as_recorded(backup.organization_id, recorded)
+
+    def _remove_everywhere(
+        self, backup: Backup, registered: set[UUID] | None = None
+    ) -> list[tuple[str, str]]:
         """Remove the artifact from every destination; (destination id, reason) of those
-        that could not be cleaned."""
+        that could not be cleaned. With ``registered``, a destination not among them (a
+        command refused for naming something else, whose run never wrote there) is left
+        untouched: its credentials are never opened for what a command named."""
         key = artifact_key(backup)
         failures = []
         for recorded in backup.destinations:
@@ -326,6 +345,13 @@ class Deleter:
                 # only: nothing was ever written to them.
                 continue
             destination = DestinationTarget.model_validate(recorded)
+            if registered is not None and destination.destination_id not in registered:
+                log.warning(
+                    "unregistered_destination_not_cleaned",
+                    backup_id=str(backup.id),
+                    destination_id=str(destination.destination_id),
+                )
+                continue
             try:
                 writer = writer_for(
                     destination,

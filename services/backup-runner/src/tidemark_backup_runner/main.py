@@ -56,6 +56,9 @@ def create_app(settings: Settings) -> Litestar:
     work = WorkTable(settings.database_url, SCHEMA)
     catalog = runtime.follow_catalog(CATALOG_SCHEMA)
     vault = SecretVault(settings.database_url, settings.keyring())
+    registrations = Registrations(
+        catalog.pool, catalog.schema, wait_seconds=settings.catalog_wait_seconds
+    )
     credential_policy = CredentialPolicy(
         settings.credential_env_prefix,
         settings.credential_file_root,
@@ -82,9 +85,7 @@ def create_app(settings: Settings) -> Litestar:
         stall_timeout_seconds=settings.stall_timeout_seconds,
         credential_policy=credential_policy,
         vault=vault,
-        registrations=Registrations(
-            catalog.pool, catalog.schema, wait_seconds=settings.catalog_wait_seconds
-        ),
+        registrations=registrations,
         destination_root=settings.destination_root,
         # The runner's own pg_basebackup, never the environment's cluster.binDirectory (a
         # tenant's setting must not choose a binary the runner executes).
@@ -110,6 +111,7 @@ def create_app(settings: Settings) -> Litestar:
         destination_root=settings.destination_root,
         credential_policy=credential_policy,
         vault=vault,
+        registrations=registrations,
     )
     register_handlers(broker, app, executor, relay.wake, service=SERVICE, deleter=deleter)
     runtime.add_background(executor.run)
