@@ -184,3 +184,15 @@ def test_a_failed_destination_says_why_and_the_backup_completes_with_the_other()
     )
     assert [d["status"] for d in again["destinations"]] == ["pending", "pending"]
     assert again["destinations"][1]["error"] is None
+
+
+def test_a_prefix_with_dot_segments_is_refused_without_repeating_it() -> None:
+    # Path-style addressing puts the key in the URL's path: a store or proxy that
+    # normalizes it would write '../other-bucket/x' into another bucket.
+    for prefix in ("..", "../other-bucket", "a/./b", "team/..", "./x"):
+        [error] = refused(s3(prefix=prefix))
+        assert error["loc"][-1] == "prefix"
+        # The reason, never the refused value.
+        assert error["msg"] == "Value error, must not contain '.' or '..' segments"
+    for prefix in ("a.b", "..a", "team/.hidden", "v1.2/..x"):
+        assert CreateDestination.model_validate(s3(prefix=prefix)).root.config.prefix == prefix

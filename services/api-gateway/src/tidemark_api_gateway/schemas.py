@@ -328,6 +328,15 @@ def endpoint_problem(url: str) -> str | None:
     return None
 
 
+def prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot lead an S3 key, or None: a '.' or '..' segment, which a store
+    or proxy that normalizes paths (path-style URLs put the key in the path) would resolve
+    to another key, or another bucket, than the one recorded."""
+    if any(segment in (".", "..") for segment in prefix.split("/")):
+        return "must not contain '.' or '..' segments"
+    return None
+
+
 def _checked(problem: Callable[[str], str | None]) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         reason = problem(value) if isinstance(value, str) else None
@@ -350,8 +359,9 @@ class S3ConfigIn(RequestBody):
             max_length=512,
             pattern=S3_PREFIX,
             description="keys are `<prefix>/<environmentId>/<backupId>.<type>...`; empty "
-            "and doubled slashes are dropped",
+            "and doubled slashes are dropped; no '.' or '..' segments",
         ),
+        AfterValidator(_checked(prefix_problem)),
     ] = ""
     endpoint_url: (
         Annotated[
