@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,6 +250,42 @@ async def test_two_runners_at_one_deletion_delete_it_once(
     assert not any(f.exists() for f in files)
     assert app.get_backup(backup.id).status == "deleted"
     assert events_of(app, backup).count("Deleted") == 1
+
+
+class SlowDeleter(Deleter):
+    """A removal that takes longer than the lease (a store slow to refuse)."""
+
+    def _remove_everywhere(
+        self, backup: Backup, registered: set[uuid.UUID] | None = None
+    ) -> list[tuple[str, str]]:
+        time.sleep(2.5)
+        return super()._remove_everywhere(backup, registered)
+
+
+async def test_a_removal_longer_than_the_lease_keeps_it_and_nobody_takes_it_over(
+    app: BackupRunnerApplication, table: DeletionTable, root: Path
+) -> None:
+    policy = DeletionPolicy(
+        max_attempts=2, first_delay_seconds=0.0, max_delay_seconds=0.0, lease_seconds=1.0
+    )
+    backup, files = stored_backup(app, root)
+    assert request_deletion(app, backup) == "accepted"
+    slow = SlowDeleter(app, table, lambda: None, owner=OWNER, policy=policy, destination_root=root)
+    await slow.submit(backup.id)
+    first = table.claim(OWNER, policy)
+    assert first is not None
+    running = asyncio.create_task(slow.carry_out(first))
+    other = uuid.uuid4()
+    taken_over = []
+    while not running.done():
+        await asyncio.sleep(0.2)
+        if (claimed := await asyncio.to_thread(table.claim, other, policy)) is not None:
+            taken_over.append(claimed)
+    await running
+    assert taken_over == [], "the lease ran out while the removal went on"
+    assert not any(f.exists() for f in files)
+    assert app.get_backup(backup.id).status == "deleted"
+    assert table.row(backup.id)["attempts"] == 1  # type: ignore[index]
 
 
 async def test_a_deletion_row_for_a_backup_not_being_deleted_removes_nothing(

@@ -176,6 +176,20 @@ class DeletionTable:
             )
         return DeletionClaim(row["backup_id"], owner, attempt)
 
+    def renew(self, claim: DeletionClaim, policy: DeletionPolicy) -> bool:
+        """Extend the claim's lease while its removal runs; False when it was taken over."""
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET lease_expires_at = now() + make_interval(secs => %s), "
+                    "updated_at = now() "
+                    "WHERE backup_id = %s AND owner = %s AND attempts = %s AND state = 'running' "
+                    "RETURNING 1"
+                ).format(self._table),
+                (policy.lease_seconds, claim.backup_id, claim.owner, claim.attempt),
+            ).fetchone()
+        return row is not None
+
     def finish(
         self,
         claim: DeletionClaim,
@@ -292,9 +306,15 @@ class Deleter:
             # Deleted already (another runner finished first), or never accepted.
             await asyncio.to_thread(self.table.finish, claim, "done", f"backup {backup.status}")
             return
-        failures = await asyncio.to_thread(
-            self._remove_everywhere, backup, await self._registered(backup)
-        )
+        registered = await self._registered(backup)
+        # A removal can outlast the lease (several stores, each slow to refuse): renewed
+        # meanwhile, so no second instance takes the same try over and doubles it.
+        renewer = asyncio.create_task(self._renew(claim))
+        try:
+            failures = await asyncio.to_thread(self._remove_everywhere, backup, registered)
+        finally:
+            renewer.cancel()
+            await asyncio.wait({renewer})
         now = utc_now()
         if not failures:
             backup.mark_deleted(now)
@@ -320,6 +340,19 @@ class Deleter:
         else:
             delay = self.policy.delay_after(claim.attempt)
             await asyncio.to_thread(self.table.finish, claim, "queued", reasons, delay)
+
+    async def _renew(self, claim: DeletionClaim) -> None:
+        while True:
+            await asyncio.sleep(self.policy.lease_seconds / 3)
+            try:
+                held = await asyncio.to_thread(self.table.renew, claim, self.policy)
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning("deletion_lease_not_renewed", error=repr(exc))
+                continue
+            if not held:
+                # Taken over: the removal is idempotent, and this try's end changes nothing.
+                log.warning("deletion_lease_lost", backup_id=str(claim.backup_id))
+                return
 
     async def _registered(self, backup: Backup) -> set[UUID] | None:
         """The backup's destinations registered as it recorded them (None: no catalog)."""
