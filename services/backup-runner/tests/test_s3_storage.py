@@ -14,7 +14,12 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 from tidemark_backup_runner.storage import writer_for
-from tidemark_backup_runner.storage.s3 import MIN_PART_SIZE, S3ArtifactWriter, StorageFailed
+from tidemark_backup_runner.storage.s3 import (
+    MIN_PART_SIZE,
+    S3ArtifactWriter,
+    StorageFailed,
+    part_size_at,
+)
 from tidemark_contracts.backup import DestinationTarget, S3DestinationConfig
 from tidemark_devstack.pytest_plugin import S3Endpoint
 from tidemark_devstack.s3 import CuttableProxy
@@ -290,3 +295,12 @@ def test_the_manifest_beside_a_sealed_copy_is_what_was_sealed(
     writer.seal(manifest)
     key = "base/env-1/.backup-1.db.pgdump.zst.attempt-1.manifest"
     assert json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()) == manifest
+
+
+def test_part_sizes_grow_so_ten_thousand_parts_carry_terabytes() -> None:
+    first = 8 * 1024 * 1024
+    assert part_size_at(1, first) == part_size_at(1000, first) == first
+    assert part_size_at(1001, first) == 2 * first
+    total = sum(part_size_at(n, first) for n in range(1, 10_001))
+    assert total > 7 * 1024**4  # ~7.8 TiB, where fixed 8 MiB parts stop at ~78 GiB
+    assert part_size_at(10_000, first) <= 5 * 1024**3  # S3's largest part

@@ -122,6 +122,19 @@ def client_config(*, custom_endpoint: bool) -> Config:
     )
 
 
+# Parts may differ in size (all but the last at least 5 MiB) and a multipart upload has
+# at most 10,000 of them: the part size doubles every PARTS_PER_SIZE parts, so an 8 MiB
+# start carries ~7.8 GiB in its first thousand parts and ~7.8 TiB in all ten thousand,
+# while small artifacts keep small parts (and at most one part is buffered).
+PARTS_PER_SIZE = 1000
+MAX_PART_SIZE = 5 * 1024**3
+
+
+def part_size_at(number: int, first: int) -> int:
+    """The size of part ``number`` (1, 2, …) of an upload whose first parts are ``first``."""
+    return min(first << ((number - 1) // PARTS_PER_SIZE), MAX_PART_SIZE)
+
+
 class S3ArtifactWriter:
     """Writes the artifact ``key`` (relative to the destination) under the destination's
     prefix in its bucket; see the module's docstring for the protocol."""
@@ -236,9 +249,9 @@ class S3ArtifactWriter:
         self._buffer += chunk
         self._digest.update(chunk)
         self._size += len(chunk)
-        while len(self._buffer) >= self._part_size:
-            part = bytes(self._buffer[: self._part_size])
-            del self._buffer[: self._part_size]
+        while len(self._buffer) >= (size := part_size_at(len(self._parts) + 1, self._part_size)):
+            part = bytes(self._buffer[:size])
+            del self._buffer[:size]
             self._upload_part(part)
 
     def _upload_part(self, data: bytes) -> None:
