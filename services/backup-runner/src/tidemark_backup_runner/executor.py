@@ -430,6 +430,9 @@ class BackupExecutor:
             if copies is not None:
                 await self._adopt(backup, lease, destinations, writers, copies)
                 return
+            # Removed only while the lease is confirmed held: a runner whose lease lapsed
+            # while it looked must not remove the uploads of whoever holds it now.
+            await self._confirm_lease(lease, "before removing earlier attempts' copies")
             for writer in writers:
                 await self._discard_quietly(writer)
         if claim.step == "give_up":
@@ -612,6 +615,16 @@ class BackupExecutor:
         renewer gives the attempt up once the lease may have run out. A step is a
         destination's publication, or the outcome of one that already failed; a
         publication that fails fails its destination only."""
+        await self._confirm_lease(lease, "before storing the artifact")
+        return [
+            step if isinstance(step, tuple) else await self._blocking(_outcome_of, step)
+            for step in steps
+        ]
+
+    async def _confirm_lease(self, lease: Lease, when: str) -> None:
+        """Renew ``lease`` now, or raise ``LeaseLost``. While the work table is unreachable
+        the confirmation is retried; the renewer gives the attempt up once the lease may
+        have run out."""
         delay = 0.5
         while True:
             try:
@@ -624,12 +637,8 @@ class BackupExecutor:
                 delay = min(delay * 2, 5.0)
                 continue
             if not held:
-                raise LeaseLost(f"backup {lease.backup_id}: lost before storing the artifact")
-            break
-        return [
-            step if isinstance(step, tuple) else await self._blocking(_outcome_of, step)
-            for step in steps
-        ]
+                raise LeaseLost(f"backup {lease.backup_id}: lost {when}")
+            return
 
     def _record_failed_destinations(
         self, backup: Backup, destinations: list[DestinationTarget], fan: FanOut
