@@ -184,6 +184,102 @@ class BackupList:
             [*total.params, self.organization_id, scope_id, *page.params],
         )
 
+    def json_page(self, limit: int, offset: int) -> Statement:
+        """In one round trip, the whole answer as JSON text: ``{items, total, limit,
+        offset}`` with each item as ``BackupOut`` writes it (camelCase, times as
+        ``format_utc`` writes them, ``environment`` on a project's items), or no row at all
+        when the environment or project is not the organization's. PostgreSQL builds it
+        from the page's rows (``page``, along the same index), so the gateway neither
+        parses the rows nor validates and serializes models: per page that was several
+        times the CPU of ``GET /health``. A test pins it equal to the models' JSON."""
+        scope_table, scope_id = (
+            ("environments", self.environment_id)
+            if self.environment_id is not None
+            else ("projects", self.project_id)
+        )
+        page, total = self.page(limit, offset), self.total()
+        item = _item_json("p", with_environment=self.environment_id is None)
+        return Statement(
+            "SELECT json_build_object("
+            f"'items', coalesce((SELECT json_agg({item} ORDER BY p.created_at DESC, p.id) "
+            f"FROM ({page.sql}) p), '[]'::json), "
+            f"'total', ({total.sql}), 'limit', %s::bigint, 'offset', %s::bigint)::text AS body "
+            f"FROM {SCHEMA}.{scope_table} WHERE organization_id = %s AND id = %s",
+            [*page.params, *total.params, limit, offset, self.organization_id, scope_id],
+        )
+
+
+# ``format_utc``'s form of a time (UTC, always six fractional digits, ``Z``), whatever the
+# session's time zone.
+_UTC_FORMAT = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
+
+
+def _utc(value: str) -> str:
+    return f"to_char({value} AT TIME ZONE 'UTC', {_UTC_FORMAT})"
+
+
+def _destinations_json(column: str) -> str:
+    """The ``destinations`` column (jsonb, as the projection writes it) as
+    ``BackupDestinationOut`` writes it: its fields only, in order, ids and times
+    normalised (``uploadedAt`` is stored as Python's ``isoformat()``, any offset)."""
+    fields = ", ".join(
+        [
+            "'destinationId', (d->>'destinationId')::uuid",
+            "'name', d->>'name'",
+            "'type', d->>'type'",
+            "'status', d->>'status'",
+            "'location', d->>'location'",
+            "'sizeBytes', (d->>'sizeBytes')::bigint",
+            "'uploadedAt', " + _utc("(d->>'uploadedAt')::timestamptz"),
+        ]
+    )
+    return (
+        f"coalesce((SELECT json_agg(json_build_object({fields}) ORDER BY n) "
+        f"FROM jsonb_array_elements({column}) WITH ORDINALITY AS x(d, n)), '[]'::json)"
+    )
+
+
+def _item_json(alias: str, *, with_environment: bool) -> str:
+    """A row of ``backups`` (as ``alias``) as ``BackupOut`` writes it, key for key."""
+    a = f"{alias}."
+    fields = [
+        f"'id', {a}id",
+        f"'organizationId', {a}organization_id",
+        f"'projectId', {a}project_id",
+        f"'environmentId', {a}environment_id",
+        f"'type', {a}type",
+        f"'trigger', {a}trigger",
+        f"'label', {a}label",
+        f"'status', {a}status",
+        f"'sizeBytes', {a}size_bytes",
+        f"'checksum', {a}checksum",
+        f"'compression', {a}compression",
+        f"'createdAt', {_utc(a + 'created_at')}",
+        f"'startedAt', {_utc(a + 'started_at')}",
+        f"'completedAt', {_utc(a + 'completed_at')}",
+        f"'durationMs', {a}duration_ms",
+        f"'error', {a}error",
+        f"'destinations', {_destinations_json(a + 'destinations')}",
+        f"'walStartLsn', {a}wal_start_lsn",
+        f"'walEndLsn', {a}wal_end_lsn",
+    ]
+    if with_environment:
+        fields.append(f"'environment', {a}environment")
+    return f"json_build_object({', '.join(fields)})"
+
+
+async def backup_page_json(
+    pool: Pool, backups: BackupList, limit: int, offset: int
+) -> bytes | None:
+    """The page of ``backups`` as the API's JSON (``BackupList.json_page``); None when its
+    environment or project is not the organization's."""
+    query = backups.json_page(limit, offset)
+    async with pool.connection() as conn:
+        # Never prepared on the server, for the reason given in ``backup_page``.
+        cursor = await conn.execute(query.sql, query.params, prepare=False)
+        row = await cursor.fetchone()
+    return None if row is None else str(row["body"]).encode()
+
 
 async def backup_page(
     pool: Pool, backups: BackupList, limit: int, offset: int
