@@ -188,7 +188,7 @@ class BackupList:
         """In one round trip, the whole answer as JSON text: ``{items, total, limit,
         offset}`` with each item as ``BackupOut`` writes it (camelCase, times as
         ``format_utc`` writes them, ``environment`` on a project's items), or no row at all
-        when the environment or project is not the organization's. PostgreSQL builds it
+        when the environment or project is not the organization's. PostgreSQL writes it
         from the page's rows (``page``, along the same index), so the gateway neither
         parses the rows nor validates and serializes models: per page that was several
         times the CPU of ``GET /health``. A test pins it equal to the models' JSON."""
@@ -199,43 +199,71 @@ class BackupList:
         )
         page, total = self.page(limit, offset), self.total()
         item = _item_json("p", with_environment=self.environment_id is None)
+        items = (
+            f"(SELECT '[' || coalesce(string_agg({item}, ',' ORDER BY p.created_at DESC, p.id), "
+            f"'') || ']' FROM ({page.sql}) p)"
+        )
         return Statement(
-            "SELECT json_build_object("
-            f"'items', coalesce((SELECT json_agg({item} ORDER BY p.created_at DESC, p.id) "
-            f"FROM ({page.sql}) p), '[]'::json), "
-            f"'total', ({total.sql}), 'limit', %s::bigint, 'offset', %s::bigint)::text AS body "
+            f"""SELECT '{{"items":' || {items} || ',"total":' || ({total.sql}) """
+            """|| ',"limit":' || %s::bigint || ',"offset":' || %s::bigint || '}' AS body """
             f"FROM {SCHEMA}.{scope_table} WHERE organization_id = %s AND id = %s",
             [*page.params, *total.params, limit, offset, self.organization_id, scope_id],
         )
 
 
-# ``format_utc``'s form of a time (UTC, always six fractional digits, ``Z``), whatever the
-# session's time zone.
-_UTC_FORMAT = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
+# The JSON is written by concatenating text: json_build_object costs several microseconds
+# per key (it looks up each argument's type on every call), which made a page cost
+# PostgreSQL ~0.2 ms per row, more than the gateway saved. Each value below is JSON text,
+# ``null`` for NULL (a concatenation with NULL would be NULL).
 
 
-def _utc(value: str) -> str:
-    return f"to_char({value} AT TIME ZONE 'UTC', {_UTC_FORMAT})"
+def _string(value: str) -> str:
+    """A JSON string (escaped by ``to_json``), or null."""
+    return f"coalesce(to_json({value})::text, 'null')"
+
+
+def _uuid(value: str) -> str:
+    """A UUID of a NOT NULL column: its text needs no escaping."""
+    return f"""'"' || {value}::text || '"'"""
+
+
+def _number(value: str) -> str:
+    return f"coalesce(({value})::text, 'null')"
+
+
+def _time(value: str) -> str:
+    """``format_utc``'s form of a time (UTC, always six fractional digits, ``Z``),
+    whatever the session's time zone, or null."""
+    return (
+        f"""coalesce('"' || to_char({value} AT TIME ZONE 'UTC', """
+        """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"', 'null')"""
+    )
+
+
+def _object(fields: list[tuple[str, str]]) -> str:
+    """A JSON object of ``(key, JSON text)``, keys in the given order."""
+    members = " || ',' || ".join(f"""'"{key}":' || {value}""" for key, value in fields)
+    return f"'{{' || {members} || '}}'"
 
 
 def _destinations_json(column: str) -> str:
     """The ``destinations`` column (jsonb, as the projection writes it) as
     ``BackupDestinationOut`` writes it: its fields only, in order, ids and times
     normalised (``uploadedAt`` is stored as Python's ``isoformat()``, any offset)."""
-    fields = ", ".join(
+    destination = _object(
         [
-            "'destinationId', (d->>'destinationId')::uuid",
-            "'name', d->>'name'",
-            "'type', d->>'type'",
-            "'status', d->>'status'",
-            "'location', d->>'location'",
-            "'sizeBytes', (d->>'sizeBytes')::bigint",
-            "'uploadedAt', " + _utc("(d->>'uploadedAt')::timestamptz"),
+            ("destinationId", _string("(d->>'destinationId')::uuid")),
+            ("name", _string("d->>'name'")),
+            ("type", _string("d->>'type'")),
+            ("status", _string("d->>'status'")),
+            ("location", _string("d->>'location'")),
+            ("sizeBytes", _number("(d->>'sizeBytes')::bigint")),
+            ("uploadedAt", _time("(d->>'uploadedAt')::timestamptz")),
         ]
     )
     return (
-        f"coalesce((SELECT json_agg(json_build_object({fields}) ORDER BY n) "
-        f"FROM jsonb_array_elements({column}) WITH ORDINALITY AS x(d, n)), '[]'::json)"
+        f"(SELECT '[' || coalesce(string_agg({destination}, ',' ORDER BY n), '') || ']' "
+        f"FROM jsonb_array_elements({column}) WITH ORDINALITY AS x(d, n))"
     )
 
 
@@ -243,29 +271,29 @@ def _item_json(alias: str, *, with_environment: bool) -> str:
     """A row of ``backups`` (as ``alias``) as ``BackupOut`` writes it, key for key."""
     a = f"{alias}."
     fields = [
-        f"'id', {a}id",
-        f"'organizationId', {a}organization_id",
-        f"'projectId', {a}project_id",
-        f"'environmentId', {a}environment_id",
-        f"'type', {a}type",
-        f"'trigger', {a}trigger",
-        f"'label', {a}label",
-        f"'status', {a}status",
-        f"'sizeBytes', {a}size_bytes",
-        f"'checksum', {a}checksum",
-        f"'compression', {a}compression",
-        f"'createdAt', {_utc(a + 'created_at')}",
-        f"'startedAt', {_utc(a + 'started_at')}",
-        f"'completedAt', {_utc(a + 'completed_at')}",
-        f"'durationMs', {a}duration_ms",
-        f"'error', {a}error",
-        f"'destinations', {_destinations_json(a + 'destinations')}",
-        f"'walStartLsn', {a}wal_start_lsn",
-        f"'walEndLsn', {a}wal_end_lsn",
+        ("id", _uuid(a + "id")),
+        ("organizationId", _uuid(a + "organization_id")),
+        ("projectId", _uuid(a + "project_id")),
+        ("environmentId", _uuid(a + "environment_id")),
+        ("type", _string(a + "type")),
+        ("trigger", _string(a + "trigger")),
+        ("label", _string(a + "label")),
+        ("status", _string(a + "status")),
+        ("sizeBytes", _number(a + "size_bytes")),
+        ("checksum", _string(a + "checksum")),
+        ("compression", _string(a + "compression")),
+        ("createdAt", _time(a + "created_at")),
+        ("startedAt", _time(a + "started_at")),
+        ("completedAt", _time(a + "completed_at")),
+        ("durationMs", _number(a + "duration_ms")),
+        ("error", _string(a + "error")),
+        ("destinations", _destinations_json(a + "destinations")),
+        ("walStartLsn", _string(a + "wal_start_lsn")),
+        ("walEndLsn", _string(a + "wal_end_lsn")),
     ]
     if with_environment:
-        fields.append(f"'environment', {a}environment")
-    return f"json_build_object({', '.join(fields)})"
+        fields.append(("environment", f"{a}environment::text"))
+    return _object(fields)
 
 
 async def backup_page_json(
