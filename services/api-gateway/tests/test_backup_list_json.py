@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from tidemark_api_gateway.projection import COLUMNS, BackupsView, count_moves, next_row
 from tidemark_api_gateway.queries import BackupList, backup_page, backup_page_json
@@ -344,3 +345,78 @@ async def test_a_foreign_or_unknown_scope_has_no_json_page(pool: Pool) -> None:
     body = await backup_page_json(pool, BackupList(org, environment_id=empty), 20, 7)
     assert body is not None
     assert json.loads(body) == {"items": [], "total": 0, "limit": 20, "offset": 7}
+
+
+async def test_the_prepared_page_walks_an_index_even_with_a_generic_plan(pool: Pool) -> None:
+    """The page is prepared on the server (planning it cost more than running it); after
+    a few runs PostgreSQL may run a generic plan, made without the parameters' values.
+    That plan must still walk an index to the page, never read and sort the scope."""
+    org, project = uuid.uuid4(), uuid.uuid4()
+    env = await register_environment(pool, org, project, "production")
+    neighbour = await register_environment(pool, org, project, "staging")
+    async with pool.connection() as conn:
+        for scope, n, status in (
+            (env, 100_000, "completed"),
+            (env, 3_000, "failed"),
+            (neighbour, 5_000, "completed"),
+        ):
+            await conn.execute(
+                f"INSERT INTO {SCHEMA}.backups (id, organization_id, project_id, "
+                "environment_id, type, trigger, status, created_at) SELECT gen_random_uuid(), "
+                "%s, %s, %s, 'db', 'scheduled', %s, %s - make_interval(secs => i) "
+                # In random order: the table's order tells the planner nothing.
+                "FROM generate_series(1, %s) i ORDER BY random()",
+                (org, project, scope, status, T0, n),
+            )
+        await conn.execute(f"ANALYZE {SCHEMA}.backups")
+    lists = [
+        BackupList(org, environment_id=env),
+        BackupList(org, environment_id=env, status="failed"),
+        BackupList(org, environment_id=env, backup_type="full"),
+        BackupList(org, environment_id=env, status="failed", backup_type="db"),
+        BackupList(org, project_id=project),
+        BackupList(org, project_id=project, status="failed"),
+    ]
+    async with pool.connection() as conn:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        for backups in lists:
+            for offset in (0, 1000):
+                query = backups.json_page(20, offset)
+                text = numbered_placeholders(query.sql)
+                values = ", ".join(sql.Literal(v).as_string(conn) for v in query.params)
+                await conn.execute(f"PREPARE generic AS {text}", prepare=False)
+                try:
+                    cursor = await conn.execute(
+                        f"EXPLAIN (FORMAT JSON) EXECUTE generic({values})", prepare=False
+                    )
+                    row = await cursor.fetchone()
+                finally:
+                    await conn.execute("DEALLOCATE generic", prepare=False)
+                assert row is not None
+                nodes = plan_nodes(row["QUERY PLAN"][0]["Plan"])
+                scans = [n for n in nodes if n.get("Relation Name") == "backups"]
+                assert [n["Node Type"] for n in scans] == ["Index Scan"], (backups, nodes)
+                sorts = [n for n in nodes if n["Node Type"] in ("Sort", "Incremental Sort")]
+                assert not sorts, (backups, offset)
+    # And it is prepared indeed: by psycopg, on the connection that ran it.
+    single = connection_pool(pool.conninfo, min_size=1, max_size=1)
+    await single.open()
+    try:
+        for _ in range(3):
+            assert await backup_page_json(single, lists[0], 20, 0) is not None
+        async with single.connection() as conn:
+            cursor = await conn.execute("SELECT statement FROM pg_prepared_statements")
+            prepared = [r["statement"] for r in await cursor.fetchall()]
+        assert [s for s in prepared if '"items"' in s], prepared
+    finally:
+        await single.close()
+
+
+def numbered_placeholders(text: str) -> str:
+    """psycopg's ``%s`` placeholders as PREPARE's ``$1``, ``$2``, ..."""
+    first, *rest = text.split("%s")
+    return first + "".join(f"${n}{part}" for n, part in enumerate(rest, start=1))
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", []) for n in plan_nodes(child))]
