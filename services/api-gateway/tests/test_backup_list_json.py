@@ -79,7 +79,7 @@ async def register_environment(pool: Pool, org: uuid.UUID, project: uuid.UUID, n
 
 async def store(pool: Pool, backup_id: uuid.UUID, row: dict[str, Any]) -> None:
     """The row and its counts, as the projection keeps them."""
-    columns = ("id", *COLUMNS, "wal_start_lsn", "wal_end_lsn")
+    columns = ("id", *COLUMNS)
     values = [backup_id, *(row.get(c) for c in columns[1:])]
     values = [Jsonb(v) if c == "destinations" else v for c, v in zip(columns, values, strict=True)]
     async with pool.connection() as conn, conn.transaction():
@@ -240,7 +240,10 @@ async def every_kind_of_row(pool: Pool, org: uuid.UUID, project: uuid.UUID, env:
     await store(pool, uuid.uuid4(), full)
     for _ in range(2):
         tie = {**full, "status": "running", "created_at": T0 - timedelta(minutes=6)}
-        tie["destinations"] = [destination(), destination(status="failed", location="y")]
+        tie["destinations"] = [
+            destination(),
+            destination(status="failed", location="y", error='403 "refused" \u00bf'),
+        ]
         await store(pool, uuid.uuid4(), tie)
 
 

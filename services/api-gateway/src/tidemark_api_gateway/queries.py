@@ -270,6 +270,7 @@ def _destinations_json(column: str) -> str:
             ("location", _string("d->>'location'")),
             ("sizeBytes", _number("(d->>'sizeBytes')::bigint")),
             ("uploadedAt", _time("(d->>'uploadedAt')::timestamptz")),
+            ("error", _string("d->>'error'")),
         ]
     )
     return (
