@@ -398,9 +398,7 @@ class ProgressHub:
                 try:
                     records = reading.result()
                 except Exception as exc:
-                    log.warning(
-                        "sse_catch_up_failed", backup_id=str(backup_id), error=repr(exc)
-                    )
+                    log.warning("sse_catch_up_failed", backup_id=str(backup_id), error=repr(exc))
                 else:
                     ticks = [Tick.of(r) for r in records]
                     missed = [t for t in ticks if t and t.progress.backup_id == backup_id]
