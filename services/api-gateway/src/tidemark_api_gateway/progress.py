@@ -53,7 +53,7 @@ import json
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -373,7 +373,7 @@ class ProgressHub:
 
     async def _events(
         self, subscription: Subscription, read_state: ReadState, last_event_id: int | None
-    ) -> AsyncIterator[ServerSentEventMessage]:
+    ) -> AsyncGenerator[ServerSentEventMessage, None]:
         backup_id, partition = subscription.backup_id, subscription.partition
         live_from = await self.tail.position(partition)
         subscription.next_offset = live_from
