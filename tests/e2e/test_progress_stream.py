@@ -35,12 +35,13 @@ pytestmark = pytest.mark.integration
 
 GATEWAY = "api-gateway"
 # The second gateway's stream settings: short, so the tests see heartbeats, a slow
-# client's overflow and a watcher's poll in seconds.
+# client's overflow and a watcher's poll in seconds; a catch-up bound above the ~300
+# ticks a slow client misses, below what the far-behind test publishes.
 SECOND_GATEWAY_ENV = {
     "TIDEMARK_API_GATEWAY_SSE_HEARTBEAT_SECONDS": "0.5",
     "TIDEMARK_API_GATEWAY_SSE_CLIENT_QUEUE": "16",
     "TIDEMARK_API_GATEWAY_SSE_STATE_POLL_SECONDS": "0.5",
-    "TIDEMARK_API_GATEWAY_SSE_MAX_CATCHUP_OFFSETS": "50",
+    "TIDEMARK_API_GATEWAY_SSE_MAX_CATCHUP_OFFSETS": "400",
 }
 
 
@@ -403,10 +404,10 @@ def test_a_client_far_behind_gets_the_current_state_at_once_not_every_missed_tic
     phantoms.append(phantom)
     phantom.start()
     assert api.wait_for(str(phantom.id), ("running",), missing_ok=True)["status"] == "running"
-    offsets = phantom.publish(BACKUP_PROGRESS.name, [phantom.tick() for _ in range(60)])
+    offsets = phantom.publish(BACKUP_PROGRESS.name, [phantom.tick() for _ in range(420)])
     time.sleep(1.5)  # the gateway's tail is past them (it polls every 0.5 s)
     for last_event_id in (0, offsets[0] + 1):
-        # More than the second gateway's 50 offsets behind: no catch-up read.
+        # More than the second gateway's 400 offsets behind: no catch-up read.
         started = time.monotonic()
         events = read_stream(
             progress_url(gateways[1], str(phantom.id)),
