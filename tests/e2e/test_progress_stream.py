@@ -35,11 +35,13 @@ pytestmark = pytest.mark.integration
 
 GATEWAY = "api-gateway"
 # The second gateway's stream settings: short, so the tests see heartbeats, a slow
-# client's overflow and a watcher's poll in seconds.
+# client's overflow and a watcher's poll in seconds; a catch-up bound above the ~300
+# ticks a slow client misses, below what the far-behind test publishes.
 SECOND_GATEWAY_ENV = {
     "TIDEMARK_API_GATEWAY_SSE_HEARTBEAT_SECONDS": "0.5",
     "TIDEMARK_API_GATEWAY_SSE_CLIENT_QUEUE": "16",
     "TIDEMARK_API_GATEWAY_SSE_STATE_POLL_SECONDS": "0.5",
+    "TIDEMARK_API_GATEWAY_SSE_MAX_CATCHUP_OFFSETS": "400",
 }
 
 
@@ -393,6 +395,43 @@ def test_an_idle_stream_heartbeats_and_a_lost_terminal_tick_still_ends_it(
     assert events[-1].id is not None
     assert events[0].id is not None
     assert events[-1].id > events[0].id
+
+
+def test_a_client_far_behind_gets_the_current_state_at_once_not_every_missed_tick(
+    gateways: list[str], api: Api, kafka_bootstrap: str, phantoms: list[Phantom]
+) -> None:
+    phantom = Phantom(kafka_bootstrap, api.org_id)
+    phantoms.append(phantom)
+    phantom.start()
+    assert api.wait_for(str(phantom.id), ("running",), missing_ok=True)["status"] == "running"
+    offsets = phantom.publish(BACKUP_PROGRESS.name, [phantom.tick() for _ in range(420)])
+    time.sleep(1.5)  # the gateway's tail is past them (it polls every 0.5 s)
+    for last_event_id in (0, offsets[0] + 1):
+        # More than the second gateway's 400 offsets behind: no catch-up read.
+        started = time.monotonic()
+        events = read_stream(
+            progress_url(gateways[1], str(phantom.id)),
+            auth(api.org_id, last_event_id),
+            until=lambda got: len(got) >= 1,
+        )
+        assert time.monotonic() - started < 5
+        [state] = events
+        assert state.event == "progress"
+        # The current state (from the read model: its phase is its status), not a tick.
+        assert state.data["phase"] == "running"
+        assert state.data["backupId"] == str(phantom.id)
+        assert state.id is not None
+        assert state.id > offsets[-1] >= last_event_id
+    # Within the bound the same gateway still replays exactly what was missed.
+    near = read_stream(
+        progress_url(gateways[1], str(phantom.id)),
+        auth(api.org_id, offsets[-3] + 1),
+        until=lambda got: len(got) >= 2,
+    )
+    assert [(e.event, e.id, e.data["phase"]) for e in near] == [
+        ("progress", offsets[-2] + 1, "dumping"),
+        ("progress", offsets[-1] + 1, "dumping"),
+    ]
 
 
 def metric(base: str, name: str) -> float:

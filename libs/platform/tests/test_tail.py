@@ -98,3 +98,23 @@ async def test_a_tail_refuses_a_topic_that_does_not_exist(kafka_bootstrap: str) 
         await tail.start()
     with pytest.raises(RuntimeError, match="not started"):
         tail.partition_for(b"k")
+
+
+async def test_a_read_range_that_cannot_finish_in_time_raises_timeout_error(
+    kafka_bootstrap: str,
+) -> None:
+    topic = await new_topic(kafka_bootstrap, partitions=1)
+    await send(kafka_bootstrap, topic, [b"k0", b"k1"])
+    tail = TopicTail(kafka_bootstrap, topic, client_id="test-tail")
+    await tail.start()
+    try:
+        # Records past the partition's end never come: the read gives up at its bound
+        # (the caller falls back to something else), and does not return a short stretch.
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await tail.read_range(0, 0, 5, max_seconds=1.0)
+        assert asyncio.get_running_loop().time() - started < 8
+        # The tail itself is unaffected.
+        assert [r.offset for r in await tail.read_range(0, 0, 2, max_seconds=10.0)] == [0, 1]
+    finally:
+        await tail.stop()

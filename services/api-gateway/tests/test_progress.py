@@ -5,6 +5,7 @@ whole stream end to end in tests/e2e/test_progress_stream.py)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +31,9 @@ class MemoryLog:
         self.records: list[TailRecord] = []
         self.position_now = 0
         self.range_reads: list[tuple[int, int]] = []
+        # A catch-up read waits for this when set, and raises this when set.
+        self.range_gate: asyncio.Event | None = None
+        self.range_error: BaseException | None = None
 
     def partition_for(self, key: bytes) -> int:
         return 0
@@ -39,6 +43,10 @@ class MemoryLog:
 
     async def read_range(self, partition: int, start: int, end: int) -> list[TailRecord]:
         self.range_reads.append((start, end))
+        if self.range_gate is not None:
+            await self.range_gate.wait()
+        if self.range_error is not None:
+            raise self.range_error
         return [r for r in self.records if start <= r.offset < end]
 
     def append(self, status: str = "running", backup_id: uuid.UUID = BACKUP) -> TailRecord:
@@ -250,6 +258,121 @@ async def test_resuming_ahead_of_this_instance_skips_what_the_client_already_has
     live(progress, log, log.append())
     assert ids(await waiting) == [4]
     await resumed.aclose()
+
+
+async def test_a_client_too_far_behind_gets_a_fresh_stream_not_a_catch_up_read() -> None:
+    log, model = MemoryLog(), ReadModel("running")
+    progress = hub(log, max_catchup_offsets=5)
+    for _ in range(10):
+        log.append()
+    log.position_now = 10
+    # Last-Event-ID: 0 (or a long absence): 10 offsets behind, more than 5.
+    resumed = progress.stream(BACKUP, ENVIRONMENT, model, 0)
+    [state] = await take(resumed, 1)
+    assert log.range_reads == []
+    # The current state, with an id past the client's: ids still increase.
+    assert (state.event, state.id) == ("progress", 10)
+    assert json.loads(state.data)["phase"] == "running"
+    live(progress, log, log.append())
+    assert ids(await take(resumed, 1)) == [11]
+    await resumed.aclose()
+    # Within the bound, it is still a catch-up read with every missed tick.
+    within = progress.stream(BACKUP, ENVIRONMENT, model, 6)
+    assert ids(await take(within, 5)) == [7, 8, 9, 10, 11]
+    assert log.range_reads == [(6, 11)]
+    await within.aclose()
+
+
+@pytest.mark.parametrize("error", [TimeoutError(), OSError("broker gone"), RuntimeError("x")])
+async def test_a_catch_up_read_that_fails_falls_back_to_a_fresh_stream(
+    error: BaseException,
+) -> None:
+    log, model = MemoryLog(), ReadModel("running")
+    progress = hub(log)
+    for _ in range(3):
+        log.append()
+    log.position_now = 3
+    log.range_error = error
+    resumed = progress.stream(BACKUP, ENVIRONMENT, model, 1)
+    [state] = await take(resumed, 1)
+    assert log.range_reads == [(1, 3)]
+    assert (state.event, state.id) == ("progress", 3)
+    assert json.loads(state.data)["status"] == "running"
+    live(progress, log, log.append())
+    assert ids(await take(resumed, 1)) == [4]
+    await resumed.aclose()
+
+
+async def test_a_catch_up_read_that_fails_on_a_finished_backup_sends_the_terminal_event() -> None:
+    log, model = MemoryLog(), ReadModel("completed", "sha256:" + "0" * 64)
+    progress = hub(log)
+    log.append()
+    log.append("completed")
+    log.position_now = 2
+    log.range_error = TimeoutError()
+    final = await asyncio.wait_for(rest(progress.stream(BACKUP, ENVIRONMENT, model, 0)), 5.0)
+    assert [(m.event, m.id) for m in final] == [("completed", 2)]
+
+
+async def test_a_slow_catch_up_read_sends_heartbeats_and_is_dropped_with_its_stream() -> None:
+    log, model = MemoryLog(), ReadModel("running")
+    progress = hub(log, heartbeat_seconds=0.2)
+    log.append()
+    log.append()
+    log.position_now = 2
+    log.range_gate = asyncio.Event()
+    resumed = progress.stream(BACKUP, ENVIRONMENT, model, 0)
+    beats = await take(resumed, 2)
+    assert [m.comment for m in beats] == ["ping", "ping"]
+    log.range_gate.set()
+    assert ids(await take(resumed, 2)) == [1, 2]
+    await resumed.aclose()
+    # A client that leaves during the read leaves nothing behind.
+    log.range_gate.clear()
+    gone = progress.stream(BACKUP, ENVIRONMENT, model, 0)
+    await take(gone, 1)
+    await gone.aclose()
+    assert progress._subscriptions == {}
+    await asyncio.sleep(0)  # the cancelled read ends at its next step
+    assert [t for t in asyncio.all_tasks() if "read_range" in repr(t) and not t.done()] == []
+
+
+async def test_no_stream_is_silent_longer_than_the_heartbeat_while_a_terminal_tick_waits() -> None:
+    log, model = MemoryLog(), ReadModel("running")
+    progress = hub(log, heartbeat_seconds=1.0, terminal_wait_seconds=2.5)
+    stream = progress.stream(BACKUP, ENVIRONMENT, model, None)
+    await take(stream, 1)
+    loop = asyncio.get_running_loop()
+    [beat] = await take(stream, 1)
+    assert beat.comment == "ping"
+    times = [loop.time()]
+    await asyncio.sleep(0.6)  # idle since the ping when the terminal tick comes
+    live(progress, log, log.append("completed"))  # the read model never shows it
+    async for _ in stream:
+        times.append(loop.time())
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) >= 3, gaps
+    assert max(gaps) <= 1.0, gaps
+
+
+async def test_a_stream_resumed_after_the_watcher_fired_gets_its_own_watcher() -> None:
+    log, model = MemoryLog(), ReadModel("running")
+    progress = hub(log, state_poll_seconds=0.05)
+    first = progress.stream(BACKUP, ENVIRONMENT, model, None)
+    await take(first, 1)
+    model.status = "completed"  # its terminal tick was lost
+    # The watcher fires for the first stream, which its client does not read yet: the
+    # backup is still followed on this gateway.
+    for _ in range(100):
+        if not progress._watchers:
+            break
+        await asyncio.sleep(0.05)
+    assert BACKUP in progress._subscriptions
+    resumed = progress.stream(BACKUP, ENVIRONMENT, model, 0)
+    final = await asyncio.wait_for(rest(resumed), 5.0)
+    assert [(m.event, m.id) for m in final] == [("completed", 1)]
+    assert [(m.event, m.id) for m in await asyncio.wait_for(rest(first), 5.0)] == [("completed", 1)]
+    assert progress._watchers == {}
 
 
 async def test_a_slow_client_overflows_and_ends_while_the_others_get_every_tick() -> None:

@@ -136,10 +136,13 @@ class TopicTail:
             if batch:
                 yield _records(batch)
 
-    async def read_range(self, partition: int, start: int, end: int) -> list[TailRecord]:
+    async def read_range(
+        self, partition: int, start: int, end: int, *, max_seconds: float = READ_RANGE_SECONDS
+    ) -> list[TailRecord]:
         """Every record of ``partition`` from offset ``start`` up to (not including)
         ``end``, with a short-lived consumer of its own; records that retention already
-        removed are simply not there. Bounded by ``READ_RANGE_SECONDS``."""
+        removed are simply not there. Bounded by ``max_seconds``: past it, ``TimeoutError``
+        (the caller decides what a client gets instead), its consumer stopped."""
         if start >= end:
             return []
         tp = TopicPartition(self.topic, partition)
@@ -155,7 +158,7 @@ class TopicTail:
             consumer.assign([tp])
             consumer.seek(tp, start)
             found: list[TailRecord] = []
-            async with asyncio.timeout(READ_RANGE_SECONDS):
+            async with asyncio.timeout(max_seconds):
                 while await consumer.position(tp) < end:
                     batch = await consumer.getmany(tp, timeout_ms=500)
                     found.extend(r for r in _records(batch) if r.offset < end)

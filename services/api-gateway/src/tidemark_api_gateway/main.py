@@ -135,6 +135,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
         heartbeat_seconds=settings.sse_heartbeat_seconds,
         state_poll_seconds=settings.sse_state_poll_seconds,
         terminal_wait_seconds=settings.sse_terminal_wait_seconds,
+        max_catchup_offsets=settings.sse_max_catchup_offsets,
     )
     runtime.add_background(progress.run, needs_kafka=True)
     runtime.add_check("progress", progress.is_ready)

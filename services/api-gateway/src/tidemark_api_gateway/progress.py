@@ -15,6 +15,13 @@ Design (API.md "SSE streams"):
   to where its tail stands (a short-lived catch-up read), then continues live, skipping
   offsets already delivered: no repeats, no gaps. A resumed stream does not repeat the
   current state; it only continues.
+- A catch-up read is bounded: when the client is more than ``max_catchup_offsets`` behind
+  the tail (``Last-Event-ID: 0``, or back after a long absence on a busy partition), or
+  the read fails or times out, the stream starts afresh instead, exactly as a new one:
+  the current state first, with id ``p`` (the tail's position, so greater than the id the
+  client had, and ids still increase), then live ticks. Such a client gets the backup's
+  current state in place of every tick it missed (ticks are progress, not history), and
+  never a stream that ends before its first event only to be retried with the same id.
 - The terminal event (``completed`` / ``failed``) carries the final resource as GET
   /backups/{id} returns it. When the terminal tick arrives before the projection shows a
   terminal status, the stream waits for the read model (bounded by
@@ -34,7 +41,8 @@ Design (API.md "SSE streams"):
   its last delivered id is exact), and the client resumes with ``Last-Event-ID`` from
   Kafka. A client that stopped reading altogether holds only its socket and that buffer.
 - A comment heartbeat (``: ping``) is sent whenever nothing else was for
-  ``sse_heartbeat_seconds``.
+  ``sse_heartbeat_seconds``, timed from what the stream last sent, also while it waits
+  for a catch-up read or for the read model to show a terminal state.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import json
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,12 +231,14 @@ class ProgressHub:
         heartbeat_seconds: float = 15.0,
         state_poll_seconds: float = 2.0,
         terminal_wait_seconds: float = 10.0,
+        max_catchup_offsets: int = 10_000,
     ) -> None:
         self.tail = tail
         self.queue_size = queue_size
         self.heartbeat_seconds = heartbeat_seconds
         self.state_poll_seconds = state_poll_seconds
         self.terminal_wait_seconds = terminal_wait_seconds
+        self.max_catchup_offsets = max_catchup_offsets
         self.connected = asyncio.Event()
         self._subscriptions: dict[uuid.UUID, set[Subscription]] = {}
         self._watchers: dict[uuid.UUID, asyncio.Task[None]] = {}
@@ -267,7 +277,9 @@ class ProgressHub:
         backup_id = subscription.backup_id
         self._subscriptions.setdefault(backup_id, set()).add(subscription)
         self._readers[backup_id] = read_state
-        if backup_id not in self._watchers:
+        watcher = self._watchers.get(backup_id)
+        if watcher is None or watcher.done():
+            # A watcher that fired is done: a stream that came after it needs its own.
             self._watchers[backup_id] = asyncio.create_task(self._watch(backup_id))
         if self._heartbeats is None:
             self._heartbeats = asyncio.create_task(self._beat())
@@ -301,9 +313,22 @@ class ProgressHub:
                         subscription.ping_due = True
                         subscription.wake.set()
 
+    def _ping_due_at(self, subscription: Subscription) -> float:
+        """When ``subscription`` must next send a heartbeat, from when it last sent
+        anything (3/4 of the interval, as ``_beat`` does, for slack in the writes)."""
+        return subscription.last_sent + self.heartbeat_seconds * 3 / 4
+
     async def _watch(self, backup_id: uuid.UUID) -> None:
         """One reader of the read model per followed backup (not per stream): a backup
         seen terminal on two polls in a row ends its streams, tick or no tick."""
+        try:
+            await self._poll_until_terminal(backup_id)
+        finally:
+            # Gone once it returns: a stream subscribing later gets a new watcher.
+            if self._watchers.get(backup_id) is asyncio.current_task():
+                del self._watchers[backup_id]
+
+    async def _poll_until_terminal(self, backup_id: uuid.UUID) -> None:
         seen_terminal = False
         while True:
             await asyncio.sleep(self.state_poll_seconds)
@@ -334,37 +359,84 @@ class ProgressHub:
         partition = self.tail.partition_for(str(environment_id).encode())
         subscription = Subscription(backup_id, partition, self.queue_size)
         self._subscribe(subscription, read_state)
+        events = self._events(subscription, read_state, last_event_id)
         try:
-            live_from = await self.tail.position(partition)
-            subscription.next_offset = live_from
-            last_id = live_from
-            if last_event_id is None:
-                state = await read_state()
-                if state is None:
-                    return
-                if state["status"] in TERMINAL_STATUSES:
-                    yield terminal_event(state, live_from)
-                    return
-                yield ServerSentEventMessage(
-                    id=live_from, event="progress", data=_json(state_data(state))
-                )
-            else:
-                last_id = last_event_id
-                # What this client missed, up to where live delivery starts.
-                records = await self.tail.read_range(partition, last_event_id, live_from)
-                ticks = [Tick.of(r) for r in records]
-                missed = [t for t in ticks if t and t.progress.backup_id == backup_id]
-                for tick in missed:
-                    async for message in self._deliver(tick, read_state):
-                        yield message
-                    if tick.progress.status in TERMINAL_STATUSES:
-                        return
-                    last_id = tick.event_id
-                subscription.next_offset = max(live_from, last_event_id)
-            async for message in self._live(subscription, read_state, last_id):
-                yield message
+            # Closed with the stream (not when collected): a catch-up read stops at once.
+            async with contextlib.aclosing(events):
+                async for message in events:
+                    # Whatever goes out counts for the heartbeat.
+                    subscription.last_sent = time.monotonic()
+                    subscription.ping_due = False
+                    yield message
         finally:
             self._unsubscribe(subscription)
+
+    async def _events(
+        self, subscription: Subscription, read_state: ReadState, last_event_id: int | None
+    ) -> AsyncGenerator[ServerSentEventMessage, None]:
+        backup_id, partition = subscription.backup_id, subscription.partition
+        live_from = await self.tail.position(partition)
+        subscription.next_offset = live_from
+        last_id = live_from
+        missed: list[Tick] | None = None
+        if last_event_id is not None:
+            if live_from - last_event_id > self.max_catchup_offsets:
+                log.info(
+                    "sse_catch_up_too_far",
+                    backup_id=str(backup_id),
+                    behind=live_from - last_event_id,
+                )
+            else:
+                reading = asyncio.ensure_future(
+                    self.tail.read_range(partition, last_event_id, live_from)
+                )
+                try:
+                    async for message in self._heartbeats_until(subscription, reading):
+                        yield message
+                finally:
+                    reading.cancel()
+                try:
+                    records = reading.result()
+                except Exception as exc:
+                    log.warning("sse_catch_up_failed", backup_id=str(backup_id), error=repr(exc))
+                else:
+                    ticks = [Tick.of(r) for r in records]
+                    missed = [t for t in ticks if t and t.progress.backup_id == backup_id]
+        if missed is None:
+            # A new stream, or a resumed one that cannot catch up: the current state first.
+            state = await read_state()
+            if state is None:
+                return
+            if state["status"] in TERMINAL_STATUSES:
+                yield terminal_event(state, live_from)
+                return
+            yield ServerSentEventMessage(
+                id=live_from, event="progress", data=_json(state_data(state))
+            )
+        else:
+            assert last_event_id is not None
+            last_id = last_event_id
+            # What this client missed, up to where live delivery starts.
+            for tick in missed:
+                async for message in self._deliver(subscription, tick, read_state):
+                    yield message
+                if tick.progress.status in TERMINAL_STATUSES:
+                    return
+                last_id = tick.event_id
+            subscription.next_offset = max(live_from, last_event_id)
+        async for message in self._live(subscription, read_state, last_id):
+            yield message
+
+    async def _heartbeats_until(
+        self, subscription: Subscription, task: asyncio.Future[Any]
+    ) -> AsyncIterator[ServerSentEventMessage]:
+        """Heartbeats, on time, until ``task`` is done (its outcome is the caller's)."""
+        while not task.done():
+            delay = self._ping_due_at(subscription) - time.monotonic()
+            if delay <= 0:
+                yield PING
+                continue
+            await asyncio.wait({task}, timeout=delay)
 
     async def _live(
         self, subscription: Subscription, read_state: ReadState, last_id: int
@@ -388,10 +460,9 @@ class ProgressHub:
                         running.append(tick.as_event())
                         last_id = tick.event_id
                 if running:
-                    subscription.last_sent = time.monotonic()
                     yield running[0] if len(running) == 1 else EncodedEvents(running)
                 if terminal is not None:
-                    async for message in self._deliver(terminal, read_state):
+                    async for message in self._deliver(subscription, terminal, read_state):
                         yield message
                     return
                 continue
@@ -399,15 +470,13 @@ class ProgressHub:
                 yield terminal_event(subscription.terminal_state, last_id + 1)
                 return
             if subscription.ping_due:
-                subscription.ping_due = False
-                subscription.last_sent = time.monotonic()
                 yield PING
                 continue
             subscription.wake.clear()
             await subscription.wake.wait()
 
     async def _deliver(
-        self, tick: Tick, read_state: ReadState
+        self, subscription: Subscription, tick: Tick, read_state: ReadState
     ) -> AsyncIterator[ServerSentEventMessage]:
         """A running tick as a ``progress`` event; a terminal one as the terminal event,
         once the read model shows it (heartbeats while waiting); nothing when it does
@@ -416,7 +485,6 @@ class ProgressHub:
             yield tick.as_event()
             return
         deadline = time.monotonic() + self.terminal_wait_seconds
-        beat = time.monotonic() + self.heartbeat_seconds
         while True:
             with contextlib.suppress(Exception):
                 state = await read_state()
@@ -428,10 +496,11 @@ class ProgressHub:
                 log.info("sse_terminal_not_projected", backup_id=str(tick.progress.backup_id))
                 yield ServerSentEventMessage(comment="final state not projected yet", data=None)
                 return
-            if now >= beat:
-                beat = now + self.heartbeat_seconds
-                yield PING
-            await asyncio.sleep(TERMINAL_POLL_SECONDS)
+            ping_at = self._ping_due_at(subscription)
+            if now >= ping_at:
+                yield PING  # the stream times the next one from now
+                continue
+            await asyncio.sleep(min(TERMINAL_POLL_SECONDS, ping_at - now, deadline - now))
 
 
 def progress_tail(bootstrap_servers: str, client_id: str) -> TopicTail:

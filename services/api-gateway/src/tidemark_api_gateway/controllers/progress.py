@@ -57,7 +57,9 @@ class ProgressController(Controller):
             "message, at}`, then `completed` or `failed` with the final Backup, and the "
             "stream ends. A backup already terminal (also `deleting`/`deleted`) gets its "
             "terminal event at once. Ids increase; `Last-Event-ID` resumes on any gateway "
-            "without repeats or gaps. A `: ping` comment at least every 15 s."
+            "without repeats or gaps; a client too far behind (or when the missed events "
+            "cannot be read) gets the current state first instead, as a new stream does. "
+            "A `: ping` comment at least every 15 s."
         ),
     )
     async def backup_progress(
