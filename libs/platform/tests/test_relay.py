@@ -98,6 +98,69 @@ async def run_until(relay: Relay, condition: Any, rounds: int = 400) -> None:
         task.cancel()
 
 
+async def test_a_round_that_never_gets_an_answer_is_abandoned_and_sent_again_renewed() -> None:
+    # A producer wedged by a broker restart awaits its own futures forever: the round is
+    # given up after its bound, the producer renewed, and nothing is lost or skipped.
+    source = ListSource(entries(3))
+    published: list[int] = []
+    renewals: list[int] = []
+    wedged = True
+
+    async def publish(entry: Outbound) -> None:
+        if wedged and entry.position == 2:
+            await asyncio.Event().wait()  # no answer, ever
+        published.append(entry.position)
+
+    async def renew() -> None:
+        nonlocal wedged
+        renewals.append(1)
+        wedged = False
+
+    relay = Relay(
+        source,
+        publish,
+        idle_seconds=0.01,
+        max_backoff_seconds=0.05,
+        on_refused=renew,
+        round_timeout_seconds=0.2,
+    )
+    await run_until(relay, lambda: len(source.acknowledged) == 3)
+    assert source.acknowledged == [1, 2, 3]
+    # Entry 1 was handed over but not confirmed when the round was abandoned: it goes out
+    # again (at least once; every consumer absorbs a repeat), before 2 and in order.
+    assert published == [1, 1, 2, 3]
+    assert renewals == [1]
+    assert relay.healthy
+
+
+async def test_failures_that_outlast_a_round_get_a_new_producer() -> None:
+    # A producer left stale by a broker restart keeps failing where a new one would not.
+    source = ListSource(entries(2))
+    renewals: list[int] = []
+    stale = True
+
+    async def publish(entry: Outbound) -> None:
+        if stale:
+            raise ConnectionError("a stale producer")
+
+    async def renew() -> None:
+        nonlocal stale
+        renewals.append(1)
+        stale = False
+
+    relay = Relay(
+        source,
+        publish,
+        idle_seconds=0.01,
+        max_backoff_seconds=0.05,
+        on_refused=renew,
+        round_timeout_seconds=0.3,
+    )
+    await run_until(relay, lambda: len(source.acknowledged) == 2)
+    assert source.acknowledged == [1, 2]
+    assert renewals == [1]
+
+
 async def test_an_entry_that_keeps_timing_out_is_never_parked_on_a_guess() -> None:
     # Kafka answers other requests (its cluster ping works) but this entry times out, as
     # with too few in-sync replicas: parking it would leave a gap every projection waits

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -100,9 +101,14 @@ class Relay:
         max_backoff_seconds: float = 5.0,
         service: str = "",
         on_refused: Callable[[], Awaitable[None]] | None = None,
+        round_timeout_seconds: float = 60.0,
     ) -> None:
         self.source = source
         self._on_refused = on_refused
+        # A round that gets no answer at all in this time (a producer wedged by a broker
+        # restart waits on its own futures forever) is abandoned: what it did not confirm
+        # goes out again, through a renewed producer.
+        self._round_timeout = round_timeout_seconds
         # Entries up to this position are sent one at a time (after a refused request).
         self._alone_until = 0
         self._publish = publish
@@ -127,24 +133,37 @@ class Relay:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         backoff = 0.2
-        failing = False
+        failing_since: float | None = None
+        renewed_at = 0.0
         while True:
             try:
-                published = await self.publish_pending()
+                published = await asyncio.wait_for(self.publish_pending(), self._round_timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 RELAY_FAILURES.labels(self.source.name).inc()
                 self.healthy = False
-                if not failing:
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
                     log.warning("relay_failing", relay=self.source.name, error=repr(exc))
-                failing = True
+                # A round with no answer at all, or failures that outlast a round: the
+                # producer may be wedged or stale after a broker restart (it waits on its
+                # own futures, or keeps failing where a new one would not). A new one, at
+                # most once a round; what was not confirmed goes out again through it.
+                stuck = isinstance(exc, TimeoutError)
+                if stuck or now - max(failing_since, renewed_at) >= self._round_timeout:
+                    log.warning("relay_producer_renewed", relay=self.source.name, error=repr(exc))
+                    renewed_at = now
+                    if self._on_refused is not None:
+                        with contextlib.suppress(Exception):
+                            await self._on_refused()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
-            if failing:
+            if failing_since is not None:
                 log.info("relay_recovered", relay=self.source.name)
-            failing, backoff, self.healthy = False, 0.2, True
+            failing_since, backoff, self.healthy = None, 0.2, True
             if published < self._batch_size:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
