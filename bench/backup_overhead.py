@@ -682,6 +682,7 @@ def report(
     warmups: list[Run],
     load: tuple[float, float],
     wall: float,
+    zstd_threads: int = 1,
 ) -> None:
     tidemark = results[TIDEMARK]
     t_med = median(tidemark)
@@ -708,7 +709,9 @@ def report(
             f"{PREFIX} tidemark_full_vs_pg_basebackup_zstd ratio={full_ratio:.2f} (tidemark full "
             f"median {full_med:.2f}s, baseline median {bb_med:.2f}s, rounds={rounds}, "
             f"cluster backup sizes {mib(median(results[TIDEMARK_FULL], 'size_bytes'))} vs "
-            f"{mib(median(results[BB_ZSTD], 'size_bytes'))}) target<={TARGET_RATIO}"
+            f"{mib(median(results[BB_ZSTD], 'size_bytes'))}, compression threads: tidemark "
+            f"zstd_threads={zstd_threads}, baseline zstd default -T1"
+            f"{'' if zstd_threads == 1 else ' (NOT equal threads)'}) target<={TARGET_RATIO}"
             + (" PASS" if full_ratio <= TARGET_RATIO else " FAIL")
         )
     for line in lines:
@@ -804,6 +807,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"skip the `full` figure ({TIDEMARK_FULL} vs {BB_ZSTD} of the same cluster)",
     )
+    parser.add_argument(
+        "--zstd-threads",
+        type=int,
+        default=1,
+        help="the runner's zstd compression threads (default 1: the baselines' zstd default -T1; "
+        "any other value is printed as unequal threads)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.rows < 1000 or args.poll_interval <= 0 or args.warmup < 0:
         parser.error("--rounds >= 1, --rows >= 1000, --poll-interval > 0, --warmup >= 0")
@@ -880,6 +890,8 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
         destination_root=destinations,
         extra_env={
             "TIDEMARK_BACKUP_RUNNER_PG_BIN_DIR": str(pg_bin),
+            # One compression worker, as the baselines' zstd (its default -T1): equal threads.
+            "TIDEMARK_BACKUP_RUNNER_ZSTD_THREADS": str(args.zstd_threads),
         },
     )
     note(f"starting Tidemark (logs in {stack.log_dir}) ...")
@@ -966,6 +978,7 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
         warmups=warmups,
         load=(load_before, os.getloadavg()[0]),
         wall=time.monotonic() - wall_started,
+        zstd_threads=args.zstd_threads,
     )
 
 
