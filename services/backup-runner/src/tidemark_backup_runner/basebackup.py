@@ -8,6 +8,11 @@ every file in the archive, the backup's id and its WAL range. Nothing of it is k
 local disk: pg_basebackup's stdout is read as a tar stream and written as a new one
 straight into the compressor and the writers (``pgtools.CompressedArtifact``).
 
+The re-packing is as cheap as ``pg_basebackup | zstd`` allows (``bench/backup_overhead``'s
+full figure): a thread reads the tool's output ahead, headers are rewritten in place (only
+the name changes), member data reaches the compressor as views of what was read, and the
+files' SHA-256 are computed on a thread of their own, beside the compressor's worker.
+
 The files directory is a tenant's path on the runner's host, so it is confined like a
 local destination: relative to ``<files root>/<organization id>/``, no absolute path, no
 ``..``, every component opened with ``O_NOFOLLOW``. Inside it nothing is followed either:
