@@ -14,7 +14,7 @@ PYTEST_STATUS_FILE ?=
 STATE_DIR ?= $(or $(TIDEMARK_STATE_DIR),$(CURDIR)/.state)
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap sync run test lint format schemas bench bench-backup bench-relay bench-read-api \
+.PHONY: help bootstrap sync run test lint format schemas bench bench-backup bench-relay bench-read-api bench-sse \
 	kafka-start kafka-stop postgres-start postgres-stop clean-state dlq-list dlq-redrive \
 	rotate-secret-keys
 
@@ -24,10 +24,11 @@ help:
 	@echo "make lint           ruff check, ruff format --check, mypy"
 	@echo "make format         apply ruff's fixes and formatting"
 	@echo "make schemas        write the message contracts' JSON Schemas, AsyncAPI, README's services"
-	@echo "make bench          run every benchmark (bench-backup, bench-relay, bench-read-api)"
+	@echo "make bench          run every benchmark (bench-backup, bench-relay, bench-read-api, bench-sse)"
 	@echo "make bench-backup   measure the backup overhead against pg_dump | zstd"
 	@echo "make bench-relay    relay and projection rates against plain aiokafka"
 	@echo "make bench-read-api a page of backups over 100,000 against GET /health"
+	@echo "make bench-sse      2,000 SSE clients on one gateway: delivery delay, completeness, RSS"
 	@echo "make sync           install the locked dependencies into .venv"
 	@echo "make kafka-start | kafka-stop | postgres-start | postgres-stop"
 	@echo "make dlq-list [TOPIC=t]       list parked (dead-letter) messages as JSON lines"
@@ -69,7 +70,7 @@ schemas: sync
 	$(UV_RUN) python -m tidemark_contracts.asyncapi
 	$(UV_RUN) python -m tidemark_devstack.readme
 
-bench: bench-backup bench-relay bench-read-api
+bench: bench-backup bench-relay bench-read-api bench-sse
 
 bench-backup: sync
 	$(UV_RUN) python bench/backup_overhead.py
@@ -79,6 +80,9 @@ bench-relay: sync
 
 bench-read-api: sync
 	$(UV_RUN) python bench/read_api.py
+
+bench-sse: sync
+	$(UV_RUN) python bench/sse_fanout.py
 
 rotate-secret-keys: sync
 	$(UV_RUN) python -m tidemark_platform.vault rotate

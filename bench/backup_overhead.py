@@ -429,15 +429,19 @@ class TidemarkApi:
     poll_interval: float
     # The same database registered with its cluster: what a `full` backup needs.
     full_environment_id: str = ""
+    local_destination_id: str = ""
+    # None: the organization's default destinations (the local one).
+    destination_ids: list[str] | None = None
 
     def backup(self, pids: dict[str, int | None], type: str = "db") -> tuple[Run, dict[str, Any]]:
         """One backup; the time is completedAt minus the client's clock at the 202."""
         environment_id = self.full_environment_id if type == "full" else self.environment_id
         with CpuProbe(pids) as probe:
             posted = time.time()
-            response = self.client.post(
-                f"/api/v1/environments/{environment_id}/backups", json={"type": type}
-            )
+            body = {"type": type}
+            if self.destination_ids is not None:
+                body["destinationIds"] = self.destination_ids  # type: ignore[assignment]
+            response = self.client.post(f"/api/v1/environments/{environment_id}/backups", json=body)
             accepted = time.time()
             if response.status_code != 202:
                 raise BenchError(f"POST backup: {response.status_code} {response.text[:500]}")
@@ -607,7 +611,7 @@ def register(client: httpx.Client, db: Database, artifacts: str, poll: float) ->
         ),
         201,
     )
-    expect(
+    local = expect(
         client.post(
             "/api/v1/destinations",
             json={
@@ -619,7 +623,92 @@ def register(client: httpx.Client, db: Database, artifacts: str, poll: float) ->
         ),
         201,
     )
-    return TidemarkApi(client, environment["id"], poll, full_environment["id"])
+    return TidemarkApi(
+        client, environment["id"], poll, full_environment["id"], local_destination_id=local["id"]
+    )
+
+
+# --- the S3 figure ----------------------------------------------------------------------
+
+
+def s3_bench(
+    api: TidemarkApi, rounds: int, pids: dict[str, int | None], cleanup: contextlib.ExitStack
+) -> None:
+    """The same db backup to an S3 destination (moto's server on loopback, or
+    $TIDEMARK_TEST_S3_ENDPOINT) against one to the local destination, alternating; prints
+    one summary line with the ratio of the medians. moto keeps objects in memory and
+    answers from Python: the figure is Tidemark's S3 path plus moto, an upper bound."""
+    import boto3
+    from tidemark_devstack import s3
+
+    endpoint = os.environ.get(s3.ENDPOINT_ENV)
+    access = os.environ.get(s3.ACCESS_KEY_ENV, s3.MOTO_ACCESS_KEY)
+    secret = os.environ.get(s3.SECRET_KEY_ENV, s3.MOTO_SECRET_KEY)
+    if not endpoint:
+        server = s3.MotoServer()
+        endpoint = server.start()
+        deferred(cleanup, "stop moto's S3 server", server.stop)
+    note(f"S3: {endpoint}")
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
+        region_name=s3.REGION,
+    )
+    bucket = f"tidemark-bench-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    suffix = uuid.uuid4().hex[:8]
+    for name, value in ((f"bench-s3-ak-{suffix}", access), (f"bench-s3-sk-{suffix}", secret)):
+        expect(api.client.post("/api/v1/secrets", json={"name": name, "value": value}), 201)
+    destination = expect(
+        api.client.post(
+            "/api/v1/destinations",
+            json={
+                "name": f"bench-s3-{suffix}",
+                "type": "s3",
+                "config": {
+                    "bucket": bucket,
+                    "prefix": "bench",
+                    "endpointUrl": endpoint,
+                    "region": s3.REGION,
+                    "accessKeyRef": f"secret:bench-s3-ak-{suffix}",
+                    "secretKeyRef": f"secret:bench-s3-sk-{suffix}",
+                },
+                "isDefault": False,
+            },
+        ),
+        201,
+    )
+    to_s3 = TidemarkApi(api.client, api.environment_id, api.poll_interval)
+    to_s3.destination_ids = [destination["id"]]
+    to_local = TidemarkApi(api.client, api.environment_id, api.poll_interval)
+    to_local.destination_ids = [api.local_destination_id]
+    runs: dict[str, list[Run]] = {"s3": [], "local": []}
+    for round_no in range(1, rounds + 1):
+        for kind, target in (("local", to_local), ("s3", to_s3)):
+            run, body = target.backup(pids)
+            runs[kind].append(run)
+            note(f"S3 round {round_no}/{rounds} {kind}: {run.seconds:.2f}s {mib(run.size_bytes)}")
+            if kind == "s3":
+                [stored] = body["destinations"]
+                key = f"bench/{stored['location']}"
+                digest = hashlib.sha256()
+                answer = client.get_object(Bucket=bucket, Key=key)["Body"]
+                while chunk := answer.read(1 << 20):
+                    digest.update(chunk)
+                if f"sha256:{digest.hexdigest()}" != body["checksum"]:
+                    raise BenchError(f"the S3 object {key} does not match the backup's checksum")
+                # moto holds objects in memory: one at a time.
+                client.delete_object(Bucket=bucket, Key=key)
+    s3_med, local_med = median(runs["s3"]), median(runs["local"])
+    print(
+        f"{PREFIX} tidemark_s3_vs_local ratio={s3_med / local_med:.2f} (s3 median "
+        f"{s3_med:.2f}s, local median {local_med:.2f}s, rounds={rounds}, artifact "
+        f"{mib(median(runs['s3'], 'size_bytes'))}; S3 = moto on loopback unless "
+        f"{s3.ENDPOINT_ENV} is set)",
+        flush=True,
+    )
 
 
 # --- orchestration ----------------------------------------------------------------------
@@ -814,6 +903,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the runner's zstd compression threads (default 1: the baselines' zstd default -T1; "
         "any other value is printed as unequal threads)",
     )
+    parser.add_argument(
+        "--s3-rounds",
+        type=int,
+        default=None,
+        help="rounds of the S3 figure (db backup to S3 vs to local; default --rounds, 0: skip)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.rows < 1000 or args.poll_interval <= 0 or args.warmup < 0:
         parser.error("--rounds >= 1, --rows >= 1000, --poll-interval > 0, --warmup >= 0")
@@ -980,6 +1075,9 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
         wall=time.monotonic() - wall_started,
         zstd_threads=args.zstd_threads,
     )
+    s3_rounds = args.rounds if args.s3_rounds is None else args.s3_rounds
+    if s3_rounds > 0:
+        s3_bench(api, s3_rounds, pids, cleanup)
 
 
 def _terminate(signum: int, _frame: object) -> None:

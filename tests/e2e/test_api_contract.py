@@ -122,6 +122,7 @@ def test_operational_endpoints_need_no_token(anonymous: httpx.Client) -> None:
         "postgres": True,
         "kafka": True,
         "services": True,
+        "progress": True,
         "relay:gateway-outbox": True,
         "relay:gateway-catalog": True,
     }

@@ -31,7 +31,13 @@ from litestar import Litestar, Router, get, post
 from litestar.exceptions import NotAuthorizedException
 from litestar.testing import AsyncTestClient, TestClient
 from pydantic import ValidationError
-from tidemark_api_gateway.auth import TokenVerifier, auth_middleware, scope_guard
+from tidemark_api_gateway.auth import (
+    VERIFIED_TOKEN_SECONDS,
+    VERIFIED_TOKENS,
+    TokenVerifier,
+    auth_middleware,
+    scope_guard,
+)
 from tidemark_api_gateway.problems import EXCEPTION_HANDLERS, PROBLEM_JSON
 from tidemark_api_gateway.settings import GatewaySettings
 
@@ -127,6 +133,52 @@ async def test_hs256_tokens_carry_subject_organization_and_scopes() -> None:
     assert principal.subject == "alice"
     assert str(principal.organization_id) == token_claims["org_id"]
     assert principal.scopes == frozenset({"backups:read", "backups:write"})
+
+
+# A verified token is kept (its text as the key) so a client's next requests skip the
+# signature check; these pin how long, and that the kept ones are bounded. Rotating the
+# verifier's secret stands for a key the provider withdrew: a kept token does not notice.
+
+
+async def test_a_kept_token_is_refused_once_it_expires() -> None:
+    verifier = TokenVerifier(settings())
+    token = jwt.encode(claims(exp=int(time.time()) + 2), SECRET, "HS256")
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert (await verifier.verify(token)).subject == "alice"
+    assert (await verifier.verify(token)).subject == "alice"
+    await asyncio.sleep(max(0.0, expires - time.time()) + 0.05)
+    with pytest.raises(NotAuthorizedException, match="token expired"):
+        await verifier.verify(token)
+
+
+async def test_a_kept_token_is_verified_again_after_a_while() -> None:
+    now = [1_000.0]
+    verifier = TokenVerifier(settings(), clock=lambda: now[0])
+    token = jwt.encode(claims(), SECRET, "HS256")
+    principal = await verifier.verify(token)
+    verifier._secret = "another-secret-of-a-sensible-length-0123456789"
+    now[0] += VERIFIED_TOKEN_SECONDS - 1
+    assert await verifier.verify(token) == principal  # kept: not checked again
+    now[0] += 2
+    with pytest.raises(NotAuthorizedException, match="signature verification failed"):
+        await verifier.verify(token)
+    # A refused token is not kept: it stays refused.
+    with pytest.raises(NotAuthorizedException, match="signature verification failed"):
+        await verifier.verify(token)
+
+
+async def test_the_kept_tokens_are_bounded_and_the_least_recently_used_go_first() -> None:
+    verifier = TokenVerifier(settings())
+    tokens = [jwt.encode(claims(n=n), SECRET, "HS256") for n in range(VERIFIED_TOKENS + 1)]
+    for token in tokens[:-1]:
+        await verifier.verify(token)
+    await verifier.verify(tokens[0])  # used again: now the most recent
+    await verifier.verify(tokens[-1])  # one too many: the least recent (tokens[1]) goes
+    verifier._secret = "another-secret-of-a-sensible-length-0123456789"
+    for kept in (tokens[0], tokens[2], tokens[-1]):
+        await verifier.verify(kept)
+    with pytest.raises(NotAuthorizedException, match="signature verification failed"):
+        await verifier.verify(tokens[1])
 
 
 async def test_a_token_without_a_scope_claim_gets_only_the_default_scopes() -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from eventsourcing.persistence import Tracking
+from psycopg.types.json import Jsonb
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.deletion import (
     Deleter,
@@ -22,10 +24,13 @@ from tidemark_backup_runner.deletion import (
 )
 from tidemark_backup_runner.domain import Backup
 from tidemark_backup_runner.executor import artifact_key
+from tidemark_backup_runner.registry import Registrations
 from tidemark_backup_runner.storage import writer_for
 from tidemark_contracts import utc_now
 from tidemark_contracts.backup import DeleteBackup, DestinationTarget, RequestBackup
 from tidemark_devstack.e2e import backup_request
+from tidemark_platform.catalog import CatalogView
+from tidemark_platform.database import connection_pool
 
 OWNER = uuid.uuid4()
 # No waiting between tries: the test says when the next one is due.
@@ -114,6 +119,55 @@ async def test_a_deleted_backups_artifact_goes_from_every_destination(
     assert table.claim(OWNER, POLICY) is None
 
 
+async def test_a_destination_not_registered_as_recorded_is_never_touched(
+    app: BackupRunnerApplication,
+    table: DeletionTable,
+    root: Path,
+    database_url: str,
+    schema: str,
+) -> None:
+    """A backup refused for naming a destination other than the registered one keeps what
+    it named; deleting it must not open the organization's credentials for that (an s3
+    endpoint of the sender's choosing) nor touch it: only registered destinations are
+    cleaned."""
+    backup, (registered_file, forged_file) = stored_backup(app, root)
+    registered, forged = (DestinationTarget.model_validate(d) for d in backup.destinations)
+    view = CatalogView()
+    pool = connection_pool(database_url)
+    await pool.open()
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(view.ddl(schema))  # type: ignore[arg-type]
+            for destination, path in ((registered, "a"), (forged, "elsewhere")):
+                await conn.execute(
+                    f"INSERT INTO {schema}.destinations (id, organization_id, name, type, "
+                    "config, is_default, created_at) VALUES (%s, %s, %s, 'local', %s, true, now())",
+                    (
+                        destination.destination_id,
+                        backup.organization_id,
+                        destination.name,
+                        Jsonb({"path": path}),
+                    ),
+                )
+        assert request_deletion(app, backup) == "accepted"
+        runner = Deleter(
+            app,
+            table,
+            lambda: None,
+            owner=OWNER,
+            policy=POLICY,
+            destination_root=root,
+            registrations=Registrations(pool, schema, wait_seconds=0),
+        )
+        await runner.submit(backup.id)
+        await runner.carry_out(claim(table))
+    finally:
+        await pool.close()
+    assert not registered_file.exists()
+    assert forged_file.is_file(), "a destination the command named, not the registered one"
+    assert app.get_backup(backup.id).status == "deleted"
+
+
 async def test_an_artifact_already_gone_is_no_failure(
     app: BackupRunnerApplication, table: DeletionTable, root: Path
 ) -> None:
@@ -196,6 +250,42 @@ async def test_two_runners_at_one_deletion_delete_it_once(
     assert not any(f.exists() for f in files)
     assert app.get_backup(backup.id).status == "deleted"
     assert events_of(app, backup).count("Deleted") == 1
+
+
+class SlowDeleter(Deleter):
+    """A removal that takes longer than the lease (a store slow to refuse)."""
+
+    def _remove_everywhere(
+        self, backup: Backup, registered: set[uuid.UUID] | None = None
+    ) -> list[tuple[str, str]]:
+        time.sleep(2.5)
+        return super()._remove_everywhere(backup, registered)
+
+
+async def test_a_removal_longer_than_the_lease_keeps_it_and_nobody_takes_it_over(
+    app: BackupRunnerApplication, table: DeletionTable, root: Path
+) -> None:
+    policy = DeletionPolicy(
+        max_attempts=2, first_delay_seconds=0.0, max_delay_seconds=0.0, lease_seconds=1.0
+    )
+    backup, files = stored_backup(app, root)
+    assert request_deletion(app, backup) == "accepted"
+    slow = SlowDeleter(app, table, lambda: None, owner=OWNER, policy=policy, destination_root=root)
+    await slow.submit(backup.id)
+    first = table.claim(OWNER, policy)
+    assert first is not None
+    running = asyncio.create_task(slow.carry_out(first))
+    other = uuid.uuid4()
+    taken_over = []
+    while not running.done():
+        await asyncio.sleep(0.2)
+        if (claimed := await asyncio.to_thread(table.claim, other, policy)) is not None:
+            taken_over.append(claimed)
+    await running
+    assert taken_over == [], "the lease ran out while the removal went on"
+    assert not any(f.exists() for f in files)
+    assert app.get_backup(backup.id).status == "deleted"
+    assert table.row(backup.id)["attempts"] == 1  # type: ignore[index]
 
 
 async def test_a_deletion_row_for_a_backup_not_being_deleted_removes_nothing(

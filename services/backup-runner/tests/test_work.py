@@ -18,9 +18,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup, WorkPolicy
-from tidemark_backup_runner.executor import BackupExecutor
+from tidemark_backup_runner.executor import BackupExecutor, artifact_key
 from tidemark_backup_runner.pgtools import find_tool
 from tidemark_backup_runner.secrets import CredentialPolicy
+from tidemark_backup_runner.storage import writer_for
 from tidemark_backup_runner.work import Lease, LeaseLost, WorkTable
 from tidemark_contracts import utc_now
 from tidemark_contracts.backup import DatabaseTarget, DestinationTarget
@@ -389,3 +390,59 @@ async def test_unusable_settings_or_no_password_end_the_backup_before_any_connec
     assert not started.exists(), "pg_dump never ran"
     destination = tmp_path / "dest"
     assert not destination.exists() or files_under(destination) == []
+
+
+async def test_a_runner_whose_lease_lapsed_removes_nothing_of_the_next_owners_upload(
+    app: BackupRunnerApplication, work: WorkTable, tmp_path: Path
+) -> None:
+    """A new attempt removes what earlier attempts left, but only once its lease is
+    confirmed: a runner whose lease lapsed meanwhile must not remove the upload of the
+    runner that holds the backup now."""
+    root = tmp_path / "destinations"
+    root.mkdir()
+    backup_id = request(app, path="dest")
+    work.ensure(backup_id)
+    died = work.claim(uuid.uuid4(), SHORT)
+    assert died is not None
+    await asyncio.sleep(SHORT.lease_seconds + 0.2)
+    late = work.claim(uuid.uuid4(), SHORT)  # attempt 2, after a runner that died
+    assert late is not None
+    assert late.previous_owner is not None
+    await asyncio.sleep(SHORT.lease_seconds + 0.2)  # ...and it stalls past its lease
+    now_owner = uuid.uuid4()
+    current = work.claim(now_owner, LONG)
+    assert current is not None
+    assert current.lease.attempt == 3
+    backup = app.get_backup(backup_id)
+    destination = DestinationTarget.model_validate(backup.destinations[0])
+    upload = writer_for(
+        destination,
+        backup.organization_id,
+        artifact_key(backup),
+        f"{now_owner.hex}-3",
+        local_root=root,
+    )
+    upload.open()
+    upload.write(b"the current owner's dump, in progress")
+    partial = root / str(backup.organization_id) / "dest" / Path(artifact_key(backup)).parent
+    assert [p.name for p in partial.iterdir() if p.name.endswith(".partial")]
+
+    async def no_progress(*_: Any) -> None:
+        return None
+
+    stale = BackupExecutor(
+        app,
+        work,
+        no_progress,
+        lambda: None,
+        owner=late.lease.owner,
+        pg_dump="pg_dump",
+        policy=SHORT,
+        destination_root=root,
+    )
+    with pytest.raises(LeaseLost):
+        await stale._execute(backup, late)
+    assert [p.name for p in partial.iterdir() if p.name.endswith(".partial")], (
+        "the current owner's partial upload was removed by a runner that lost the lease"
+    )
+    upload.abort()

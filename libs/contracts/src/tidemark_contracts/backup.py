@@ -197,6 +197,21 @@ class BackupUploaded(Message):
     uploaded_at: UtcDatetime
 
 
+class BackupUploadFailed(Message):
+    """Event: one destination could not take a verified copy of the artifact (nothing
+    partial of it is left there); the backup goes on with its other destinations, and is
+    ``completed`` when at least one of them holds a verified copy. ``error`` says why,
+    never with a credential or a reference's value."""
+
+    message_type: ClassVar[str] = "backup.BackupUploadFailed"
+    version: Literal[1] = 1
+    backup_id: uuid.UUID
+    environment_id: uuid.UUID
+    destination_id: uuid.UUID
+    error: str
+    failed_at: UtcDatetime
+
+
 class BackupCompleted(Message):
     message_type: ClassVar[str] = "backup.BackupCompleted"
     version: Literal[1] = 1

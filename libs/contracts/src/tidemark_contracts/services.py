@@ -49,9 +49,10 @@ class ServiceDescription:
 API_GATEWAY = ServiceDescription(
     "api-gateway",
     "The HTTP API: authenticates, validates, turns requests into commands (through its "
-    "outbox) and serves the read models it projects from domain events.",
+    "outbox), serves the read models it projects from domain events, and streams live "
+    "progress (SSE) from backup.progress.",
     8000,
-    consumes=(BACKUP_EVENTS, CATALOG_EVENTS, SERVICE_HEARTBEATS),
+    consumes=(BACKUP_EVENTS, BACKUP_PROGRESS, CATALOG_EVENTS, SERVICE_HEARTBEATS),
     produces=(BACKUP_COMMANDS, CATALOG_EVENTS, SERVICE_HEARTBEATS),
 )
 SCHEDULER = ServiceDescription(

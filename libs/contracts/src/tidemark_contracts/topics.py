@@ -14,6 +14,7 @@ from tidemark_contracts.backup import (
     BackupRequested,
     BackupStarted,
     BackupUploaded,
+    BackupUploadFailed,
     DeleteBackup,
     RequestBackup,
 )
@@ -81,6 +82,7 @@ BACKUP_EVENTS = Topic(
         BackupDeletionRequested,
         BackupDeleted,
         BackupCleanupFailed,
+        BackupUploadFailed,
     ),
 )
 BACKUP_PROGRESS = Topic(

@@ -171,3 +171,37 @@ def create_database(database_url: str) -> Iterator[Callable[..., str]]:
     yield make
     for name, has_role in made:
         drop_database_at(database_url, name, drop_role=has_role)
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """An S3 HTTP endpoint for tests, with credentials it accepts."""
+
+    url: str
+    access_key: str
+    secret_key: str
+    region: str
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """$TIDEMARK_TEST_S3_ENDPOINT (credentials in $TIDEMARK_TEST_S3_ACCESS_KEY and
+    $TIDEMARK_TEST_S3_SECRET_KEY), else moto's standalone server on loopback, once per
+    session."""
+    from tidemark_devstack import s3
+
+    preset = os.environ.get(s3.ENDPOINT_ENV)
+    if preset:
+        yield S3Endpoint(
+            preset,
+            os.environ.get(s3.ACCESS_KEY_ENV, ""),
+            os.environ.get(s3.SECRET_KEY_ENV, ""),
+            os.environ.get("AWS_REGION", s3.REGION),
+        )
+        return
+    server = s3.MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    url = server.start()
+    try:
+        yield S3Endpoint(url, s3.MOTO_ACCESS_KEY, s3.MOTO_SECRET_KEY, s3.REGION)
+    finally:
+        server.stop()

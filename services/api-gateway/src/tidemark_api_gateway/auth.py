@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,13 @@ log = get_logger(__name__)
 READ_SCOPE = "backups:read"
 WRITE_SCOPE = "backups:write"
 UNAUTHENTICATED_PATHS = {"/health", "/ready", "/metrics", "/schema"}
+
+# Verified tokens kept (by their exact text) so that a client's every request does not
+# decode and check the signature again (measured: most of the auth middleware's CPU, a
+# tenth of a list page's). An entry lasts until the token's ``exp`` and at most
+# VERIFIED_TOKEN_SECONDS, so a key the provider withdraws stops being honoured soon.
+VERIFIED_TOKENS = 1024
+VERIFIED_TOKEN_SECONDS = 60.0
 
 # What a client is told about a rejected token: fixed words chosen by the failure's type,
 # never PyJWT's message, which may quote parts of the token (errors are kept forever).
@@ -147,7 +155,9 @@ class JWKSCache:
 class TokenVerifier:
     """Verifies tokens with keys and algorithms from configuration, never from the token."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(
+        self, settings: GatewaySettings, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.algorithms = settings.jwt_algorithms
         self.issuer = settings.jwt_issuer
         self.audience = settings.jwt_audience
@@ -167,6 +177,8 @@ class TokenVerifier:
             if settings.jwt_jwks_url
             else None
         )
+        self._clock = clock
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
 
     async def _key(self, token: str) -> Any:
         if self.jwks is None:
@@ -183,6 +195,23 @@ class TokenVerifier:
         return key
 
     async def verify(self, token: str) -> Principal:
+        """The token's principal; a token verified before is answered from memory until
+        its expiry (or VERIFIED_TOKEN_SECONDS after it was verified, if sooner)."""
+        now = self._clock()
+        kept = self._verified.get(token)
+        if kept is not None:
+            principal, until = kept
+            if now < until:
+                self._verified.move_to_end(token)
+                return principal
+            del self._verified[token]
+        principal, expires = await self._verify(token)
+        self._verified[token] = (principal, min(expires, now + VERIFIED_TOKEN_SECONDS))
+        if len(self._verified) > VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         key = await self._key(token)
         try:
             claims = jwt.decode(
@@ -203,7 +232,8 @@ class TokenVerifier:
             organization_id = uuid.UUID(str(claims["org_id"]))
         except ValueError:
             raise NotAuthorizedException("invalid token: org_id is not a UUID") from None
-        return Principal(str(claims["sub"]), organization_id, self._scopes(claims))
+        principal = Principal(str(claims["sub"]), organization_id, self._scopes(claims))
+        return principal, float(claims["exp"])
 
     def _scopes(self, claims: dict[str, Any]) -> frozenset[str]:
         # No claim: only what the operator grants by default (nothing unless configured).

@@ -25,6 +25,7 @@ from tidemark_api_gateway.heartbeats import ServiceRegistry, subscribe_heartbeat
 from tidemark_api_gateway.openapi import openapi_config
 from tidemark_api_gateway.outbox import OutboxSource
 from tidemark_api_gateway.problems import EXCEPTION_HANDLERS
+from tidemark_api_gateway.progress import ProgressHub, progress_tail
 from tidemark_api_gateway.projection import BackupsView
 from tidemark_api_gateway.readmodel import SCHEMA, migrate
 from tidemark_api_gateway.requests import (
@@ -77,7 +78,13 @@ def documentation_app() -> Litestar:
 
         return Provide(provide, sync_to_thread=False)
 
-    api = api_router({"pool": unavailable("pool"), "gateway": unavailable("gateway")})
+    api = api_router(
+        {
+            "pool": unavailable("pool"),
+            "gateway": unavailable("gateway"),
+            "progress": unavailable("progress"),
+        }
+    )
     return Litestar(route_handlers=[api], **api_options())
 
 
@@ -121,6 +128,17 @@ def create_app(settings: GatewaySettings) -> Litestar:
     catalog_view.subscribe(broker, CATALOG_GROUP, service=SERVICE)
     subscribe_heartbeats(broker, registry)
     runtime.add_check("services", registry.all_reported)
+    # One groupless tail of backup.progress per instance, fanned out to its SSE streams.
+    progress = ProgressHub(
+        progress_tail(settings.kafka_bootstrap_servers, f"{SERVICE}-{runtime.instance_id}"),
+        queue_size=settings.sse_client_queue,
+        heartbeat_seconds=settings.sse_heartbeat_seconds,
+        state_poll_seconds=settings.sse_state_poll_seconds,
+        terminal_wait_seconds=settings.sse_terminal_wait_seconds,
+        max_catchup_offsets=settings.sse_max_catchup_offsets,
+    )
+    runtime.add_background(progress.run, needs_kafka=True)
+    runtime.add_check("progress", progress.is_ready)
     runtime.on_shutdown(outbox.close)
     runtime.on_shutdown(pool.close)
     runtime.on_shutdown(catalog_leadership.close)
@@ -136,6 +154,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
         {
             "pool": Provide(lambda: pool, sync_to_thread=False),
             "gateway": Provide(lambda: gateway, sync_to_thread=False),
+            "progress": Provide(lambda: progress, sync_to_thread=False),
         }
     )
     return build_service_app(

@@ -20,6 +20,7 @@ from tidemark_contracts.backup import (
     BackupRequested,
     BackupStarted,
     BackupUploaded,
+    BackupUploadFailed,
 )
 from tidemark_platform.database import Connection
 from tidemark_platform.projection import OutOfOrder
@@ -104,7 +105,14 @@ def next_row(row: Row | None, event: Message) -> Row:
         if event.attempt > 1:
             # A new attempt starts over: an earlier attempt's uploads were discarded.
             new["destinations"] = [
-                {**d, "status": "pending", "location": None, "sizeBytes": None, "uploadedAt": None}
+                {
+                    **d,
+                    "status": "pending",
+                    "location": None,
+                    "sizeBytes": None,
+                    "uploadedAt": None,
+                    "error": None,
+                }
                 for d in new.get("destinations", [])
             ]
     elif isinstance(event, BackupUploaded):
@@ -120,6 +128,8 @@ def next_row(row: Row | None, event: Message) -> Row:
             else d
             for d in new.get("destinations", [])
         ]
+    elif isinstance(event, BackupUploadFailed):
+        new["destinations"] = _destination_failed(new.get("destinations", []), event)
     elif isinstance(event, BackupCompleted):
         new.update(
             status="completed",
@@ -167,6 +177,24 @@ def _after_deletion_event(
 def _record_wal_range(row: Row, event: BackupCompleted) -> None:
     """A ``full`` backup's WAL range (null for ``db`` backups and older events)."""
     row.update(wal_start_lsn=event.wal_start_lsn, wal_end_lsn=event.wal_end_lsn)
+
+
+def _destination_failed(destinations: list[dict[str, Any]], event: BackupUploadFailed) -> list[Any]:
+    """One destination could not take the artifact: it says so, and why; the others are
+    as they were (the backup may still complete with them)."""
+    return [
+        {
+            **d,
+            "status": "failed",
+            "location": None,
+            "sizeBytes": None,
+            "uploadedAt": None,
+            "error": event.error,
+        }
+        if d["destinationId"] == str(event.destination_id)
+        else d
+        for d in destinations
+    ]
 
 
 class BackupsView:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -279,13 +280,109 @@ class LocalConfigIn(RequestBody):
         return value
 
 
+# S3's bucket naming rules (the strictest common ones, so a name works on every
+# S3-compatible store and with path-style and virtual-hosted addressing alike): 3-63
+# lowercase letters, digits, '.' and '-', starting and ending with a letter or digit; the
+# rest (no '..', not an IP address, AWS's reserved prefixes and suffixes) in the validator.
+BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+_IP_LIKE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+_RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+REGION = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ENDPOINT_URL = rf"^https?://[^/?#@{SPACE}{CONTROL}]+(/[^?#{SPACE}{CONTROL}]*)?$"
+S3_PREFIX = rf"^[^\\{CONTROL}]*$"
+
+
+def bucket_problem(bucket: str) -> str | None:
+    """Why ``bucket`` is not a valid bucket name, or None; never repeats the name."""
+    if not re.fullmatch(BUCKET, bucket):
+        return (
+            "must be 3-63 lowercase letters, digits, '.' or '-', starting and ending with "
+            "a letter or digit"
+        )
+    if ".." in bucket or ".-" in bucket or "-." in bucket:
+        return "must not contain '..', '.-' or '-.'"
+    if _IP_LIKE.fullmatch(bucket):
+        return "must not be formatted as an IP address"
+    if bucket.startswith(_RESERVED_BUCKET_PREFIXES) or bucket.endswith(_RESERVED_BUCKET_SUFFIXES):
+        return "must not use a prefix or suffix S3 reserves"
+    return None
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an S3 endpoint, or None; never repeats it (it may hold
+    credentials someone pasted into it)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "must be an http:// or https:// URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return "must not hold credentials; name them with accessKeyRef and secretKeyRef"
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        return "must not have a query or a fragment"
+    if port == 0:
+        return "must not name port 0"
+    return None
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot lead an S3 key, or None: a '.' or '..' segment, which a store
+    or proxy that normalizes paths (path-style URLs put the key in the path) would resolve
+    to another key, or another bucket, than the one recorded."""
+    if any(segment in (".", "..") for segment in prefix.split("/")):
+        return "must not contain '.' or '..' segments"
+    return None
+
+
+def _checked(problem: Callable[[str], str | None]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        reason = problem(value) if isinstance(value, str) else None
+        if reason is not None:
+            raise ValueError(reason)  # the reason, never the value
+        return value
+
+    return check
+
+
 class S3ConfigIn(RequestBody):
-    bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=PRINTABLE)]
-    prefix: Annotated[str, Field(max_length=1024, pattern=PRINTABLE)] = ""
-    endpoint_url: Annotated[str, Field(max_length=2048, pattern=PRINTABLE)] | None = None
-    region: Annotated[str, Field(max_length=64, pattern=PRINTABLE)] | None = None
-    access_key_ref: CredentialRef | None = None
-    secret_key_ref: CredentialRef | None = None
+    bucket: Annotated[
+        str,
+        Field(min_length=3, max_length=63, pattern=BUCKET, examples=["tidemark-backups"]),
+        AfterValidator(_checked(bucket_problem)),
+    ]
+    prefix: Annotated[
+        str,
+        Field(
+            max_length=512,
+            pattern=S3_PREFIX,
+            description="keys are `<prefix>/<environmentId>/<backupId>.<type>...`; empty "
+            "and doubled slashes are dropped; no '.' or '..' segments",
+        ),
+        AfterValidator(_checked(prefix_problem)),
+    ] = ""
+    endpoint_url: (
+        Annotated[
+            str,
+            Field(
+                max_length=2048,
+                pattern=ENDPOINT_URL,
+                description="an S3-compatible store's http(s) URL (path-style addressing); "
+                "null for AWS S3 itself",
+                examples=["https://minio.example.com:9000"],
+            ),
+            AfterValidator(_checked(endpoint_problem)),
+        ]
+        | None
+    ) = None
+    region: Annotated[str, Field(max_length=63, pattern=REGION, examples=["us-east-1"])] | None = (
+        None
+    )
+    # Both required: a runner never writes with credentials of its own.
+    access_key_ref: CredentialRef
+    secret_key_ref: CredentialRef
 
 
 class CreateLocalDestination(RequestBody):
@@ -403,6 +500,10 @@ class BackupDestinationOut(ResponseBody):
     ] = None
     size_bytes: int | None = None
     uploaded_at: UtcDatetime | None = None
+    error: Annotated[
+        str | None,
+        Field(description="why this destination failed (status `failed`), else null"),
+    ] = None
 
 
 class EnvironmentRef(ResponseBody):

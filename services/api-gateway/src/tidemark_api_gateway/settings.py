@@ -41,6 +41,18 @@ class GatewaySettings(ServiceSettings, SecretSettings):
             "filesystem: registration then refuses a path through a symbolic link"
         ),
     )
+    # Live progress streams (progress.py): a heartbeat comment whenever nothing else was
+    # sent for this long; ticks a slow client may have waiting before its stream ends (it
+    # resumes by Last-Event-ID); how often a followed backup's read-model row is read (a
+    # terminal status without a terminal tick); how long a terminal tick waits for it.
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=15.0)
+    sse_client_queue: int = Field(default=256, ge=1)
+    sse_state_poll_seconds: float = Field(default=2.0, gt=0)
+    sse_terminal_wait_seconds: float = Field(default=10.0, gt=0)
+    # How far behind the tail (in offsets of its partition) a resuming client may be and
+    # still get every tick it missed from a catch-up read; further behind, its stream
+    # starts afresh with the current state (ids still increase).
+    sse_max_catchup_offsets: int = Field(default=10_000, ge=0)
 
     @property
     def default_scopes(self) -> frozenset[str]:

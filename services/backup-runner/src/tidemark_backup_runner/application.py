@@ -19,6 +19,7 @@ from tidemark_contracts.backup import (
     BackupRequested,
     BackupStarted,
     BackupUploaded,
+    BackupUploadFailed,
     DeleteBackup,
     DestinationRef,
     RequestBackup,
@@ -33,6 +34,7 @@ PRODUCER = "backup-runner"
 MILESTONES: dict[type, type[Message]] = {
     Backup.Started: BackupStarted,
     Backup.Uploaded: BackupUploaded,
+    Backup.UploadFailed: BackupUploadFailed,
     Backup.Completed: BackupCompleted,
     Backup.Failed: BackupFailed,
 }

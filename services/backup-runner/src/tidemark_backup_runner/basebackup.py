@@ -56,7 +56,7 @@ from tidemark_backup_runner.pgtools import (
     run_streaming,
     target_conninfo,
 )
-from tidemark_backup_runner.storage import ArtifactWriter
+from tidemark_backup_runner.storage import ArtifactSink
 
 PGDATA = "pgdata"
 FILES = "files"
@@ -649,7 +649,7 @@ class _Repacker:
 def take_full_backup(
     target: DatabaseTarget,
     password: str,
-    writers: Sequence[ArtifactWriter],
+    writers: Sequence[ArtifactSink],
     on_progress: Callable[[int], None],
     *,
     backup_id: UUID,

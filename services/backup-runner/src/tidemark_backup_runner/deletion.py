@@ -35,11 +35,13 @@ from tidemark_contracts import utc_now
 from tidemark_contracts.backup import DestinationTarget
 from tidemark_platform.leadership import lock_key
 from tidemark_platform.logging import get_logger
+from tidemark_platform.vault import SecretVault
 
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.domain import Backup
 from tidemark_backup_runner.executor import artifact_key
-from tidemark_backup_runner.secrets import SecretError
+from tidemark_backup_runner.registry import Registrations
+from tidemark_backup_runner.secrets import CredentialPolicy, SecretError, resolver_for
 from tidemark_backup_runner.storage import (
     DestinationRefused,
     UnsupportedDestination,
@@ -174,6 +176,20 @@ class DeletionTable:
             )
         return DeletionClaim(row["backup_id"], owner, attempt)
 
+    def renew(self, claim: DeletionClaim, policy: DeletionPolicy) -> bool:
+        """Extend the claim's lease while its removal runs; False when it was taken over."""
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET lease_expires_at = now() + make_interval(secs => %s), "
+                    "updated_at = now() "
+                    "WHERE backup_id = %s AND owner = %s AND attempts = %s AND state = 'running' "
+                    "RETURNING 1"
+                ).format(self._table),
+                (policy.lease_seconds, claim.backup_id, claim.owner, claim.attempt),
+            ).fetchone()
+        return row is not None
+
     def finish(
         self,
         claim: DeletionClaim,
@@ -237,9 +253,17 @@ class Deleter:
         owner: UUID,
         policy: DeletionPolicy | None = None,
         destination_root: Path | None = None,
+        credential_policy: CredentialPolicy | None = None,
+        vault: SecretVault | None = None,
+        registrations: Registrations | None = None,
     ) -> None:
         self.app = app
         self.table = table
+        # An s3 destination's keys, opened for the backup's organization only.
+        self._credential_policy = credential_policy or CredentialPolicy()
+        self._vault = vault
+        # None only where a test drives the deleter without a catalog: main always has it.
+        self._registrations = registrations
         self.owner = owner
         self.policy = policy or DeletionPolicy()
         self._on_saved = on_saved
@@ -282,7 +306,15 @@ class Deleter:
             # Deleted already (another runner finished first), or never accepted.
             await asyncio.to_thread(self.table.finish, claim, "done", f"backup {backup.status}")
             return
-        failures = await asyncio.to_thread(self._remove_everywhere, backup)
+        registered = await self._registered(backup)
+        # A removal can outlast the lease (several stores, each slow to refuse): renewed
+        # meanwhile, so no second instance takes the same try over and doubles it.
+        renewer = asyncio.create_task(self._renew(claim))
+        try:
+            failures = await asyncio.to_thread(self._remove_everywhere, backup, registered)
+        finally:
+            renewer.cancel()
+            await asyncio.wait({renewer})
         now = utc_now()
         if not failures:
             backup.mark_deleted(now)
@@ -309,9 +341,35 @@ class Deleter:
             delay = self.policy.delay_after(claim.attempt)
             await asyncio.to_thread(self.table.finish, claim, "queued", reasons, delay)
 
-    def _remove_everywhere(self, backup: Backup) -> list[tuple[str, str]]:
+    async def _renew(self, claim: DeletionClaim) -> None:
+        while True:
+            await asyncio.sleep(self.policy.lease_seconds / 3)
+            try:
+                held = await asyncio.to_thread(self.table.renew, claim, self.policy)
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning("deletion_lease_not_renewed", error=repr(exc))
+                continue
+            if not held:
+                # Taken over: the removal is idempotent, and this try's end changes nothing.
+                log.warning("deletion_lease_lost", backup_id=str(claim.backup_id))
+                return
+
+    async def _registered(self, backup: Backup) -> set[UUID] | None:
+        """The backup's destinations registered as it recorded them (None: no catalog)."""
+        if self._registrations is None:
+            return None
+        recorded = [
+            DestinationTarget.model_validate(d) for d in backup.destinations if "config" in d
+        ]
+        return await self._registrations.registered_as_recorded(backup.organization_id, recorded)
+
+    def _remove_everywhere(
+        self, backup: Backup, registered: set[UUID] | None = None
+    ) -> list[tuple[str, str]]:
         """Remove the artifact from every destination; (destination id, reason) of those
-        that could not be cleaned."""
+        that could not be cleaned. With ``registered``, a destination not among them (a
+        command refused for naming something else, whose run never wrote there) is left
+        untouched: its credentials are never opened for what a command named."""
         key = artifact_key(backup)
         failures = []
         for recorded in backup.destinations:
@@ -320,9 +378,22 @@ class Deleter:
                 # only: nothing was ever written to them.
                 continue
             destination = DestinationTarget.model_validate(recorded)
+            if registered is not None and destination.destination_id not in registered:
+                log.warning(
+                    "unregistered_destination_not_cleaned",
+                    backup_id=str(backup.id),
+                    destination_id=str(destination.destination_id),
+                )
+                continue
             try:
                 writer = writer_for(
-                    destination, backup.organization_id, key, local_root=self._destination_root
+                    destination,
+                    backup.organization_id,
+                    key,
+                    local_root=self._destination_root,
+                    credentials=resolver_for(
+                        backup.organization_id, self._credential_policy, self._vault
+                    ),
                 )
                 writer.discard()
             except Exception as exc:

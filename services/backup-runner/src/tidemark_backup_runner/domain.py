@@ -57,6 +57,14 @@ class Backup(Aggregate):
         size_bytes: int
         uploaded_at: datetime
 
+    class UploadFailed(Aggregate.Event):
+        """One destination could not take a verified copy (nothing of it stays there);
+        the backup goes on with the others."""
+
+        destination_id: str
+        error: str
+        failed_at: datetime
+
     class Completed(Aggregate.Event):
         size_bytes: int
         checksum: str
@@ -128,6 +136,7 @@ class Backup(Aggregate):
         self.started_at: datetime | None = None
         self.completed_at: datetime | None = None
         self.uploads: dict[str, dict[str, Any]] = {}
+        self.failed_uploads: dict[str, str] = {}
         self.size_bytes: int | None = None
         self.checksum: str | None = None
         self.error: str | None = None
@@ -162,6 +171,7 @@ class Backup(Aggregate):
         self.started_at = started_at
         # An earlier attempt's uploads were discarded with its artifacts.
         self.uploads = {}
+        self.failed_uploads = {}
 
     def record_upload(
         self, destination_id: str, location: str, size_bytes: int, uploaded_at: datetime
@@ -187,6 +197,20 @@ class Backup(Aggregate):
             "uploaded_at": uploaded_at,
         }
 
+    def record_upload_failure(self, destination_id: str, error: str, failed_at: datetime) -> None:
+        """Destination ``destination_id`` failed for this attempt, ``error`` saying why."""
+        if self.status != "running":
+            raise BackupError(f"cannot record a failed upload of a backup that is {self.status}")
+        if destination_id not in {d["destination_id"] for d in self.destinations}:
+            raise BackupError(f"destination {destination_id} is not one of this backup's")
+        if destination_id in self.uploads:
+            raise BackupError(f"destination {destination_id} already holds the artifact")
+        self._upload_failed(destination_id=destination_id, error=error, failed_at=failed_at)
+
+    @event(UploadFailed)
+    def _upload_failed(self, destination_id: str, error: str, failed_at: datetime) -> None:
+        self.failed_uploads[destination_id] = error
+
     def complete(
         self,
         size_bytes: int,
@@ -197,11 +221,19 @@ class Backup(Aggregate):
         wal_start_lsn: str | None = None,
         wal_end_lsn: str | None = None,
     ) -> None:
+        """The artifact is stored: in every destination, or in some with the others'
+        failures recorded (at least one holds a verified copy)."""
         if self.status != "running":
             raise BackupError(f"cannot complete a backup that is {self.status}")
-        missing = {d["destination_id"] for d in self.destinations} - set(self.uploads)
+        missing = (
+            {d["destination_id"] for d in self.destinations}
+            - set(self.uploads)
+            - set(self.failed_uploads)
+        )
         if missing:
             raise BackupError(f"not yet stored in every destination: {sorted(missing)}")
+        if not self.uploads:
+            raise BackupError("no destination holds the artifact")
         assert self.started_at is not None
         duration_ms = int((completed_at - self.started_at).total_seconds() * 1000)
         self._completed(

@@ -47,13 +47,19 @@ from tidemark_backup_runner.pgtools import (
     stop_earlier_attempts,
 )
 from tidemark_backup_runner.registry import Registrations
-from tidemark_backup_runner.secrets import CredentialPolicy, SecretError, resolve_secret
+from tidemark_backup_runner.secrets import (
+    CredentialPolicy,
+    SecretError,
+    resolve_secret,
+    resolver_for,
+)
 from tidemark_backup_runner.storage import (
     ArtifactWriter,
     SealedCopy,
     UnsupportedDestination,
     writer_for,
 )
+from tidemark_backup_runner.storage.fanout import FanOut
 from tidemark_backup_runner.work import Claim, Lease, LeaseLost, WorkTable
 
 log = get_logger(__name__)
@@ -87,6 +93,9 @@ MAX_PROGRESS_IN_FLIGHT = 200
 
 
 T = TypeVar("T")
+# What became of the artifact in one destination: (location, None) once it is there,
+# verified and visible; (None, why) when that destination failed.
+Outcome = tuple[str | None, str | None]
 
 
 def artifact_key(backup: Backup) -> str:
@@ -127,6 +136,7 @@ class BackupExecutor:
         pg_basebackup: str = "pg_basebackup",
         files_root: Path | None = None,
         basebackup_max_rate_kb: int | None = None,
+        s3_part_size: int | None = None,
     ) -> None:
         self.app = app
         self.work = work
@@ -150,6 +160,7 @@ class BackupExecutor:
         # without a root a full backup of an environment that has one fails, saying so.
         self._files_root = files_root
         self._basebackup_max_rate_kb = basebackup_max_rate_kb
+        self._s3_part_size = s3_part_size
         self._progress_interval = progress_interval
         self._poll_seconds = poll_seconds
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -341,8 +352,20 @@ class BackupExecutor:
         # The partial file names its owner and attempt; any later attempt finds and removes
         # it by the artifact's name.
         tag = f"{lease.owner.hex}-{lease.attempt}"
+        # An s3 destination's keys are resolved on its writer's thread, for the backup's
+        # organization only, like the database's password.
+        credentials = resolver_for(backup.organization_id, self._policy, self._vault)
+        extra = {} if self._s3_part_size is None else {"s3_part_size": self._s3_part_size}
         writers = [
-            writer_for(d, backup.organization_id, key, tag, local_root=self._destination_root)
+            writer_for(
+                d,
+                backup.organization_id,
+                key,
+                tag,
+                local_root=self._destination_root,
+                credentials=credentials,
+                **extra,
+            )
             for d in destinations
         ]
         return destinations, writers
@@ -407,8 +430,11 @@ class BackupExecutor:
             if copies is not None:
                 await self._adopt(backup, lease, destinations, writers, copies)
                 return
+            # Removed only while the lease is confirmed held: a runner whose lease lapsed
+            # while it looked must not remove the uploads of whoever holds it now.
+            await self._confirm_lease(lease, "before removing earlier attempts' copies")
             for writer in writers:
-                await self._blocking(writer.discard)
+                await self._discard_quietly(writer)
         if claim.step == "give_up":
             backup.give_up(lease.attempt, claim.last_error or INTERRUPTED, utc_now())
             await self._end(backup, lease, "failed", backup.error)
@@ -456,10 +482,10 @@ class BackupExecutor:
         await self._save(backup, lease)
         BACKUPS_RUNNING.inc()
         started = time.monotonic()
+        # Produced once, streamed to every destination at the same time.
+        fan = FanOut(writers)
         try:
-            result = await self._dump(
-                backup, target, password, writers, estimate, lease, files_path
-            )
+            result = await self._dump(backup, target, password, fan, estimate, lease, files_path)
             manifest = {
                 "backupId": str(backup.id),
                 "attempt": lease.attempt,
@@ -471,44 +497,50 @@ class BackupExecutor:
                 "walEndLsn": result.wal_end_lsn,
             }
             # From here on the dump is done for good: whatever happens to this attempt, a
-            # later one finds it sealed and records it instead of dumping again.
-            for writer in writers:
-                await self._blocking(writer.seal, manifest)
+            # later one finds it sealed and records it instead of dumping again. Each
+            # destination seals (and verifies) its copy on its own thread; one that fails
+            # here is recorded as failed below.
+            await self._blocking(fan.seal, manifest)
         except (asyncio.CancelledError, LeaseLost):
             # The lease is lost, or the service stops: remove only this attempt's unsealed
             # partial files; whoever holds the backup next owns the rest.
-            for writer in writers:
-                await self._blocking(writer.abort)
+            await self._blocking(fan.abort)
             raise
         except Exception as exc:
-            for writer in writers:
-                await self._blocking(writer.abort)
+            await self._blocking(fan.abort)
             if is_transient(exc):
                 raise
             # The dump or its storage failed: nothing partial stays behind (the failure is
             # recorded first: a runner that lost the backup must not remove the new
             # owner's files) and the backup says why.
+            self._record_failed_destinations(backup, destinations, fan)
             await self._fail(backup, lease, failure_reason(exc))
             for writer in writers:
-                await self._blocking(writer.discard)
+                await self._discard_quietly(writer)
             if not isinstance(exc, DumpError | OSError):
                 log.exception("backup_crashed", backup_id=str(backup.id))
             return
         finally:
             BACKUPS_RUNNING.dec()
-        locations = await self._publish(
-            lease, [functools.partial(writer.commit) for writer in writers]
+        outcomes = await self._publish(
+            lease,
+            [
+                (None, lane.error) if lane.error else functools.partial(lane.writer.commit)
+                for lane in fan.lanes
+            ],
         )
         await self._record(
             backup,
             lease,
             destinations,
             writers,
-            locations,
+            outcomes,
             result.size_bytes,
             result.checksum,
             wal_range=(result.wal_start_lsn, result.wal_end_lsn),
         )
+        if backup.status != "completed":
+            return
         BACKUP_SECONDS.observe(time.monotonic() - started)
         log.info(
             "backup_completed",
@@ -551,7 +583,7 @@ class BackupExecutor:
             attempt=lease.attempt,
             sealed_by_attempt=copies[0].manifest.get("attempt"),
         )
-        locations = await self._publish(
+        outcomes = await self._publish(
             lease,
             [
                 functools.partial(writer.adopt, copy)
@@ -563,20 +595,36 @@ class BackupExecutor:
             lease,
             destinations,
             writers,
-            locations,
+            outcomes,
             copies[0].size_bytes,
             copies[0].checksum,
             wal_range=_wal_range_of(copies[0].manifest),
         )
+        if backup.status != "completed":
+            return
         raw = copies[0].manifest.get("rawBytes")
         done = raw if isinstance(raw, int) else copies[0].size_bytes
         self._progress(backup, "completed", "completed", done, done)
 
-    async def _publish(self, lease: Lease, steps: list[Callable[[], str]]) -> list[str]:
+    async def _publish(
+        self, lease: Lease, steps: list[Callable[[], str] | Outcome]
+    ) -> list[Outcome]:
         """Make the sealed artifact visible in every destination, once the lease is
         confirmed: a runner that lost the backup must not put its copy where the new
         owner's goes. While the work table is unreachable the confirmation is retried; the
-        renewer gives the attempt up once the lease may have run out."""
+        renewer gives the attempt up once the lease may have run out. A step is a
+        destination's publication, or the outcome of one that already failed; a
+        publication that fails fails its destination only."""
+        await self._confirm_lease(lease, "before storing the artifact")
+        return [
+            step if isinstance(step, tuple) else await self._blocking(_outcome_of, step)
+            for step in steps
+        ]
+
+    async def _confirm_lease(self, lease: Lease, when: str) -> None:
+        """Renew ``lease`` now, or raise ``LeaseLost``. While the work table is unreachable
+        the confirmation is retried; the renewer gives the attempt up once the lease may
+        have run out."""
         delay = 0.5
         while True:
             try:
@@ -589,9 +637,17 @@ class BackupExecutor:
                 delay = min(delay * 2, 5.0)
                 continue
             if not held:
-                raise LeaseLost(f"backup {lease.backup_id}: lost before storing the artifact")
-            break
-        return [await self._blocking(step) for step in steps]
+                raise LeaseLost(f"backup {lease.backup_id}: lost {when}")
+            return
+
+    def _record_failed_destinations(
+        self, backup: Backup, destinations: list[DestinationTarget], fan: FanOut
+    ) -> None:
+        """Record which destinations failed on their own before the whole backup did."""
+        now = utc_now()
+        for destination, lane in zip(destinations, fan.lanes, strict=True):
+            if lane.error and backup.status == "running":
+                backup.record_upload_failure(str(destination.destination_id), lane.error, now)
 
     async def _record(
         self,
@@ -599,30 +655,58 @@ class BackupExecutor:
         lease: Lease,
         destinations: list[DestinationTarget],
         writers: list[ArtifactWriter],
-        locations: list[str],
+        outcomes: list[Outcome],
         size_bytes: int,
         checksum: str,
         wal_range: tuple[str | None, str | None] = (None, None),
     ) -> None:
-        """Record the uploads and the completion (retried while the store is away; an
-        attempt cut off meanwhile leaves the sealed artifact to the next one)."""
+        """Record each destination's outcome and the backup's: completed when at least one
+        destination holds a verified copy, else failed (retried while the store is away;
+        an attempt cut off meanwhile leaves the sealed artifact to the next one). Only
+        then, the write fenced by the lease, is what failed destinations hold removed."""
         now = utc_now()
-        for destination, location in zip(destinations, locations, strict=True):
-            backup.record_upload(str(destination.destination_id), location, size_bytes, now)
-        backup.complete(
-            size_bytes, checksum, "zstd", now, wal_start_lsn=wal_range[0], wal_end_lsn=wal_range[1]
-        )
-        await self._end(backup, lease, "completed", None)
-        for writer in writers:
-            with contextlib.suppress(OSError):
-                await self._blocking(writer.forget_proofs)
+        for destination, (location, error) in zip(destinations, outcomes, strict=True):
+            if location is not None:
+                backup.record_upload(str(destination.destination_id), location, size_bytes, now)
+            else:
+                backup.record_upload_failure(
+                    str(destination.destination_id), error or "failed", now
+                )
+        if backup.uploads:
+            backup.complete(
+                size_bytes,
+                checksum,
+                "zstd",
+                now,
+                wal_start_lsn=wal_range[0],
+                wal_end_lsn=wal_range[1],
+            )
+            await self._end(backup, lease, "completed", None)
+        else:
+            reasons = "; ".join(error or "failed" for _, error in outcomes)
+            backup.fail(f"no destination holds a verified copy: {reasons}", now)
+            await self._end(backup, lease, "failed", backup.error)
+        for writer, (location, _) in zip(writers, outcomes, strict=True):
+            if location is None:
+                await self._discard_quietly(writer)
+            else:
+                with contextlib.suppress(OSError):
+                    await self._blocking(writer.forget_proofs)
+
+    async def _discard_quietly(self, writer: ArtifactWriter) -> None:
+        """Remove what a failed destination holds of the artifact; a store still away is
+        logged (its cleanup is then the deletion's, or the store's lifecycle rules')."""
+        try:
+            await self._blocking(writer.discard)
+        except Exception as exc:
+            log.warning("failed_destination_not_cleaned", error=failure_reason(exc))
 
     async def _dump(
         self,
         backup: Backup,
         target: DatabaseTarget,
         password: str,
-        writers: list[ArtifactWriter],
+        fan: FanOut,
         estimate: int | None,
         lease: Lease,
         files_path: str | None = None,
@@ -647,7 +731,7 @@ class BackupExecutor:
                     take_full_backup,
                     target,
                     password,
-                    writers,
+                    [fan],
                     on_progress,
                     backup_id=backup.id,
                     created=utc_now(),
@@ -668,7 +752,7 @@ class BackupExecutor:
                 dump_database,
                 target,
                 password,
-                writers,
+                [fan],
                 on_progress,
                 pg_dump=self._pg_dump,
                 zstd_level=self._zstd_level,
@@ -755,3 +839,12 @@ def _wal_range_of(manifest: Any) -> tuple[str | None, str | None]:
         start if isinstance(start, str) else None,
         end if isinstance(end, str) else None,
     )
+
+
+def _outcome_of(publish: Callable[[], str]) -> Outcome:
+    """A destination's publication as its outcome; its failure fails that destination."""
+    try:
+        return publish(), None
+    except Exception as exc:
+        log.warning("destination_not_published", reason=failure_reason(exc))
+        return None, failure_reason(exc)

@@ -56,6 +56,14 @@ def create_app(settings: Settings) -> Litestar:
     work = WorkTable(settings.database_url, SCHEMA)
     catalog = runtime.follow_catalog(CATALOG_SCHEMA)
     vault = SecretVault(settings.database_url, settings.keyring())
+    registrations = Registrations(
+        catalog.pool, catalog.schema, wait_seconds=settings.catalog_wait_seconds
+    )
+    credential_policy = CredentialPolicy(
+        settings.credential_env_prefix,
+        settings.credential_file_root,
+        settings.allow_operator_secret_refs,
+    )
     executor = BackupExecutor(
         app,
         work,
@@ -75,21 +83,16 @@ def create_app(settings: Settings) -> Litestar:
         progress_interval=settings.progress_interval_seconds,
         lock_wait_timeout_seconds=settings.lock_wait_timeout_seconds,
         stall_timeout_seconds=settings.stall_timeout_seconds,
-        credential_policy=CredentialPolicy(
-            settings.credential_env_prefix,
-            settings.credential_file_root,
-            settings.allow_operator_secret_refs,
-        ),
+        credential_policy=credential_policy,
         vault=vault,
-        registrations=Registrations(
-            catalog.pool, catalog.schema, wait_seconds=settings.catalog_wait_seconds
-        ),
+        registrations=registrations,
         destination_root=settings.destination_root,
         # The runner's own pg_basebackup, never the environment's cluster.binDirectory (a
         # tenant's setting must not choose a binary the runner executes).
         pg_basebackup=find_tool("pg_basebackup", settings.pg_bin_dir),
         files_root=settings.files_root,
         basebackup_max_rate_kb=settings.basebackup_max_rate_kb,
+        s3_part_size=settings.s3_part_size_bytes,
     )
     deletions = DeletionTable(settings.database_url, SCHEMA)
     deleter = Deleter(
@@ -106,6 +109,9 @@ def create_app(settings: Settings) -> Litestar:
             poll_seconds=settings.work_poll_seconds,
         ),
         destination_root=settings.destination_root,
+        credential_policy=credential_policy,
+        vault=vault,
+        registrations=registrations,
     )
     register_handlers(broker, app, executor, relay.wake, service=SERVICE, deleter=deleter)
     runtime.add_background(executor.run)

@@ -20,7 +20,7 @@ import zstandard
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tidemark_contracts.backup import DatabaseTarget
 
-from tidemark_backup_runner.storage import ArtifactWriter
+from tidemark_backup_runner.storage import ArtifactSink
 
 CHUNK = 1 << 20
 
@@ -261,7 +261,7 @@ class CompressedArtifact:
     """
 
     def __init__(
-        self, writers: Sequence[ArtifactWriter], *, zstd_level: int = 3, zstd_threads: int = 1
+        self, writers: Sequence[ArtifactSink], *, zstd_level: int = 3, zstd_threads: int = 1
     ) -> None:
         self._writers = writers
         zstd = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads)
@@ -393,7 +393,7 @@ def run_streaming(
 def dump_database(
     target: DatabaseTarget,
     password: str,
-    writers: Sequence[ArtifactWriter],
+    writers: Sequence[ArtifactSink],
     on_progress: Callable[[int], None],
     *,
     pg_dump: str,
@@ -412,7 +412,9 @@ def dump_database(
     ``zstd_threads`` >= 1 compression runs beside the reading of pg_dump's output instead
     of in turn with it. The checksum is of the stored bytes.
     Writers are opened here and committed by the caller; on failure this raises and the
-    caller aborts them. A pg_dump that produces nothing for ``stall_timeout_seconds``
+    caller aborts them. To stream to several destinations at once, each at its own pace,
+    pass one ``storage.fanout.FanOut`` of them: it raises (an ``OSError``) only once
+    every destination has failed. A pg_dump that produces nothing for ``stall_timeout_seconds``
     (a database host that accepts the connection and then goes silent, a dropped route)
     is killed, so a backup cannot hang forever. ``on_process`` receives pg_dump's
     process, for a caller that must be able to kill it (shutdown).

@@ -59,6 +59,32 @@ class Registrations:
                 return reason
             await asyncio.sleep(self._poll)
 
+    async def registered_as_recorded(
+        self, organization_id: UUID, destinations: Sequence[DestinationTarget]
+    ) -> set[UUID]:
+        """The ids of ``destinations`` registered to the organization exactly as recorded
+        (type and config): the only ones a runner may open its credentials for. A backup
+        refused for naming another endpoint keeps what it named; its deletion must not
+        send the organization's keys there."""
+        async with self._pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    f"SELECT id, name, type, config FROM {self._schema}.destinations "
+                    "WHERE id = ANY(%s) AND organization_id = %s",
+                    ([d.destination_id for d in destinations], organization_id),
+                )
+            ).fetchall()
+        registered = {
+            row["id"]: DestinationTarget.of(row["id"], row["name"], row["type"], row["config"])
+            for row in rows
+        }
+        return {
+            d.destination_id
+            for d in destinations
+            if (known := registered.get(d.destination_id)) is not None
+            and (known.type, known.config) == (d.type, d.config)
+        }
+
     async def files_path(self, organization_id: UUID, environment_id: UUID) -> str | None:
         """The environment's registered files directory (``refusal`` checked that it is
         registered to the organization); None when it has none."""

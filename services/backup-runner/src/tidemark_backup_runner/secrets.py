@@ -12,9 +12,11 @@ aside: environment variables with a configured prefix, and files under
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,3 +94,13 @@ def resolve_secret(
             # Never the bytes themselves: they may be most of the secret.
             raise SecretError("the file: credential is not UTF-8 text") from None
     raise SecretError("the credential reference is neither secret:NAME, env:NAME nor file:/path")
+
+
+def resolver_for(
+    organization_id: uuid.UUID, policy: CredentialPolicy, vault: SecretVault | None
+) -> Callable[[str | None], str | None]:
+    """``resolve_secret`` bound to one organization: what a storage writer gets to open an
+    ``s3`` destination's key references (blocking; called on the writer's thread)."""
+    return functools.partial(
+        resolve_secret, organization_id=organization_id, policy=policy, vault=vault
+    )

@@ -39,6 +39,9 @@ class Settings(ServiceSettings, SecretSettings):
         description="pg_basebackup's --max-rate in kB/s (none: unlimited), to spare the "
         "environment's disks during full backups",
     )
+    # First parts of multipart uploads to s3 destinations (S3's minimum is 5 MiB); the size
+    # doubles every 1,000 parts, so 8 MiB carries artifacts up to ~7.8 TiB.
+    s3_part_size_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
     lease_seconds: float = Field(default=30.0, gt=0)
     lease_renew_fraction: float = Field(default=1 / 3, gt=0, lt=1)
     max_attempts: int = Field(default=3, ge=1)

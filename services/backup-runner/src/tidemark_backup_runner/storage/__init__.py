@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
 
-from tidemark_contracts.backup import DestinationTarget, LocalDestinationConfig
+from tidemark_contracts.backup import (
+    DestinationTarget,
+    LocalDestinationConfig,
+    S3DestinationConfig,
+)
 
 from tidemark_backup_runner.storage.local import DestinationRefused, LocalArtifactWriter
 from tidemark_backup_runner.storage.proof import SealedCopy
+from tidemark_backup_runner.storage.s3 import DEFAULT_PART_SIZE, S3ArtifactWriter, StorageFailed
 
 __all__ = [
+    "ArtifactSink",
     "ArtifactWriter",
     "DestinationRefused",
     "LocalArtifactWriter",
+    "S3ArtifactWriter",
     "SealedCopy",
+    "StorageFailed",
     "UnsupportedDestination",
     "writer_for",
 ]
+
+
+class ArtifactSink(Protocol):
+    """What a producer of an artifact writes to: a writer, or a ``FanOut`` of writers."""
+
+    def open(self) -> None: ...
+    def write(self, chunk: bytes) -> None: ...
 
 
 class ArtifactWriter(Protocol):
@@ -71,10 +86,15 @@ def writer_for(
     tag: str | None = None,
     *,
     local_root: Path | None = None,
+    credentials: Callable[[str | None], str | None] | None = None,
+    s3_part_size: int = DEFAULT_PART_SIZE,
 ) -> ArtifactWriter:
     """A writer of the artifact ``key`` (relative to the destination) for the organization
     that owns the destination; ``tag`` names its temporary copy (who writes it).
-    ``local_root`` is the operator's root of local destinations (none: they are refused)."""
+    ``local_root`` is the operator's root of local destinations (none: they are refused).
+    ``credentials`` resolves an ``s3`` destination's key references for that organization
+    (``secrets.resolve_secret`` bound to it; blocking, called on the writer's thread when
+    it first reaches the store); without it an ``s3`` destination is refused."""
     config = destination.config
     if isinstance(config, LocalDestinationConfig):
         return LocalArtifactWriter(
@@ -85,6 +105,19 @@ def writer_for(
             tag,
             label=f"destination {destination.name!r}",
         )
+    if isinstance(config, S3DestinationConfig):
+        return S3ArtifactWriter(
+            config,
+            key,
+            tag,
+            credentials or _no_credentials,
+            label=f"destination {destination.name!r}",
+            part_size=s3_part_size,
+        )
     raise UnsupportedDestination(
         f"destination {destination.name!r}: type {destination.type!r} is not supported yet"
     )
+
+
+def _no_credentials(ref: str | None) -> str | None:
+    raise StorageFailed("this runner resolves no credentials for s3 destinations")
