@@ -771,6 +771,7 @@ def report(
     warmups: list[Run],
     load: tuple[float, float],
     wall: float,
+    zstd_threads: int = 1,
 ) -> None:
     tidemark = results[TIDEMARK]
     t_med = median(tidemark)
@@ -797,7 +798,9 @@ def report(
             f"{PREFIX} tidemark_full_vs_pg_basebackup_zstd ratio={full_ratio:.2f} (tidemark full "
             f"median {full_med:.2f}s, baseline median {bb_med:.2f}s, rounds={rounds}, "
             f"cluster backup sizes {mib(median(results[TIDEMARK_FULL], 'size_bytes'))} vs "
-            f"{mib(median(results[BB_ZSTD], 'size_bytes'))}) target<={TARGET_RATIO}"
+            f"{mib(median(results[BB_ZSTD], 'size_bytes'))}, compression threads: tidemark "
+            f"zstd_threads={zstd_threads}, baseline zstd default -T1"
+            f"{'' if zstd_threads == 1 else ' (NOT equal threads)'}) target<={TARGET_RATIO}"
             + (" PASS" if full_ratio <= TARGET_RATIO else " FAIL")
         )
     for line in lines:
@@ -894,6 +897,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"skip the `full` figure ({TIDEMARK_FULL} vs {BB_ZSTD} of the same cluster)",
     )
     parser.add_argument(
+        "--zstd-threads",
+        type=int,
+        default=1,
+        help="the runner's zstd compression threads (default 1: the baselines' zstd default -T1; "
+        "any other value is printed as unequal threads)",
+    )
+    parser.add_argument(
         "--s3-rounds",
         type=int,
         default=None,
@@ -975,6 +985,8 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
         destination_root=destinations,
         extra_env={
             "TIDEMARK_BACKUP_RUNNER_PG_BIN_DIR": str(pg_bin),
+            # One compression worker, as the baselines' zstd (its default -T1): equal threads.
+            "TIDEMARK_BACKUP_RUNNER_ZSTD_THREADS": str(args.zstd_threads),
         },
     )
     note(f"starting Tidemark (logs in {stack.log_dir}) ...")
@@ -1061,6 +1073,7 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
         warmups=warmups,
         load=(load_before, os.getloadavg()[0]),
         wall=time.monotonic() - wall_started,
+        zstd_threads=args.zstd_threads,
     )
     s3_rounds = args.rounds if args.s3_rounds is None else args.s3_rounds
     if s3_rounds > 0:

@@ -284,7 +284,9 @@ class CompressedArtifact:
         collected) goes nowhere, since the caller aborts the writers."""
         self._writers = ()
 
-    def write(self, chunk: bytes) -> int:
+    def write(self, chunk: bytes | bytearray | memoryview) -> int:
+        """Compress ``chunk``; it is copied into the compressor before this returns, so
+        the caller may reuse it (a view of a read buffer, a gathering buffer)."""
         self.raw_bytes += len(chunk)
         self._emit(self._compressor.compress(chunk))
         return len(chunk)
