@@ -28,13 +28,11 @@ import resource
 import secrets
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ import httpx
 import jwt
 import psycopg
 import zstandard
+from harness import BenchError, note, run_bench
 from tidemark_devstack.kafka import LocalKafka
 from tidemark_devstack.paths import free_port, state_dir
 from tidemark_devstack.postgres import LocalPostgres, create_database_at, drop_database_at
@@ -73,17 +72,6 @@ TIDEMARK = "tidemark"
 # The `full` figure: Tidemark's full backup against pg_basebackup | zstd of the same cluster.
 BB_ZSTD = "pg_basebackup_zstd"
 TIDEMARK_FULL = "tidemark_full"
-
-_T0 = time.monotonic()
-
-
-class BenchError(Exception):
-    """Something went wrong that makes the measurement meaningless."""
-
-
-def note(message: str) -> None:
-    """Progress, on stderr; the summary lines go to stdout."""
-    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def mib(n: float) -> str:
@@ -1080,31 +1068,8 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
         s3_bench(api, s3_rounds, pids, cleanup)
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    cleanup = contextlib.ExitStack()
-    status = 0
-    try:
-        bench(args, cleanup)
-    except KeyboardInterrupt:
-        note("interrupted")
-        status = 130
-    except Exception as exc:
-        if not isinstance(exc, BenchError):
-            traceback.print_exc()
-        print(f"{PREFIX} ERROR {exc}", flush=True)
-        status = 1
-    finally:
-        # Cleanup must finish even when Ctrl-C is pressed again: every step has a timeout.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cleanup.close()
-    return status
+    return run_bench(PREFIX, bench, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -37,11 +37,9 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -53,6 +51,7 @@ import httpx
 import jwt
 import psycopg
 from eventsourcing.persistence import Tracking
+from harness import BenchError, note, run_bench
 from tidemark_api_gateway.projection import COLUMNS, COUNT_KEY, BackupsView, count_moves, next_row
 from tidemark_api_gateway.readmodel import SCHEMA
 from tidemark_contracts import Envelope, Message
@@ -74,16 +73,6 @@ PREFIX = "read_api:"
 TARGET_RATIO = 0.5
 DEFAULT_COUNT = 100_000
 T_END = datetime(2026, 11, 1, tzinfo=UTC)
-
-_T0 = time.monotonic()
-
-
-class BenchError(Exception):
-    """Something went wrong that makes the measurement meaningless."""
-
-
-def note(message: str) -> None:
-    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 # --- the read model ---------------------------------------------------------------------
@@ -572,30 +561,8 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
     )
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    cleanup = contextlib.ExitStack()
-    status = 0
-    try:
-        bench(args, cleanup)
-    except KeyboardInterrupt:
-        note("interrupted")
-        status = 130
-    except Exception as exc:
-        if not isinstance(exc, BenchError):
-            traceback.print_exc()
-        print(f"{PREFIX} ERROR {exc}", flush=True)
-        status = 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cleanup.close()
-    return status
+    return run_bench(PREFIX, bench, parse_args(argv))
 
 
 if __name__ == "__main__":

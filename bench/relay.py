@@ -44,6 +44,7 @@ from datetime import timedelta
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from eventsourcing.persistence import Tracking
+from harness import BenchError, note, terminate
 from tidemark_api_gateway.outbox import OutboxSource
 from tidemark_api_gateway.projection import BackupsView
 from tidemark_api_gateway.readmodel import SCHEMA, Pool, migrate
@@ -73,17 +74,6 @@ ENVIRONMENTS = 64  # distinct keys, spread over the topic's partitions like real
 PARTITIONS = BACKUP_COMMANDS.partitions
 SEND_WINDOW = 10_000  # baseline producer: records in flight before it waits for acks
 READ_TIMEOUT_S = 600.0
-
-_T0 = time.monotonic()
-
-
-class BenchError(Exception):
-    """Something went wrong that makes the measurement meaningless."""
-
-
-def note(message: str) -> None:
-    """Progress, on stderr; the summary lines go to stdout."""
-    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -493,13 +483,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     started = time.monotonic()
     try:
         with infrastructure() as (database_url, bootstrap):

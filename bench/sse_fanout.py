@@ -38,12 +38,10 @@ import contextlib
 import os
 import resource
 import secrets
-import signal
 import statistics
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +50,7 @@ from pathlib import Path
 import httpx
 import psycopg
 from aiokafka import AIOKafkaProducer
+from harness import BenchError, note, run_bench
 from tidemark_contracts import BACKUP_PROGRESS, Envelope, utc_now
 from tidemark_contracts.backup import BackupProgress
 from tidemark_devstack.e2e import make_token
@@ -66,17 +65,6 @@ DEFAULT_CLIENTS = 2000
 CONNECT_BATCH = 100
 FIRST_EVENT_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 30.0
-
-_T0 = time.monotonic()
-
-
-class BenchError(Exception):
-    """Something went wrong that makes the measurement meaningless."""
-
-
-def note(message: str) -> None:
-    """Progress, on stderr; the summary lines go to stdout."""
-    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def deferred(stack: contextlib.ExitStack, what: str, action: Callable[[], object]) -> None:
@@ -480,30 +468,8 @@ def report(base: Phase, many: Phase, args: argparse.Namespace) -> None:
         )
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    cleanup = contextlib.ExitStack()
-    status = 0
-    try:
-        bench(args, cleanup)
-    except KeyboardInterrupt:
-        note("interrupted")
-        status = 130
-    except Exception as exc:
-        if not isinstance(exc, BenchError):
-            traceback.print_exc()
-        print(f"{PREFIX} ERROR {exc}", flush=True)
-        status = 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cleanup.close()
-    return status
+    return run_bench(PREFIX, bench, parse_args(argv))
 
 
 if __name__ == "__main__":

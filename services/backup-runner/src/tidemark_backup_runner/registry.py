@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 from tidemark_contracts.backup import DatabaseTarget, DestinationTarget
@@ -67,22 +68,28 @@ class Registrations:
         refused for naming another endpoint keeps what it named; its deletion must not
         send the organization's keys there."""
         async with self._pool.connection() as conn:
-            rows = await (
-                await conn.execute(
-                    f"SELECT id, name, type, config FROM {self._schema}.destinations "
-                    "WHERE id = ANY(%s) AND organization_id = %s",
-                    ([d.destination_id for d in destinations], organization_id),
-                )
-            ).fetchall()
-        registered = {
-            row["id"]: DestinationTarget.of(row["id"], row["name"], row["type"], row["config"])
-            for row in rows
-        }
+            registered = await self._destinations(conn, organization_id, destinations)
         return {
             d.destination_id
             for d in destinations
             if (known := registered.get(d.destination_id)) is not None
             and (known.type, known.config) == (d.type, d.config)
+        }
+
+    async def _destinations(
+        self, conn: Any, organization_id: UUID, destinations: Sequence[DestinationTarget]
+    ) -> dict[UUID, DestinationTarget]:
+        """The organization's registered destinations among ``destinations``, by id."""
+        rows = await (
+            await conn.execute(
+                f"SELECT id, name, type, config FROM {self._schema}.destinations "
+                "WHERE id = ANY(%s) AND organization_id = %s",
+                ([d.destination_id for d in destinations], organization_id),
+            )
+        ).fetchall()
+        return {
+            row["id"]: DestinationTarget.of(row["id"], row["name"], row["type"], row["config"])
+            for row in rows
         }
 
     async def files_path(self, organization_id: UUID, environment_id: UUID) -> str | None:
@@ -114,21 +121,11 @@ class Registrations:
                     (environment_id, organization_id),
                 )
             ).fetchone()
-            rows = await (
-                await conn.execute(
-                    f"SELECT id, name, type, config FROM {self._schema}.destinations "
-                    "WHERE id = ANY(%s) AND organization_id = %s",
-                    ([d.destination_id for d in destinations], organization_id),
-                )
-            ).fetchall()
+            registered = await self._destinations(conn, organization_id, destinations)
         if environment is None:
             return f"environment {environment_id} is not registered to the organization", False
         if DatabaseTarget.model_validate(environment["database"]) != database:
             return "the command's database settings are not the environment's registered ones", True
-        registered = {
-            row["id"]: DestinationTarget.of(row["id"], row["name"], row["type"], row["config"])
-            for row in rows
-        }
         for destination in destinations:
             known = registered.get(destination.destination_id)
             if known is None:
