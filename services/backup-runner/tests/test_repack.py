@@ -323,3 +323,33 @@ def test_a_failed_digest_fails_the_backup_instead_of_writing_a_wrong_manifest() 
     digests.record(hashlib.sha256(), entry)
     with pytest.raises(DumpError, match="hashing the archive's files failed"):
         digests.close()
+
+
+def test_a_file_that_shrinks_while_read_is_marked_in_the_manifest() -> None:
+    """The archive keeps the size the header promised (padded with zeros), and the manifest
+    says so: its digest alone would call the padded copy good."""
+    writer = Captured()
+    artifact = CompressedArtifact([writer])
+    repacker = _Repacker(artifact, lambda _: None)
+    left = [b"abcd"]
+
+    def read(_size: int) -> bytes:
+        return left.pop() if left else b""  # 4 of the 10 bytes listed, then the end
+
+    shrunk, whole = tarfile.TarInfo("files/shrunk"), tarfile.TarInfo("files/whole")
+    shrunk.size, whole.size = 10, 3
+    try:
+        repacker._add(shrunk, read)
+        repacker._add(whole, io.BytesIO(b"xyz").read)
+        repacker.manifest(uuid.uuid4(), T0)
+    finally:
+        repacker.close()
+    artifact.finish()
+    plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(writer.data.getvalue())).read()
+    with tarfile.open(fileobj=io.BytesIO(plain)) as tar:
+        assert tar.extractfile("files/shrunk").read() == b"abcd" + b"\0" * 6  # type: ignore[union-attr]
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    by_path = {entry["path"]: entry for entry in manifest["files"]}
+    assert by_path["files/shrunk"]["truncatedWhileRead"] is True
+    assert by_path["files/shrunk"]["sha256"] == hashlib.sha256(b"abcd" + b"\0" * 6).hexdigest()
+    assert "truncatedWhileRead" not in by_path["files/whole"]

@@ -41,6 +41,7 @@ from uuid import UUID
 
 import psycopg
 from tidemark_contracts.backup import DatabaseTarget, local_path_problem
+from tidemark_platform.logging import get_logger
 
 from tidemark_backup_runner.pgtools import (
     APPLICATION_NAME,
@@ -57,6 +58,8 @@ from tidemark_backup_runner.pgtools import (
     target_conninfo,
 )
 from tidemark_backup_runner.storage import ArtifactSink
+
+log = get_logger(__name__)
 
 PGDATA = "pgdata"
 FILES = "files"
@@ -440,9 +443,18 @@ class _Repacker:
             while data := hashing.read(CHUNK):
                 self._out.add(data)
             self._out.pad()
-            self.entries.append(
-                {"path": info.name, "size": info.size, "sha256": hashing.digest.hexdigest()}
-            )
+            entry: dict[str, Any] = {
+                "path": info.name,
+                "size": info.size,
+                "sha256": hashing.digest.hexdigest(),
+            }
+            if hashing.short:
+                # Shrunk while it was read: the archive holds it padded with zeros (the
+                # manifest's digest is of those bytes), which the manifest says, since
+                # `sha256sum -c` alone would call the padded copy good.
+                entry["truncatedWhileRead"] = True
+                log.warning("file_truncated_while_read", path=info.name)
+            self.entries.append(entry)
 
     def directory(
         self, name: str, mode: int, mtime: float, owner: tarfile.TarInfo | None = None
