@@ -5,6 +5,7 @@ the test publishes itself (as the runner's relay and publisher would) to control
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import socket
@@ -358,8 +359,22 @@ def phantoms(database_url: str) -> Iterator[list[Phantom]]:
     holds them, so a rebuild of the read model (test_rolling_restart) would not."""
     made: list[Phantom] = []
     yield made
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM gateway.backups WHERE id = ANY(%s)", ([p.id for p in made],))
+    key = ("organization_id", "project_id", "environment_id", "status", "type")
+    match = " AND ".join(f"{column} = %s" for column in key)
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        # The rows go, and the counts the projection kept for them with them.
+        gone = conn.execute(
+            f"DELETE FROM gateway.backups WHERE id = ANY(%s) RETURNING {', '.join(key)}",
+            ([p.id for p in made],),
+        ).fetchall()
+        for values, k in collections.Counter(gone).items():
+            removed = conn.execute(
+                f"DELETE FROM gateway.backup_counts WHERE {match} AND n <= %s", [*values, k]
+            )
+            if removed.rowcount == 0:
+                conn.execute(
+                    f"UPDATE gateway.backup_counts SET n = n - %s WHERE {match}", [k, *values]
+                )
 
 
 def test_an_idle_stream_heartbeats_and_a_lost_terminal_tick_still_ends_it(
