@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +44,7 @@ import httpx
 import jwt
 import psycopg
 import zstandard
-from harness import BenchError, note, run_bench
+from harness import BenchError, deferred, kafka, note, postgres, run_bench
 from tidemark_devstack.kafka import LocalKafka
 from tidemark_devstack.paths import free_port, state_dir
 from tidemark_devstack.postgres import LocalPostgres, create_database_at, drop_database_at
@@ -720,23 +719,6 @@ def kafka_pid(local: LocalKafka | None) -> int | None:
         return None
 
 
-@contextlib.contextmanager
-def cleanup_step(what: str) -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        note(f"cleanup: {what} failed: {exc!r}")
-
-
-def deferred(stack: contextlib.ExitStack, what: str, action: Callable[[], object]) -> None:
-    def run() -> None:
-        note(f"cleanup: {what}")
-        with cleanup_step(what):
-            action()
-
-    stack.callback(run)
-
-
 def median(runs: list[Run], attr: str = "seconds") -> float:
     return statistics.median(getattr(r, attr) for r in runs)
 
@@ -912,15 +894,7 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
     if free < MIN_FREE_BYTES:
         raise BenchError(f"less than {MIN_FREE_BYTES / 2**30:.0f} GiB free on {root}")
 
-    local_pg: LocalPostgres | None = None
-    admin_url = os.environ.get("DATABASE_URL")
-    if admin_url:
-        note("PostgreSQL: DATABASE_URL from the environment")
-    else:
-        local_pg = LocalPostgres(root / "postgres")
-        note(f"PostgreSQL: starting a local cluster in {local_pg.base_dir}")
-        admin_url = local_pg.start()
-        deferred(cleanup, "stop the local PostgreSQL", local_pg.stop)
+    admin_url, local_pg = postgres(root, cleanup)
 
     db = prepare_database(admin_url, args.rows, args.fresh_db)
     if not args.keep_db:
@@ -933,15 +907,7 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
     pg_bin = find_pg_bin(server_major(db))
     note(f"database {BENCH_DB}: {mib(db_bytes)} on disk; client tools from {pg_bin}")
 
-    local_kafka: LocalKafka | None = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if bootstrap:
-        note(f"Kafka: {bootstrap} from the environment")
-    else:
-        local_kafka = LocalKafka(root / "kafka")
-        note(f"Kafka: starting a local broker in {local_kafka.base_dir}")
-        bootstrap = local_kafka.start()
-        deferred(cleanup, "stop the local Kafka", local_kafka.stop)
+    bootstrap, local_kafka = kafka(root, cleanup)
 
     # Tidemark's own state in a database of its own, fresh for every run: nothing left
     # over from an earlier (interrupted) run can be resumed during the measurement.

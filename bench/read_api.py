@@ -42,7 +42,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,7 +50,7 @@ import httpx
 import jwt
 import psycopg
 from eventsourcing.persistence import Tracking
-from harness import BenchError, note, run_bench
+from harness import BenchError, deferred, kafka, note, postgres, run_bench
 from tidemark_api_gateway.projection import COLUMNS, COUNT_KEY, BackupsView, count_moves, next_row
 from tidemark_api_gateway.readmodel import SCHEMA
 from tidemark_contracts import Envelope, Message
@@ -62,9 +61,8 @@ from tidemark_contracts.backup import (
     BackupStarted,
     DestinationRef,
 )
-from tidemark_devstack.kafka import LocalKafka
 from tidemark_devstack.paths import free_port, state_dir
-from tidemark_devstack.postgres import LocalPostgres, create_database_at, drop_database_at
+from tidemark_devstack.postgres import create_database_at, drop_database_at
 from tidemark_devstack.stack import Stack
 from tidemark_platform.database import connection_pool
 from tidemark_platform.projection import ProjectionRunner
@@ -347,23 +345,6 @@ def register(client: httpx.Client) -> tuple[str, str, str]:
     return project["id"], envs[0], envs[1]
 
 
-@contextlib.contextmanager
-def cleanup_step(what: str) -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        note(f"cleanup: {what} failed: {exc!r}")
-
-
-def deferred(stack: contextlib.ExitStack, what: str, action: Callable[[], object]) -> None:
-    def run() -> None:
-        note(f"cleanup: {what}")
-        with cleanup_step(what):
-            action()
-
-    stack.callback(run)
-
-
 def wait_healthy(url: str, stack: Stack, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -402,22 +383,8 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
         client_kind = "wrk" if shutil.which("wrk") else "httpx"
     load = run_wrk if client_kind == "wrk" else run_httpx
 
-    admin_url = os.environ.get("DATABASE_URL")
-    if admin_url:
-        note("PostgreSQL: DATABASE_URL from the environment")
-    else:
-        local_pg = LocalPostgres(root / "postgres")
-        note(f"PostgreSQL: starting a local cluster in {local_pg.base_dir}")
-        admin_url = local_pg.start()
-        deferred(cleanup, "stop the local PostgreSQL", local_pg.stop)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if bootstrap:
-        note(f"Kafka: {bootstrap} from the environment")
-    else:
-        local_kafka = LocalKafka(root / "kafka")
-        note(f"Kafka: starting a local broker in {local_kafka.base_dir}")
-        bootstrap = local_kafka.start()
-        deferred(cleanup, "stop the local Kafka", local_kafka.stop)
+    admin_url, _ = postgres(root, cleanup)
+    bootstrap, _ = kafka(root, cleanup)
 
     db_name = f"tidemark_bench_read_{uuid.uuid4().hex[:8]}"
     db_url = create_database_at(admin_url, db_name)

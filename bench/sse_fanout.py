@@ -43,20 +43,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import psycopg
 from aiokafka import AIOKafkaProducer
-from harness import BenchError, note, run_bench
+from harness import BenchError, deferred, kafka, note, postgres, run_bench
 from tidemark_contracts import BACKUP_PROGRESS, Envelope, utc_now
 from tidemark_contracts.backup import BackupProgress
 from tidemark_devstack.e2e import make_token
-from tidemark_devstack.kafka import LocalKafka
 from tidemark_devstack.paths import free_port, state_dir
-from tidemark_devstack.postgres import LocalPostgres, create_database_at, drop_database_at
+from tidemark_devstack.postgres import create_database_at, drop_database_at
 from tidemark_devstack.stack import Stack
 
 PREFIX = "sse_fanout:"
@@ -65,17 +63,6 @@ DEFAULT_CLIENTS = 2000
 CONNECT_BATCH = 100
 FIRST_EVENT_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 30.0
-
-
-def deferred(stack: contextlib.ExitStack, what: str, action: Callable[[], object]) -> None:
-    def run() -> None:
-        note(f"cleanup: {what}")
-        try:
-            action()
-        except Exception as exc:
-            note(f"cleanup: {what} failed: {exc!r}")
-
-    stack.callback(run)
 
 
 def raise_file_limit(needed: int) -> int:
@@ -359,22 +346,8 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
     root = state_dir() / "bench"
     root.mkdir(parents=True, exist_ok=True)
 
-    admin_url = os.environ.get("DATABASE_URL")
-    if admin_url:
-        note("PostgreSQL: DATABASE_URL from the environment")
-    else:
-        local_pg = LocalPostgres(root / "postgres")
-        note(f"PostgreSQL: starting a local cluster in {local_pg.base_dir}")
-        admin_url = local_pg.start()
-        deferred(cleanup, "stop the local PostgreSQL", local_pg.stop)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if bootstrap:
-        note(f"Kafka: {bootstrap} from the environment")
-    else:
-        local_kafka = LocalKafka(root / "kafka")
-        note(f"Kafka: starting a local broker in {local_kafka.base_dir}")
-        bootstrap = local_kafka.start()
-        deferred(cleanup, "stop the local Kafka", local_kafka.stop)
+    admin_url, _ = postgres(root, cleanup)
+    bootstrap, _ = kafka(root, cleanup)
 
     control_db = f"tidemark_bench_sse_{uuid.uuid4().hex[:8]}"
     control_url = create_database_at(admin_url, control_db)
