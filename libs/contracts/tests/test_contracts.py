@@ -115,6 +115,8 @@ def test_the_committed_asyncapi_document_is_current() -> None:
         "backup_events",
         "backup_progress",
         "catalog_events",
+        "schedule_commands",
+        "schedule_events",
         "service_heartbeats",
     }
     for message in document["components"]["messages"].values():

@@ -15,6 +15,8 @@ from tidemark_contracts.topics import (
     BACKUP_EVENTS,
     BACKUP_PROGRESS,
     CATALOG_EVENTS,
+    SCHEDULE_COMMANDS,
+    SCHEDULE_EVENTS,
     SERVICE_HEARTBEATS,
     Topic,
 )
@@ -52,15 +54,16 @@ API_GATEWAY = ServiceDescription(
     "outbox), serves the read models it projects from domain events, and streams live "
     "progress (SSE) from backup.progress.",
     8000,
-    consumes=(BACKUP_EVENTS, BACKUP_PROGRESS, CATALOG_EVENTS, SERVICE_HEARTBEATS),
-    produces=(BACKUP_COMMANDS, CATALOG_EVENTS, SERVICE_HEARTBEATS),
+    consumes=(BACKUP_EVENTS, BACKUP_PROGRESS, CATALOG_EVENTS, SCHEDULE_EVENTS, SERVICE_HEARTBEATS),
+    produces=(BACKUP_COMMANDS, CATALOG_EVENTS, SCHEDULE_COMMANDS, SERVICE_HEARTBEATS),
 )
 SCHEDULER = ServiceDescription(
     "scheduler",
-    "Owns schedules; fires backups on cron and applies retention.",
+    "Owns the Schedule aggregate; fires backups on cron (DST-correct, never twice) and "
+    "applies retention through the deletion path.",
     8101,
-    consumes=(CATALOG_EVENTS,),
-    produces=(SERVICE_HEARTBEATS,),
+    consumes=(SCHEDULE_COMMANDS, CATALOG_EVENTS, BACKUP_EVENTS),
+    produces=(BACKUP_COMMANDS, SCHEDULE_EVENTS, SERVICE_HEARTBEATS),
 )
 BACKUP_RUNNER = ServiceDescription(
     "backup-runner",

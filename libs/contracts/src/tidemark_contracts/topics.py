@@ -25,6 +25,13 @@ from tidemark_contracts.catalog import (
     EnvironmentRegistered,
     ProjectRegistered,
 )
+from tidemark_contracts.schedule import (
+    BackupExpired,
+    ConfigureSchedule,
+    ScheduleConfigured,
+    ScheduleFired,
+    ScheduleMissed,
+)
 from tidemark_contracts.service import ServiceHeartbeat
 
 
@@ -96,6 +103,17 @@ CATALOG_EVENTS = Topic(
     "catalog event store; every service that needs them keeps its own view.",
     (ProjectRegistered, EnvironmentRegistered, DestinationRegistered, DestinationRemoved),
 )
+SCHEDULE_COMMANDS = Topic(
+    "schedule.commands",
+    "Commands for the scheduler, issued by the gateway: configure an environment's schedule.",
+    (ConfigureSchedule,),
+)
+SCHEDULE_EVENTS = Topic(
+    "schedule.events",
+    "Domain events of the Schedule aggregate, relayed from the scheduler's event store: "
+    "configured, fired, missed fire times, and backups retention no longer keeps.",
+    (ScheduleConfigured, ScheduleFired, ScheduleMissed, BackupExpired),
+)
 SERVICE_HEARTBEATS = Topic(
     "service.heartbeats",
     "Liveness of every service instance; the gateway's readiness reads it.",
@@ -109,6 +127,8 @@ ALL_TOPICS: tuple[Topic, ...] = (
     BACKUP_EVENTS,
     BACKUP_PROGRESS,
     CATALOG_EVENTS,
+    SCHEDULE_COMMANDS,
+    SCHEDULE_EVENTS,
     SERVICE_HEARTBEATS,
 )
 
