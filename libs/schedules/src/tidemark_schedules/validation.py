@@ -1,6 +1,6 @@
 """A schedule body as a client sent it → the effective settings, or what is wrong with it.
 
-What one field's type says (a count ≥ 0, ``walRetentionDays`` 1–35, at least one
+What one field's type says (a count ≥ 0, ``walRetentionDays`` 1-35, at least one
 destination) is pydantic's, in ``ScheduleSettings``; what needs several fields or the
 cron and zone rules is here. What needs the outside world (the organization's
 destinations, the environment's cluster) is the gateway's. A problem names the field as

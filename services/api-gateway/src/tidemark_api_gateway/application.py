@@ -24,7 +24,15 @@ from eventsourcing.persistence import IntegrityError
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter
-from tidemark_contracts import BACKUP_COMMANDS, CATALOG_EVENTS, Envelope, Message, Topic, utc_now
+from tidemark_contracts import (
+    BACKUP_COMMANDS,
+    CATALOG_EVENTS,
+    SCHEDULE_COMMANDS,
+    Envelope,
+    Message,
+    Topic,
+    utc_now,
+)
 from tidemark_contracts import event_message_id as stable_message_id
 from tidemark_contracts.backup import (
     BackupDeletionRequested,
@@ -44,6 +52,8 @@ from tidemark_contracts.catalog import (
     EnvironmentRegistered,
     ProjectRegistered,
 )
+from tidemark_contracts.schedule import ConfigureSchedule, ScheduleConfigured, ScheduleSettings
+from tidemark_platform.database import advisory_key
 from tidemark_platform.eventstore import EventStoreApplication
 from tidemark_platform.projection import ProjectionRunner
 from tidemark_platform.vault import (
@@ -54,6 +64,7 @@ from tidemark_platform.vault import (
     SecretVault,
     secret_name,
 )
+from tidemark_schedules import ids
 
 from tidemark_api_gateway.domain import (
     CatalogError,
@@ -100,6 +111,20 @@ class DestinationInUse(Exception):
 
 class DestinationGone(Exception):
     """A destination the request names was removed while the request was being made."""
+
+
+class UnknownDestinations(Exception):
+    """Destinations a schedule names are not the organization's (or were just removed);
+    ``indexes`` are their positions in ``destinationIds``."""
+
+    def __init__(self, indexes: list[int]) -> None:
+        super().__init__(indexes)
+        self.indexes = indexes
+
+
+# PUTs of one environment's schedule take turns (on any gateway instance): each reads the
+# revision the one before it wrote. Keyed by the environment (``advisory_key``).
+SCHEDULE_LOCK_CLASS = 7350020
 
 
 # A recorded use of a secret whose registration never got saved (the gateway stopped in
@@ -259,12 +284,14 @@ class Gateway:
         wake_relays: Callable[[], None],
         vault: SecretVault,
         *,
+        schedules_view: ProjectionRunner,
         allow_operator_refs: bool = False,
         destination_root: Path | None = None,
     ) -> None:
         self.catalog = catalog
         self.catalog_view = catalog_view
         self.backups_view = backups_view
+        self.schedules_view = schedules_view
         self._wake_relays = wake_relays
         self.vault = vault
         self.allow_operator_refs = allow_operator_refs
@@ -542,11 +569,18 @@ class Gateway:
     async def _schedules_using(
         self, conn: Any, organization_id: uuid.UUID, destination_id: uuid.UUID
     ) -> bool:
-        """Whether a schedule of the organization stores backups in the destination.
-
-        Hook: no schedules exist yet; the scheduler's part of issue 7 answers from its read
-        model here, in the removal's transaction."""
-        return False
+        """Whether a schedule of the organization stores backups in the destination, asked
+        in the removal's transaction, after it locked the destination's row: a schedule's
+        PUT holds that row ``FOR SHARE`` until it commits, so whichever commits first wins
+        (a PUT that comes second finds the destination gone)."""
+        found = await (
+            await conn.execute(
+                f"SELECT 1 FROM {self.schedules_view.schema}.schedules "
+                "WHERE organization_id = %s AND settings->'destinationIds' @> %s LIMIT 1",
+                (organization_id, Jsonb([str(destination_id)])),
+            )
+        ).fetchone()
+        return found is not None
 
     async def delete_backup(
         self,
@@ -690,3 +724,84 @@ class Gateway:
             await enqueue(conn, BACKUP_COMMANDS, envelope)
         self._wake_relays()
         return command.backup_id
+
+    async def configure_schedule(
+        self,
+        *,
+        organization_id: uuid.UUID,
+        requested_by: str,
+        environment: DictRow,
+        settings: ScheduleSettings,
+        correlation_id: uuid.UUID | None,
+    ) -> ScheduleConfigured:
+        """Create or replace the environment's schedule with ``settings`` (validated,
+        effective): its next revision, its row and the ``ConfigureSchedule`` command commit
+        together. ``UnknownDestinations`` when a destination is not the organization's.
+
+        The named destinations' catalog rows are held ``FOR SHARE`` until the commit (a
+        removal takes them ``FOR UPDATE`` and then looks for schedules that use them)."""
+        environment_id: uuid.UUID = environment["id"]
+        schedule_id = ids.schedule_id(environment_id)
+        schema = self.schedules_view.schema
+        async with self.schedules_view.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)",
+                advisory_key(SCHEDULE_LOCK_CLASS, str(environment_id)),
+            )
+            current = await (
+                await conn.execute(
+                    f"SELECT revision, created_at FROM {schema}.schedules "
+                    "WHERE environment_id = %s FOR UPDATE",
+                    (environment_id,),
+                )
+            ).fetchone()
+            locked = await (
+                await conn.execute(
+                    f"SELECT id FROM {self.catalog_view.schema}.destinations "
+                    "WHERE organization_id = %s AND id = ANY(%s) FOR SHARE",
+                    (organization_id, list(settings.destination_ids)),
+                )
+            ).fetchall()
+            known = {row["id"] for row in locked}
+            unknown = [i for i, d in enumerate(settings.destination_ids) if d not in known]
+            if unknown:
+                raise UnknownDestinations(unknown)
+            now = utc_now()
+            command = ConfigureSchedule(
+                schedule_id=schedule_id,
+                organization_id=organization_id,
+                project_id=environment["project_id"],
+                environment_id=environment_id,
+                revision=current["revision"] + 1 if current else 1,
+                settings=settings,
+                requested_by=requested_by,
+                created_at=current["created_at"] if current else now,
+                updated_at=now,
+            )
+            # The row as the scheduler's event of this revision will say: built by the
+            # projection's own rule, unversioned, so that event still applies.
+            configured = ScheduleConfigured.model_validate(command.model_dump())
+            await self.schedules_view.apply_now(
+                Envelope.wrap(
+                    configured,
+                    producer=PRODUCER,
+                    organization_id=organization_id,
+                    environment_id=environment_id,
+                    aggregate_id=schedule_id,
+                ),
+                conn,
+            )
+            await enqueue(
+                conn,
+                SCHEDULE_COMMANDS,
+                Envelope.wrap(
+                    command,
+                    producer=PRODUCER,
+                    organization_id=organization_id,
+                    environment_id=environment_id,
+                    aggregate_id=schedule_id,
+                    correlation_id=correlation_id,
+                ),
+            )
+        self._wake_relays()
+        return configured

@@ -33,11 +33,13 @@ from tidemark_api_gateway.requests import (
     answer_and_log,
     request_context_middleware,
 )
+from tidemark_api_gateway.schedules import SchedulesView
 from tidemark_api_gateway.settings import GatewaySettings
 
 SERVICE = "api-gateway"
 PROJECTION_GROUP = "gateway-projection"
 CATALOG_GROUP = "gateway-catalog"
+SCHEDULES_GROUP = "gateway-schedules"
 CATALOG_RELAY = "gateway-catalog"
 
 
@@ -95,6 +97,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
     catalog = CatalogApplication.on_postgres(settings.database_url, CATALOG_SCHEMA)
     catalog_view = ProjectionRunner(pool, SCHEMA, CatalogView())
     backups_view = ProjectionRunner(pool, SCHEMA, BackupsView())
+    schedules_view = ProjectionRunner(pool, SCHEMA, SchedulesView())
 
     outbox = OutboxSource(pool, settings.database_url)
     catalog_leadership = Leadership(
@@ -119,6 +122,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
         backups_view,
         wake_relays,
         vault,
+        schedules_view=schedules_view,
         allow_operator_refs=settings.allow_operator_secret_refs,
         destination_root=settings.destination_root,
     )
@@ -126,6 +130,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
     registry = ServiceRegistry(settings.expected_services, settings.heartbeat_timeout_seconds)
     backups_view.subscribe(broker, PROJECTION_GROUP, service=SERVICE)
     catalog_view.subscribe(broker, CATALOG_GROUP, service=SERVICE)
+    schedules_view.subscribe(broker, SCHEDULES_GROUP, service=SERVICE)
     subscribe_heartbeats(broker, registry)
     runtime.add_check("services", registry.all_reported)
     # One groupless tail of backup.progress per instance, fanned out to its SSE streams.
@@ -148,7 +153,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
         await asyncio.to_thread(vault.open)
         await pool.open(wait=True, timeout=30)
         async with pool.connection() as conn:
-            await migrate(conn, catalog_view, backups_view)
+            await migrate(conn, catalog_view, backups_view, schedules_view)
 
     api = api_router(
         {

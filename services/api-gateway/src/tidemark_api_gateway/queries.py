@@ -65,14 +65,50 @@ async def default_destinations(pool: Pool, organization_id: uuid.UUID) -> list[D
         return await cursor.fetchall()
 
 
+async def schedule(
+    pool: Pool, organization_id: uuid.UUID, environment_id: uuid.UUID
+) -> DictRow | None:
+    """The environment's schedule's row (``schedules``), or None."""
+    return await one(
+        pool,
+        f"SELECT * FROM {SCHEMA}.schedules WHERE organization_id = %s AND environment_id = %s",
+        (organization_id, environment_id),
+    )
+
+
 async def schedule_destinations(
     pool: Pool, organization_id: uuid.UUID, environment_id: uuid.UUID
 ) -> list[DictRow] | None:
-    """The destinations of the environment's schedule; None when it has none.
+    """The destinations of the environment's schedule, in the schedule's order; None when
+    it has no schedule (a manual backup without ``destinationIds`` goes where its
+    schedule's go). A destination removed since is left out: removal refuses while a
+    schedule uses it, so that is a removal racing this read, and the backup's own
+    transaction finds it gone."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            f"SELECT d.* FROM {SCHEMA}.schedules s "
+            "CROSS JOIN LATERAL jsonb_array_elements_text(s.settings->'destinationIds') "
+            "WITH ORDINALITY AS named(id, n) "
+            f"JOIN {SCHEMA}.destinations d "
+            "ON d.id = named.id::uuid AND d.organization_id = s.organization_id "
+            "WHERE s.organization_id = %s AND s.environment_id = %s ORDER BY named.n",
+            (organization_id, environment_id),
+        )
+        rows = await cursor.fetchall()
+    return rows or None
 
-    Hook: no schedules exist yet. The scheduler's part of issue 7 answers from its read
-    model here (a manual backup without ``destinationIds`` goes where its schedule's go)."""
-    return None
+
+async def completed_backups(
+    pool: Pool, organization_id: uuid.UUID, environment_id: uuid.UUID
+) -> list[DictRow]:
+    """What retention looks at of the environment's completed backups."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            f"SELECT id, type, trigger, status, created_at, size_bytes FROM {SCHEMA}.backups "
+            "WHERE organization_id = %s AND environment_id = %s AND status = 'completed'",
+            (organization_id, environment_id),
+        )
+        return await cursor.fetchall()
 
 
 def backup_filters(

@@ -542,3 +542,153 @@ class Page(ResponseBody, Generic[T]):
     total: int
     limit: int
     offset: int
+
+
+# --- schedules ------------------------------------------------------------------------
+
+# A count or window beyond these is no policy anyone means (and a window of more days
+# than a timedelta holds would fail the arithmetic).
+MAX_RETENTION_COUNT = 1_000_000
+MAX_RETENTION_DAYS = 100_000
+
+Count = Annotated[int, Field(ge=0, le=MAX_RETENTION_COUNT), BeforeValidator(json_number)] | None
+Days = Annotated[int, Field(ge=0, le=MAX_RETENTION_DAYS), BeforeValidator(json_number)] | None
+Frequency = Literal["hourly", "daily", "weekly", "monthly", "custom", "none"]
+Cron = Annotated[
+    str,
+    Field(
+        max_length=200,
+        pattern=PRINTABLE,
+        description="5-field cron (minute hour day-of-month month day-of-week), in the "
+        "schedule's timezone; required with frequency custom, else the preset's or absent",
+        examples=["30 1 * * *"],
+    ),
+]
+
+
+class RetentionIn(RequestBody):
+    """The retention fields of a schedule (API.md "Retention semantics"): counts of
+    periods to keep (a per-type count overrides the general one) and windows in days."""
+
+    retain_hourly: Count = None
+    retain_daily: Count = None
+    retain_weekly: Count = None
+    retain_monthly: Count = None
+    retain_db_hourly: Count = None
+    retain_db_daily: Count = None
+    retain_db_weekly: Count = None
+    retain_db_monthly: Count = None
+    retain_full_hourly: Count = None
+    retain_full_daily: Count = None
+    retain_full_weekly: Count = None
+    retain_full_monthly: Count = None
+    retain_hourly_days: Days = None
+    retain_daily_days: Days = None
+    retain_weekly_days: Days = None
+    retain_monthly_days: Days = None
+
+
+class ScheduleIn(RetentionIn):
+    """An environment's backup schedule (API.md "Schedule body"). Unknown fields are 422."""
+
+    enabled: BOOLEAN = True
+    paused: BOOLEAN = False
+    timezone: Annotated[
+        str,
+        Field(
+            max_length=64,
+            pattern=PRINTABLE,
+            description="IANA time zone the crons and retention periods are read in",
+            examples=["Europe/Berlin"],
+        ),
+    ] = "UTC"
+    db_frequency: Frequency = "daily"
+    full_frequency: Frequency = "none"
+    db_cron: Cron | None = None
+    full_cron: Cron | None = None
+    destination_ids: Annotated[
+        list[uuid.UUID],
+        Field(min_length=1, max_length=10, description="where its backups go, in this order"),
+    ]
+    wal_enabled: BOOLEAN = False
+    wal_retention_days: (
+        Annotated[
+            int,
+            Field(ge=1, le=35, description="1-35; 7 when WAL is on and it is absent"),
+            BeforeValidator(json_number),
+        ]
+        | None
+    ) = None
+
+
+class ScheduleOut(ResponseBody):
+    enabled: bool
+    paused: bool
+    timezone: str
+    db_frequency: Frequency
+    full_frequency: Frequency
+    db_cron: str | None = Field(description="the effective cron: the preset's, or custom's")
+    full_cron: str | None
+    destination_ids: list[uuid.UUID]
+    wal_enabled: bool
+    wal_retention_days: int | None
+    retain_hourly: int | None
+    retain_daily: int | None
+    retain_weekly: int | None
+    retain_monthly: int | None
+    retain_db_hourly: int | None
+    retain_db_daily: int | None
+    retain_db_weekly: int | None
+    retain_db_monthly: int | None
+    retain_full_hourly: int | None
+    retain_full_daily: int | None
+    retain_full_weekly: int | None
+    retain_full_monthly: int | None
+    retain_hourly_days: int | None
+    retain_daily_days: int | None
+    retain_weekly_days: int | None
+    retain_monthly_days: int | None
+    environment_id: uuid.UUID
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    next_db_backup_at: UtcDatetime | None = Field(
+        description="null when the schedule is disabled or paused, or dbFrequency is none"
+    )
+    next_full_backup_at: UtcDatetime | None = Field(
+        description="null when the schedule is disabled or paused, or fullFrequency is none"
+    )
+
+
+class CronPresetOut(ResponseBody):
+    id: str
+    label: str
+    cron: str
+    frequency: Frequency
+
+
+class KeptBackupOut(ResponseBody):
+    backup_id: uuid.UUID
+    created_at: UtcDatetime
+    type: BackupType
+    reasons: list[str] = Field(description="every rule that keeps it")
+
+
+class DeletedBackupOut(ResponseBody):
+    backup_id: uuid.UUID
+    created_at: UtcDatetime
+    type: BackupType
+    rule: str = Field(description="the rule that no longer keeps it")
+
+
+class RetentionSummaryOut(ResponseBody):
+    keep: int
+    delete: int
+    freed_bytes: int = Field(description="the sizes of the backups it would delete, summed")
+
+
+class RetentionPreviewOut(ResponseBody):
+    """What retention with these settings would keep and delete now (newest first)."""
+
+    keep: list[KeptBackupOut]
+    delete: list[DeletedBackupOut]
+    summary: RetentionSummaryOut

@@ -5,6 +5,7 @@ from tidemark_api_gateway.controllers.destinations import DestinationController
 from tidemark_api_gateway.controllers.environments import EnvironmentController
 from tidemark_api_gateway.controllers.progress import ProgressController
 from tidemark_api_gateway.controllers.projects import ProjectController
+from tidemark_api_gateway.controllers.schedules import ScheduleController
 from tidemark_api_gateway.controllers.secrets import SecretController
 
 CONTROLLERS = [
@@ -12,6 +13,7 @@ CONTROLLERS = [
     EnvironmentController,
     DestinationController,
     SecretController,
+    ScheduleController,
     BackupController,
     ProgressController,
 ]
