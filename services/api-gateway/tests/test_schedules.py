@@ -27,6 +27,7 @@ from tidemark_api_gateway.schedules import SchedulesView, configured_row
 from tidemark_api_gateway.schemas import ScheduleIn, ScheduleOut
 from tidemark_api_gateway.settings import GatewaySettings
 from tidemark_contracts import SCHEDULE_COMMANDS, Envelope
+from tidemark_contracts.backup import BackupCompleted, BackupRequested
 from tidemark_contracts.schedule import ConfigureSchedule, ScheduleConfigured, ScheduleSettings
 from tidemark_devstack.e2e import make_token
 from tidemark_platform.catalog import CatalogView
@@ -525,3 +526,126 @@ async def test_cron_presets_are_served_beside_the_backup_routes(gw: Gw) -> None:
         schedule([destination], dbFrequency="weekly", dbCron=by_id["weekly"]["cron"]),
     )
     assert put.status_code == 200, put.text
+
+
+# --- the retention preview ---------------------------------------------------------------
+
+
+async def completed(
+    gw: Gw,
+    env: dict[str, Any],
+    backup_type: str,
+    at: datetime,
+    size: int,
+    trigger: str = "scheduled",
+) -> str:
+    """A completed backup in the read model, written by its projection from the runner's
+    events (unversioned, as the gateway writes rows ahead)."""
+    backups = ProjectionRunner(gw.pool, SCHEMA, BackupsView())
+    backup_id = uuid.uuid4()
+    for message in (
+        BackupRequested(
+            backup_id=backup_id,
+            organization_id=gw.org,
+            project_id=uuid.UUID(env["projectId"]),
+            environment_id=uuid.UUID(env["id"]),
+            type=backup_type,  # type: ignore[arg-type]
+            trigger=trigger,  # type: ignore[arg-type]
+            requested_by="scheduler",
+            requested_at=at,
+            destinations=[],
+        ),
+        BackupCompleted(
+            backup_id=backup_id,
+            environment_id=uuid.UUID(env["id"]),
+            size_bytes=size,
+            checksum="sha256:" + "b" * 64,
+            compression="zstd",
+            completed_at=at + timedelta(minutes=1),
+            duration_ms=60_000,
+        ),
+    ):
+        await backups.apply_now(
+            Envelope.wrap(
+                message,
+                producer="test",
+                organization_id=gw.org,
+                environment_id=uuid.UUID(env["id"]),
+                aggregate_id=backup_id,
+            )
+        )
+    return str(backup_id)
+
+
+async def preview(gw: Gw, env: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    response = await gw.post(
+        f"/environments/{env['id']}/backups/schedule/retention-preview", settings
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_the_preview_reads_periods_in_the_schedules_zone(gw: Gw) -> None:
+    destination = await gw.destination()
+    tokyo, utc = await gw.environment(), await gw.environment()
+    for env, zone in ((tokyo, "Asia/Tokyo"), (utc, None)):
+        if zone is not None:
+            put = await gw.put(
+                f"/environments/{env['id']}/backups/schedule",
+                schedule([destination], timezone=zone),
+            )
+            assert put.status_code == 200, put.text
+    day = datetime(2026, 11, 1, tzinfo=UTC)
+    # 19:00 and 23:30 of 1 November in Tokyo, then 00:30 of 2 November; all 1 Nov in UTC.
+    times = [day + timedelta(hours=10), day + timedelta(hours=14, minutes=30)]
+    times.append(day + timedelta(hours=15, minutes=30))
+    made = {
+        name: [await completed(gw, env, "db", at, 10) for at in times]
+        for name, env in (("tokyo", tokyo), ("utc", utc))
+    }
+    in_tokyo = await preview(gw, tokyo, retainDaily=2)
+    # Two Tokyo days: the newest of each is kept, the first backup of 1 November goes.
+    assert [d["backupId"] for d in in_tokyo["delete"]] == [made["tokyo"][0]]
+    in_utc = await preview(gw, utc, retainDaily=2)
+    # One UTC day (without a schedule the zone is UTC): its newest, and the oldest as
+    # restic keeps it when a count is not reached; the middle one goes.
+    assert [d["backupId"] for d in in_utc["delete"]] == [made["utc"][1]]
+    assert in_utc["summary"] == {"keep": 2, "delete": 1, "freedBytes": 10}
+
+
+async def test_the_preview_keeps_the_pitr_base_the_schedules_wal_needs(gw: Gw) -> None:
+    destination = await gw.destination()
+    with_wal, without = await gw.environment(cluster=True), await gw.environment(cluster=True)
+    put = await gw.put(
+        f"/environments/{with_wal['id']}/backups/schedule",
+        schedule([destination], walEnabled=True, walRetentionDays=1),
+    )
+    assert put.status_code == 200, put.text
+    now = datetime.now(UTC)
+    made = {}
+    for name, env in (("wal", with_wal), ("none", without)):
+        made[name] = [
+            await completed(gw, env, "full", now - timedelta(days=days), size)
+            for days, size in ((5, 100), (3, 200), (0.1, 300))
+        ]
+        await completed(gw, env, "db", now - timedelta(days=4), 7, trigger="manual")
+    wal = await preview(gw, with_wal, retainFullDaily=1)
+    kept = {k["backupId"]: k["reasons"] for k in wal["keep"]}
+    assert kept[made["wal"][1]] == ["pitr base"]  # the newest full before now - 1 day
+    assert "newest" in kept[made["wal"][2]]
+    assert any("manual" in reasons for reasons in kept.values())
+    assert wal["delete"] == [
+        {
+            "backupId": made["wal"][0],
+            "createdAt": wal["delete"][0]["createdAt"],
+            "type": "full",
+            "rule": wal["delete"][0]["rule"],
+        }
+    ]
+    assert wal["summary"] == {"keep": 3, "delete": 1, "freedBytes": 100}
+    plain = await preview(gw, without, retainFullDaily=1)
+    assert [d["backupId"] for d in plain["delete"]] == [made["none"][1], made["none"][0]]
+    assert plain["summary"]["freedBytes"] == 300
+    # The preview changes nothing.
+    assert (await preview(gw, without, retainFullDaily=1)) == plain
