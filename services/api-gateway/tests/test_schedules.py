@@ -4,6 +4,7 @@ command, the revision guard of the projection, and a rebuild that reproduces the
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from eventsourcing.persistence import Tracking
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.testing import AsyncTestClient
+from tidemark_api_gateway import queries
 from tidemark_api_gateway.application import CATALOG_SCHEMA, CatalogApplication, Gateway
 from tidemark_api_gateway.auth import auth_middleware
 from tidemark_api_gateway.main import api_options, api_router
@@ -35,6 +37,7 @@ from tidemark_platform.database import connection_pool
 from tidemark_platform.projection import Pool, ProjectionRunner, compare, rebuild
 from tidemark_platform.vault import KeyRing, SecretVault
 from tidemark_schedules import ids
+from tidemark_schedules.validation import effective_settings
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +54,7 @@ class Gw:
     client: AsyncTestClient[Litestar]
     pool: Pool
     schedules: ProjectionRunner
+    gateway: Gateway
     org: uuid.UUID
     token: str
 
@@ -147,7 +151,7 @@ async def gw(create_database: Callable[..., str]) -> AsyncIterator[Gw]:
     org = uuid.uuid4()
     try:
         async with AsyncTestClient(app) as client:
-            yield Gw(client, pool, schedules, org, make_token(org, secret=SECRET))
+            yield Gw(client, pool, schedules, gateway, org, make_token(org, secret=SECRET))
     finally:
         vault.close()
         catalog.close()
@@ -369,6 +373,35 @@ async def test_each_put_is_a_new_revision_committed_with_its_command(gw: Gw) -> 
     row = await gw.row(env["id"])
     assert row is not None
     assert (row["revision"], row["settings"]["dbFrequency"]) == (2, "weekly")
+
+
+async def test_concurrent_puts_each_get_a_revision_of_their_own(gw: Gw) -> None:
+    env = await gw.environment()
+    destination = await gw.destination()
+    environment = await queries.environment(gw.pool, gw.org, uuid.UUID(env["id"]))
+    assert environment is not None
+
+    async def put(retain: int) -> ScheduleConfigured:
+        settings = effective_settings(
+            ScheduleSettings(destination_ids=[uuid.UUID(destination)], retain_daily=retain)
+        )
+        return await gw.gateway.configure_schedule(
+            organization_id=gw.org,
+            requested_by="alice",
+            environment=environment,
+            settings=settings,
+            correlation_id=None,
+        )
+
+    configured = await asyncio.gather(*(put(n) for n in range(8)))
+    assert sorted(c.revision for c in configured) == list(range(1, 9))
+    commands = await gw.commands()
+    assert [c.revision for c in commands] == list(range(1, 9))  # committed in turn
+    last = max(configured, key=lambda c: c.revision)
+    row = await gw.row(env["id"])
+    assert row is not None
+    assert (row["revision"], row["settings"]["retainDaily"]) == (8, last.settings.retain_daily)
+    assert len({c.created_at for c in configured}) == 1
 
 
 async def test_the_outbox_envelope_is_keyed_by_the_environment(gw: Gw) -> None:
