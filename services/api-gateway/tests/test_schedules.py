@@ -455,6 +455,30 @@ async def test_an_older_revision_changes_nothing_and_a_rebuild_reproduces_the_ta
         assert await compare(conn, SchedulesView(), SCHEMA, "rebuilt_schedules") == []
 
 
+async def test_versions_with_gaps_are_applied_in_order_of_revision(gw: Gw) -> None:
+    """The scheduler's relay sends some of the Schedule aggregate's versions to
+    backup.commands (the RequestBackup and DeleteBackup it issues): schedule.events sees
+    versions 1, 2, 5, ... of one aggregate, live and in a rebuild."""
+    env = await gw.environment()
+    destination = await gw.destination()
+    path = f"/environments/{env['id']}/backups/schedule"
+    for frequency in ("daily", "weekly", "monthly"):
+        assert (
+            await gw.put(path, schedule([destination], dbFrequency=frequency))
+        ).status_code == 200
+    live = await gw.row(env["id"])
+    events = [event_of(c, v) for c, v in zip(await gw.commands(), (1, 2, 5), strict=True)]
+    async with gw.pool.connection() as conn:
+        await conn.execute(f"DELETE FROM {SCHEMA}.schedules")  # as if written by events only
+    for offset, envelope in enumerate(events):
+        assert await gw.schedules.apply_at(envelope, Tracking("schedule.events:0", offset))
+    assert await gw.row(env["id"]) == live
+    assert not await gw.schedules.apply_at(events[2], Tracking("schedule.events:0", 2))
+    async with gw.pool.connection() as conn:
+        assert await rebuild(conn, SchedulesView(), "rebuilt_gaps", events) == 3
+        assert await compare(conn, SchedulesView(), SCHEMA, "rebuilt_gaps") == []
+
+
 async def test_an_event_of_a_later_revision_replaces_the_row() -> None:
     env, org = uuid.uuid4(), uuid.uuid4()
     settings = ScheduleSettings(destination_ids=[uuid.uuid4()], db_cron="0 2 * * *")

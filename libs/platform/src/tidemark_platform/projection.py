@@ -139,7 +139,14 @@ async def apply_event(
         message = message_class.model_validate(envelope.payload)
     if tracking is not None and not await _advance(conn, schema, projection, tracking):
         return False  # this position was applied before: redelivery after a crash
-    versioned = envelope.aggregate_id is not None and envelope.aggregate_version is not None
+    # A projection may say its events carry no gapless versions (``version_guard = False``:
+    # its aggregate's versions are shared with messages of other topics) and order them
+    # itself; redeliveries are still caught by the position.
+    versioned = (
+        getattr(projection, "version_guard", True)
+        and envelope.aggregate_id is not None
+        and envelope.aggregate_version is not None
+    )
     if versioned and not await _guard_version(conn, schema, projection, envelope):
         return False  # already reflected (re-published by a relay)
     await projection.apply(conn, schema, envelope, message)

@@ -59,6 +59,10 @@ class SchedulesView:
     name = "gateway-schedules"
     topic: Topic = SCHEDULE_EVENTS
     tables: tuple[str, ...] = ("schedules",)
+    # The Schedule aggregate's versions are shared with the commands it issues, which its
+    # relay sends to backup.commands: on schedule.events they have gaps, so the platform's
+    # "next version" guard would wait forever. ``revision`` orders what this view keeps.
+    version_guard = False
 
     def ddl(self, schema: str) -> str:
         return f"""
