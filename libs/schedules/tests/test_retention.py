@@ -644,11 +644,13 @@ def test_ten_thousand_backups_plan_well_under_100_ms() -> None:
     settings = RetentionSettings(
         retain_hourly=24, retain_daily=7, retain_weekly=5, retain_monthly=12, retain_daily_days=30
     )
+    # CPU time of this thread: on a shared machine the wall clock also counts the time
+    # other processes hold the cores
     timings = []
     for _ in range(5):
-        began = time.perf_counter()
+        began = time.thread_time()
         plan = plan_retention(backups, settings, "Europe/Berlin")
-        timings.append(time.perf_counter() - began)
+        timings.append(time.thread_time() - began)
     assert len(plan.keep) + len(plan.delete) == 10_000
     assert min(timings) < 0.1
 

@@ -190,7 +190,8 @@ def _plural(count: int, one: str, many: str) -> str:
 def _local_seconds(instants: list[float], tz: ZoneInfo) -> list[int]:
     """Each POSIX instant as seconds of its wall time in ``tz`` (seconds since 1970-01-01
     00:00 on the zone's clock). A UTC day that holds several instants and whose start and
-    end have the same offset looks it up once; any other instant looks up its own."""
+    end have the same offset looks it up once (no zone changes its offset twice, and back,
+    within one day); any other instant looks up its own."""
 
     def offset_at(instant: float) -> int:
         delta = datetime.fromtimestamp(instant, tz).utcoffset()
