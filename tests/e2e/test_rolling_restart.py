@@ -1,6 +1,7 @@
 """A rolling restart of every service, one instance at a time, while 50 backups are
 requested: every backup ends completed, exactly once in the event store and the read
-model, and the read models equal a rebuild from the event stores."""
+model, and the read models (backups, catalog, schedules) equal a rebuild from the event
+stores."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import psycopg
 import pytest
 from tidemark_api_gateway.application import CATALOG_SCHEMA, CatalogApplication
 from tidemark_api_gateway.projection import BackupsView
+from tidemark_api_gateway.schedules import SchedulesView
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.main import SCHEMA as RUNNER_SCHEMA
 from tidemark_contracts.services import SERVICES
@@ -22,6 +24,8 @@ from tidemark_devstack.stack import Stack
 from tidemark_platform.catalog import CatalogView
 from tidemark_platform.database import connection_pool
 from tidemark_platform.projection import Difference, compare, rebuild, stored_envelopes
+from tidemark_scheduler.application import SchedulerApplication
+from tidemark_scheduler.main import EVENTSTORE_SCHEMA as SCHEDULER_SCHEMA
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +58,7 @@ async def differences_from_a_rebuild(database_url: str) -> list[Difference]:
     await pool.open()
     runner_store = BackupRunnerApplication.on_postgres(database_url, RUNNER_SCHEMA)
     catalog_store = CatalogApplication.on_postgres(database_url, CATALOG_SCHEMA)
+    scheduler_store = SchedulerApplication.on_postgres(database_url, SCHEDULER_SCHEMA)
     try:
         async with pool.connection() as conn:
             await rebuild(
@@ -68,13 +73,21 @@ async def differences_from_a_rebuild(database_url: str) -> list[Difference]:
                 "e2e_rebuilt_catalog",
                 stored_envelopes(catalog_store, catalog_store.to_envelope),
             )
+            await rebuild(
+                conn,
+                SchedulesView(),
+                "e2e_rebuilt_schedules",
+                stored_envelopes(scheduler_store, scheduler_store.to_envelope),
+            )
             return [
                 *await compare(conn, BackupsView(), "gateway", "e2e_rebuilt_backups"),
                 *await compare(conn, CatalogView(), "gateway", "e2e_rebuilt_catalog"),
+                *await compare(conn, SchedulesView(), "gateway", "e2e_rebuilt_schedules"),
             ]
     finally:
         runner_store.close()
         catalog_store.close()
+        scheduler_store.close()
         await pool.close()
 
 
