@@ -23,13 +23,10 @@ from typing import Protocol
 from prometheus_client import Counter
 from tidemark_contracts.schedule import ScheduleSettings
 from tidemark_platform.logging import get_logger
-from tidemark_schedules.retention import (
-    BackupFacts,
-    Deleted,
-    RetentionPlan,
-    pitr_base,
-    plan_retention,
-)
+from tidemark_schedules import ids
+from tidemark_schedules.retention import BackupFacts, RetentionPlan, pitr_base, plan_retention
+
+from tidemark_scheduler.application import SchedulerApplication
 
 log = get_logger(__name__)
 
@@ -41,20 +38,6 @@ ENFORCEMENTS = Counter(
     "Retention enforcement runs, by outcome",
     ["outcome"],  # no_schedule | nothing_to_delete | expired | already_expired
 )
-
-
-class Schedules(Protocol):
-    """What enforcement needs of the scheduler's application (its event store)."""
-
-    def schedule_settings(self, environment_id: uuid.UUID) -> ScheduleSettings | None:
-        """The environment's schedule settings, or None when it has no schedule."""
-        ...
-
-    def expire_backups(
-        self, environment_id: uuid.UUID, deleted: Sequence[Deleted], decided_at: datetime
-    ) -> int:
-        """Record the deletions not recorded before; how many were new."""
-        ...
 
 
 class Backups(Protocol):
@@ -88,14 +71,18 @@ class Enforcement:
 
 
 class RetentionEnforcer:
-    def __init__(self, schedules: Schedules, backups: Backups) -> None:
-        self.schedules = schedules
+    def __init__(self, app: SchedulerApplication, backups: Backups) -> None:
+        self.app = app
         self.backups = backups
+
+    def _settings(self, environment_id: uuid.UUID) -> ScheduleSettings | None:
+        schedule = self.app.get_schedule(ids.schedule_id(environment_id))
+        return schedule.parsed_settings() if schedule is not None else None
 
     async def enforce(self, environment_id: uuid.UUID, now: datetime) -> Enforcement:
         """Expire what the environment's schedule no longer keeps, as decided at ``now``."""
         # The event store is synchronous (eventsourcing): keep it off the event loop.
-        settings = await asyncio.to_thread(self.schedules.schedule_settings, environment_id)
+        settings = await asyncio.to_thread(self._settings, environment_id)
         if settings is None:
             ENFORCEMENTS.labels("no_schedule").inc()
             return Enforcement(None, 0)
@@ -104,9 +91,7 @@ class RetentionEnforcer:
         if not plan.delete:
             ENFORCEMENTS.labels("nothing_to_delete").inc()
             return Enforcement(plan, 0)
-        expired = await asyncio.to_thread(
-            self.schedules.expire_backups, environment_id, plan.delete, now
-        )
+        expired = await asyncio.to_thread(self.app.expire_backups, environment_id, plan.delete, now)
         EXPIRED.inc(expired)
         ENFORCEMENTS.labels("expired" if expired else "already_expired").inc()
         log.info(
