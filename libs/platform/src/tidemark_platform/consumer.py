@@ -98,6 +98,10 @@ validation error (described without the rejected values). True: recorded (with
 anything, the record is parked at once. Raising is a failed attempt, retried like a
 handler's."""
 
+PartitionsChanged = Callable[[list[int]], Awaitable[None]]
+"""Told the partitions of the subscribed topic that this consumer was just assigned, or
+that were just revoked from it (a service that owns work by partition follows them)."""
+
 PositionLookup = Callable[[str], Awaitable[Mapping[str, int]]]
 """Given ``"<topic>:<partition>"``, the tracking names the service's store holds for it
 (``"<cluster id>/<topic>:<partition>"``, or a bare legacy ``"<topic>:<partition>"``) with
@@ -387,14 +391,35 @@ class _TrackedSubscription:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, subscription: _TrackedSubscription) -> None:
+    def __init__(
+        self,
+        subscription: _TrackedSubscription,
+        on_assigned: PartitionsChanged | None = None,
+        on_revoked: PartitionsChanged | None = None,
+    ) -> None:
         self._subscription = subscription
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self._subscription.on_revoked(revoked)
+        await self._tell(self._on_revoked, revoked, "revoked")
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self._subscription.on_assigned(assigned)
+        await self._tell(self._on_assigned, assigned, "assigned")
+
+    async def _tell(
+        self, callback: PartitionsChanged | None, partitions: list[TopicPartition], what: str
+    ) -> None:
+        if callback is None:
+            return
+        topic = self._subscription.topic.name
+        try:
+            await callback(sorted(tp.partition for tp in partitions if tp.topic == topic))
+        except Exception:
+            # A rebalance must go on: the service's callback logs and retries its own work.
+            log.exception("partitions_callback_failed", topic=topic, change=what)
 
 
 def subscribe_tracked(
@@ -410,6 +435,8 @@ def subscribe_tracked(
     positions: PositionLookup | None = None,
     cluster_id: str | None = None,
     rejecters: Mapping[type[Message], Rejecter] | None = None,
+    on_assigned: PartitionsChanged | None = None,
+    on_revoked: PartitionsChanged | None = None,
 ) -> None:
     """Consume ``topic`` in consumer group ``group_id``, calling ``handlers`` by message type.
 
@@ -420,6 +447,8 @@ def subscribe_tracked(
     docstring). ``cluster_id`` pins the cluster id instead of asking Kafka (for FastStream's
     in-memory test broker, which has none). ``rejecters`` record the refusal of invalid
     payloads of the types they name instead of parking them (see ``Rejecter``).
+    ``on_assigned``/``on_revoked`` are told the topic's partitions this consumer gained or
+    lost at each rebalance (after the consumer's own bookkeeping; an error is logged).
     """
     subscription = _TrackedSubscription(
         broker,
@@ -440,7 +469,7 @@ def subscribe_tracked(
         ack_policy=AckPolicy.NACK_ON_ERROR,
         auto_offset_reset="earliest",
         max_poll_interval_ms=max_poll_interval_ms,
-        listener=_Listener(subscription),
+        listener=_Listener(subscription, on_assigned, on_revoked),
         title=f"{group_id}:{topic.name}",
         description=topic.description,
     )

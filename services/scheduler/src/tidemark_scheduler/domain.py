@@ -312,8 +312,12 @@ class Schedule(Aggregate):
         fires = request is not None and now - latest <= grace
         missed = times[:-1] if fires else times
         if missed:
-            outside = OUTSIDE_GRACE if request is not None else unavailable
-            reason = SUPERSEDED if fires else outside
+            if fires:
+                reason = SUPERSEDED
+            elif request is None and unavailable:
+                reason = unavailable  # nothing to take the backup of, until grace ended
+            else:
+                reason = OUTSIDE_GRACE
             self._missed(
                 type=backup_type,
                 first=missed[0],
