@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -71,13 +71,20 @@ class Enforcement:
 
 
 class RetentionEnforcer:
-    def __init__(self, app: SchedulerApplication, backups: Backups) -> None:
+    def __init__(
+        self,
+        app: SchedulerApplication,
+        backups: Backups,
+        on_saved: Callable[[], None] | None = None,
+    ) -> None:
         self.app = app
         self.backups = backups
+        # Wakes the relay when expiries were recorded (else it finds them on its next poll).
+        self.on_saved = on_saved
 
     def _settings(self, environment_id: uuid.UUID) -> ScheduleSettings | None:
         schedule = self.app.get_schedule(ids.schedule_id(environment_id))
-        return schedule.parsed_settings() if schedule is not None else None
+        return schedule.parsed_settings if schedule is not None else None
 
     async def enforce(self, environment_id: uuid.UUID, now: datetime) -> Enforcement:
         """Expire what the environment's schedule no longer keeps, as decided at ``now``."""
@@ -93,6 +100,8 @@ class RetentionEnforcer:
             return Enforcement(plan, 0)
         expired = await asyncio.to_thread(self.app.expire_backups, environment_id, plan.delete, now)
         EXPIRED.inc(expired)
+        if expired and self.on_saved is not None:
+            self.on_saved()
         ENFORCEMENTS.labels("expired" if expired else "already_expired").inc()
         log.info(
             "retention_enforced",
