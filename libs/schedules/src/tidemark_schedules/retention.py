@@ -3,6 +3,27 @@ retention settings keep, and why; which they delete, and the rule that no longer
 each. API.md "Retention semantics" (``restic forget``'s ``--keep-*`` and
 ``--keep-within-*`` rules, periods in the schedule's zone, ISO weeks) is the text this
 implements; the preview endpoint and the scheduler's enforcement both call it.
+
+The rules, per backup type, over its completed ``scheduled`` backups ordered newest first
+(``createdAt``, then id, both descending; so of two backups at the same instant the one
+with the greater id counts as the newer):
+
+- ``retain<Period>`` = N (the per-type count, else the general one): each backup's period
+  (hour, day, ISO week Monday to Sunday, month) is read from its wall time in the zone
+  (the two passes of a repeated hour are one hourly period); the periods that have a
+  backup are ranked by their newest backup, and the newest backup of each of the first N
+  is kept (reason ``daily`` …). When fewer than N periods have a backup, the oldest
+  backup is kept too (``oldest daily`` …), as restic does.
+- ``retain<Period>Days`` = D: the window is (newest backup's wall time minus D calendar
+  days, newest backup], the start read in the zone (a wall time in a gap with the offset
+  before it; one in a fold at its first pass) and excluded, as restic's; the newest backup
+  of every period with a backup in it is kept (``within daily`` …).
+- manual backups (``manual``), the newest completed backup of each type (``newest``) and
+  ``protected`` ones (``pitr base``) are kept whatever the rules; a type without any rule
+  (all its counts and every window 0) deletes nothing (``no rule``).
+
+Everything else is deleted; ``Deleted.rule`` names, in words of settings and periods
+only, each rule and why it does not keep the backup.
 """
 
 from __future__ import annotations
@@ -10,10 +31,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
+from typing import get_args
+from zoneinfo import ZoneInfo
 
 from tidemark_contracts.backup import BackupStatus, BackupTrigger, BackupType
-from tidemark_contracts.schedule import RetentionSettings
+from tidemark_contracts.schedule import RETENTION_PERIODS, RetentionSettings
+
+BACKUP_TYPES: tuple[BackupType, ...] = get_args(BackupType)
 
 
 @dataclass(frozen=True)
@@ -64,7 +89,57 @@ def plan_retention(
     type is kept (reason ``newest``). Backups in any other status are neither kept nor
     deleted (not listed). When no rule is set for a type, nothing of it is deleted.
     Both lists are newest first (ties by id)."""
-    raise NotImplementedError
+    tz = ZoneInfo(zone)
+    # newest first: (instant, id) descending; the input's position never decides (ids are
+    # unique) but keeps tuples from comparing the facts themselves. POSIX seconds as floats
+    # keep distinct microseconds distinct (and ordered) until 2106.
+    rows: list[_Row] = sorted(
+        (
+            (b.created_at.timestamp(), b.backup_id.int, -n, b)
+            for n, b in enumerate(backups)
+            if b.status == "completed"
+        ),
+        reverse=True,
+    )
+    reasons: list[list[str]] = [[] for _ in rows]
+    rules: list[str | None] = [None] * len(rows)
+    for backup_type in BACKUP_TYPES:
+        of_type = [i for i, row in enumerate(rows) if row[3].type == backup_type]
+        if not of_type:
+            continue
+        scheduled = [i for i in of_type if rows[i][3].trigger == "scheduled"]
+        if _has_rule(settings, backup_type):
+            _apply_rules(rows, scheduled, settings, backup_type, tz, reasons, rules)
+        else:
+            for i in scheduled:
+                reasons[i].append("no rule")
+        for i in of_type:
+            if rows[i][3].trigger != "scheduled":
+                reasons[i].append("manual")
+        reasons[of_type[0]].append("newest")
+        rules[of_type[0]] = None
+    if protected:
+        protected_ints = {backup_id.int for backup_id in protected}
+        for i, row in enumerate(rows):
+            if row[1] in protected_ints:
+                reasons[i].append("pitr base")
+                rules[i] = None
+    keep: list[Kept] = []
+    delete: list[Deleted] = []
+    freed = 0
+    for row, why, rule in zip(rows, reasons, rules, strict=True):
+        facts = row[3]
+        if rule is None:
+            keep.append(Kept(facts, tuple(why)))
+        else:
+            delete.append(Deleted(facts, rule))
+            freed += facts.size_bytes or 0
+    return RetentionPlan(
+        keep=tuple(keep),
+        delete=tuple(delete),
+        freed_bytes=freed,
+        kept_ids=frozenset(k.backup.backup_id for k in keep),
+    )
 
 
 def pitr_base(
@@ -77,5 +152,189 @@ def pitr_base(
     """The ``full`` backups that are the base of the current PITR window: when WAL is on,
     the newest completed ``full`` backup created at or before ``now`` minus
     ``walRetentionDays`` (the one the window's start needs), else, when none is that old,
-    the oldest completed ``full`` backup; empty when WAL is off."""
-    raise NotImplementedError
+    the oldest completed ``full`` backup; empty when WAL is off. Without a
+    ``wal_retention_days`` (WAL on) the window's start is unknown: the oldest completed
+    ``full`` backup, which keeps the most."""
+    if not wal_enabled:
+        return frozenset()
+    fulls = sorted(
+        (
+            (b.created_at.astimezone(UTC), b.backup_id.int, b.backup_id)
+            for b in backups
+            if b.status == "completed" and b.type == "full"
+        ),
+        reverse=True,
+    )
+    if not fulls:
+        return frozenset()
+    if wal_retention_days is not None:
+        start = now.astimezone(UTC) - timedelta(days=wal_retention_days)
+        for at, _, backup_id in fulls:
+            if at <= start:
+                return frozenset({backup_id})
+    return frozenset({fulls[-1][2]})
+
+
+_Row = tuple[float, int, int, BackupFacts]
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return one if count == 1 else f"{count} {many}"
+
+
+def _local_seconds(instants: list[float], tz: ZoneInfo) -> list[int]:
+    """Each POSIX instant as seconds of its wall time in ``tz`` (seconds since 1970-01-01
+    00:00 on the zone's clock). A UTC day's first instant looks its offset up; from its
+    second on, a day whose start and end have the same offset uses that for all."""
+    verified: dict[int, int | None] = {}  # day -> its one offset, None: it changes that day
+    seen: set[int] = set()
+
+    def offset_at(instant: float) -> int:
+        delta = datetime.fromtimestamp(instant, tz).utcoffset()
+        assert delta is not None  # a ZoneInfo always has one
+        return delta.days * 86400 + delta.seconds
+
+    wall: list[int] = []
+    for instant in instants:
+        day = int(instant // 86400)
+        offset = verified.get(day)
+        if offset is None:
+            if day in seen and day not in verified:
+                first, last = offset_at(day * 86400), offset_at(day * 86400 + 86399)
+                offset = verified[day] = first if first == last else None
+            seen.add(day)
+            if offset is None:
+                offset = offset_at(instant)
+        wall.append(int(instant // 1) + offset)
+    return wall
+
+
+def _period_keys(period: str, wall: list[int]) -> list[int]:
+    """Each wall time's period (hour, day, ISO week from Monday, month) as one integer.
+    The two passes of a repeated wall hour are one hourly period."""
+    if period == "hourly":
+        return [seconds // 3600 for seconds in wall]
+    if period == "daily":
+        return [seconds // 86400 for seconds in wall]
+    if period == "weekly":
+        # 1970-01-01 was a Thursday: day + 3 counts from Monday 1969-12-29
+        return [(seconds // 86400 + 3) // 7 for seconds in wall]
+    months: dict[int, int] = {}
+    keys: list[int] = []
+    for seconds in wall:
+        day = seconds // 86400
+        month = months.get(day)
+        if month is None:
+            calendar = date.fromordinal(day + _EPOCH_ORDINAL)
+            month = months[day] = calendar.year * 12 + calendar.month
+        keys.append(month)
+    return keys
+
+
+def _window_start(newest: float, days: int, tz: ZoneInfo) -> float:
+    """``days`` calendar days before ``newest``'s wall time in ``tz`` (as restic's
+    ``AddDate``): a wall time that does not exist is read with the offset before the gap,
+    one that exists twice at its first occurrence. POSIX seconds."""
+    wall = datetime.fromtimestamp(newest, tz).replace(tzinfo=None) - timedelta(days=days)
+    return wall.replace(tzinfo=tz).timestamp()
+
+
+def _apply_rules(
+    rows: list[_Row],
+    scheduled: list[int],
+    settings: RetentionSettings,
+    backup_type: BackupType,
+    tz: ZoneInfo,
+    reasons: list[list[str]],
+    rules: list[str | None],
+) -> None:
+    """Apply the rules to one type's scheduled backups (``scheduled``: their positions in
+    ``rows``, newest first): append each one's rule reasons to ``reasons``, and set
+    ``rules`` of each that no rule keeps to the words naming the rules that do not."""
+    size = len(scheduled)
+    if not size:
+        return
+    kept = [False] * size
+    # Per rule, per backup, why that rule does not keep it, as a digit (0: it keeps it,
+    # 1: its period is not counted or it is outside the window, 2: a newer backup is its
+    # period's); ``combined`` holds each backup's digits of every rule, base 3.
+    words: list[tuple[str, str]] = []
+    combined = [0] * size
+    wall = _local_seconds([rows[i][0] for i in scheduled], tz)
+    keys: dict[str, list[int]] = {}
+    for period in RETENTION_PERIODS:
+        count = settings.count(backup_type, period)
+        if count <= 0:
+            continue
+        periods = _plural(count, f"{period} period", f"{period} periods")
+        words.append(
+            (
+                f"among the newest {periods}",
+                f"the newest backup of its {period} period (one of the newest {periods})",
+            )
+        )
+        rank: dict[int, int] = {}
+        digits = [1] * size
+        keys[period] = period_keys = _period_keys(period, wall)
+        for position, key in enumerate(period_keys):
+            slot = rank.get(key)
+            if slot is None:
+                slot = rank[key] = len(rank)
+                if slot < count:
+                    reasons[scheduled[position]].append(period)
+                    kept[position] = True
+                    digits[position] = 0
+            elif slot < count:
+                digits[position] = 2
+        if len(rank) < count and digits[-1]:
+            # restic: a count not reached keeps the oldest backup too (the longest history
+            # the counts allow)
+            reasons[scheduled[-1]].append(f"oldest {period}")
+            kept[-1] = True
+            digits[-1] = 0
+        combined = [c * 3 + d for c, d in zip(combined, digits, strict=True)]
+    newest = rows[scheduled[0]][0]
+    for period in RETENTION_PERIODS:
+        days = settings.window_days(period)
+        if days <= 0:
+            continue
+        start = _window_start(newest, days, tz)
+        within = f"within {_plural(days, 'day', 'days')} ({period}) of the newest backup"
+        words.append((within, f"the newest backup of its {period} period {within}"))
+        reason = f"within {period}"
+        seen: set[int] = set()
+        digits = [1] * size
+        period_keys = keys.get(period) or _period_keys(period, wall)
+        for position, key in enumerate(period_keys):
+            if rows[scheduled[position]][0] <= start:
+                break  # newest first: every later one is outside the window too
+            if key in seen:
+                digits[position] = 2
+            else:
+                seen.add(key)
+                reasons[scheduled[position]].append(reason)
+                kept[position] = True
+                digits[position] = 0
+        combined = [c * 3 + d for c, d in zip(combined, digits, strict=True)]
+    texts: dict[int, str] = {}
+    for position in range(size):
+        if kept[position]:
+            continue
+        code = combined[position]
+        text = texts.get(code)
+        if text is None:
+            parts: list[str] = []
+            for outside, not_newest in reversed(words):
+                code, digit = divmod(code, 3)
+                parts.append(outside if digit == 1 else not_newest)
+            text = texts[combined[position]] = "not " + ", nor ".join(reversed(parts))
+        rules[scheduled[position]] = text
+
+
+def _has_rule(settings: RetentionSettings, backup_type: BackupType) -> bool:
+    return any(
+        settings.count(backup_type, period) > 0 or settings.window_days(period) > 0
+        for period in RETENTION_PERIODS
+    )
