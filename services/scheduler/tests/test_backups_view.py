@@ -228,7 +228,10 @@ async def test_a_scheduled_completion_calls_enforcement_once_it_is_in_the_view(
         organization_id=ORG, environment_id=environment_id, requested_at=T0
     )
     manual = backup_events.history(
-        organization_id=ORG, environment_id=environment_id, requested_at=T0, trigger="manual"
+        organization_id=ORG,
+        environment_id=environment_id,
+        requested_at=T0 - timedelta(hours=1),
+        trigger="manual",
     )
     seen: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
 
