@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 from tidemark_contracts import BACKUP_COMMANDS, SCHEDULE_EVENTS, Envelope
 from tidemark_contracts.backup import BackupTrigger, BackupType
 from tidemark_contracts.schedule import ConfigureSchedule, ScheduleSettings
+from tidemark_platform.consumer import Delivery
 from tidemark_scheduler.application import SchedulerApplication
 from tidemark_scheduler.enforcement import RetentionEnforcer, retention_plan
+from tidemark_scheduler.handlers import make_handlers
 from tidemark_schedules import ids
 from tidemark_schedules.retention import BackupFacts
 
@@ -328,3 +330,31 @@ def test_enforcement_expires_exactly_the_previews_delete_set_and_nothing_protect
         of_type = [b for b in completed if b.type == backup_type]
         if of_type:
             assert max(of_type, key=lambda b: b.created_at).backup_id not in expired
+
+
+async def test_a_configure_schedule_delivered_to_the_handler_enforces_its_retention_at_once(
+    make_harness: Any,
+) -> None:
+    """svc8's ConfigureSchedule handler with enforcement wired as in main.py: the PUT's
+    retention applies without waiting for the next backup; a redelivery expires nothing
+    more."""
+    harness = make_harness(T0 + timedelta(days=5, hours=1))
+    environment_id = uuid.uuid4()
+    backups = daily(5)
+    enforcer = RetentionEnforcer(harness.app, ListedBackups(backups))
+    handlers = make_handlers(
+        harness.app,
+        harness.ownership,
+        lambda: None,
+        now=harness.clock.now,
+        after_configure=enforcer.enforce,
+    )
+    command = harness.command(environment_id, dbFrequency="none", retainDaily=2)
+    envelope = Envelope.wrap(
+        command, producer="test", organization_id=ORG, environment_id=environment_id
+    )
+    delivery = Delivery(envelope, Tracking("c/schedule.commands:0", next(OFFSETS)), 1)
+    await handlers[ConfigureSchedule](command, delivery)
+    assert set(expired_ids(harness.app)) == {b.backup_id for b in backups[:3]}
+    await handlers[ConfigureSchedule](command, delivery)
+    assert len(expired_ids(harness.app)) == 3

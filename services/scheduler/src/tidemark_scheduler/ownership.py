@@ -77,6 +77,11 @@ class Ownership:
         """Not ready while an assigned partition's schedules are not in the heap yet."""
         return not self._unloaded
 
+    async def wait_loaded(self) -> None:
+        """Until the schedules of the partitions assigned so far are in the heap."""
+        while self._loading is not None and not self._loading.done():
+            await asyncio.shield(self._loading)
+
     async def close(self) -> None:
         if self._loading is not None:
             self._loading.cancel()

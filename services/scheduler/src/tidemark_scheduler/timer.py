@@ -131,7 +131,7 @@ class Timer:
         for schedule_id in schedules:
             del self._groups[schedule_id]
         HEAP_SIZE.set(len(self._entries))
-        self._poke()
+        self.wake()
         return len(schedules)
 
     def owns(self, schedule_id: UUID) -> bool:
@@ -140,6 +140,11 @@ class Timer:
     def next_wake(self, schedule_id: UUID, backup_type: BackupType) -> datetime | None:
         entry = self._entries.get((schedule_id, backup_type))
         return entry[1] if entry else None
+
+    def head_time(self) -> datetime | None:
+        """When the timer next looks at something (None: nothing timed)."""
+        head = self._head()
+        return head[0] if head else None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -202,7 +207,7 @@ class Timer:
                 if key in self._pending:
                     at = _earlier(at, self._pending.pop(key))
                 self._put(key, at)
-            self._poke()
+            self.wake()
 
     # -- heap -------------------------------------------------------------------------
 
@@ -214,7 +219,7 @@ class Timer:
             self._entries[key] = (seq, at)
             heapq.heappush(self._heap, (at, seq, *key))
         HEAP_SIZE.set(len(self._entries))
-        self._poke()
+        self.wake()
 
     def _head(self) -> tuple[datetime, int, UUID, BackupType] | None:
         """The earliest valid entry, dropping stale ones on the way."""
@@ -226,7 +231,8 @@ class Timer:
             heapq.heappop(self._heap)
         return None
 
-    def _poke(self) -> None:
+    def wake(self) -> None:
+        """Look at the heap now (a new head, a clock moved)."""
         self.idle.clear()
         self._wake.set()
 

@@ -1,0 +1,326 @@
+"""The scheduler in fake time on the in-memory store: when it fires, what it records as
+missed, and how configuration changes (PUTs, pauses, revisions) take effect."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from eventsourcing.persistence import Tracking
+from tidemark_scheduler.domain import OUTSIDE_GRACE, SUPERSEDED, Schedule
+from tidemark_scheduler.timer import FIRE_ERRORS
+from tidemark_schedules import ids
+
+from .conftest import GRACE, RETRY, FakeClock, HarnessFactory
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("zone", "cron", "start", "end", "expected"),
+    [
+        # Berlin, spring: 02:30 does not exist on 29 March, fires once at the gap's end.
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            utc(2026, 3, 27, 12),
+            utc(2026, 3, 30, 12),
+            [utc(2026, 3, 28, 1, 30), utc(2026, 3, 29, 1, 0), utc(2026, 3, 30, 0, 30)],
+        ),
+        # Berlin, autumn: 02:30 exists twice on 25 October, fires once, at the first.
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            utc(2026, 10, 23, 12),
+            utc(2026, 10, 26, 12),
+            [utc(2026, 10, 24, 0, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30)],
+        ),
+        # New York, spring: 02:30 does not exist on 8 March.
+        (
+            "America/New_York",
+            "30 2 * * *",
+            utc(2026, 3, 6, 12),
+            utc(2026, 3, 9, 12),
+            [utc(2026, 3, 7, 7, 30), utc(2026, 3, 8, 7, 0), utc(2026, 3, 9, 6, 30)],
+        ),
+        # New York, autumn, hourly: 01:00 exists twice on 1 November, fires once.
+        (
+            "America/New_York",
+            "0 * * * *",
+            utc(2026, 11, 1, 3, 30),
+            utc(2026, 11, 1, 7, 30),
+            [utc(2026, 11, 1, 4), utc(2026, 11, 1, 5), utc(2026, 11, 1, 7)],
+        ),
+    ],
+)
+async def test_fires_at_the_wall_clock_times_across_dst(
+    make_harness: HarnessFactory,
+    zone: str,
+    cron: str,
+    start: datetime,
+    end: datetime,
+    expected: list[datetime],
+) -> None:
+    harness = make_harness(start)
+    env = uuid.uuid4()
+    await harness.configure(env, timezone=zone, dbFrequency="custom", dbCron=cron)
+    await harness.run_until(end)
+    fired = harness.fired(env)
+    assert [f.scheduled_for for f in fired] == expected
+    assert all(f.late_seconds == 0 for f in fired)
+    assert harness.missed(env) == []
+    # Each fire requested its backup, with the id derived from (schedule, type, time).
+    requests = harness.events(ids.schedule_id(env), Schedule.BackupRequestIssued)
+    assert [r.backup_id for r in requests] == [
+        ids.scheduled_backup_id(ids.schedule_id(env), "db", at) for at in expected
+    ]
+    assert [r.requested_at for r in requests] == expected
+
+
+@pytest.mark.parametrize("settings", [{"paused": True}, {"enabled": False}])
+async def test_paused_or_disabled_schedule_fires_nothing(
+    make_harness: HarnessFactory, settings: dict[str, bool]
+) -> None:
+    harness = make_harness()
+    env = uuid.uuid4()
+    await harness.configure(env, dbFrequency="hourly", fullFrequency="daily", **settings)
+    await harness.run_until(harness.clock.now() + timedelta(days=2))
+    assert harness.fired(env) == []
+    assert harness.missed(env) == []
+    assert len(harness.timer) == 0
+
+
+async def test_unpause_resumes_without_catch_up_or_misses(make_harness: HarnessFactory) -> None:
+    harness = make_harness(utc(2026, 1, 5, 12, 0, 30))
+    env = uuid.uuid4()
+    await harness.configure(env, dbFrequency="hourly")
+    await harness.run_until(utc(2026, 1, 5, 13, 30))
+    await harness.configure(env, dbFrequency="hourly", paused=True)
+    await harness.run_until(utc(2026, 1, 5, 18, 10))
+    await harness.configure(env, dbFrequency="hourly", paused=False)
+    await harness.run_until(utc(2026, 1, 5, 20, 30))
+    assert [f.scheduled_for for f in harness.fired(env)] == [
+        utc(2026, 1, 5, 13),
+        utc(2026, 1, 5, 19),
+        utc(2026, 1, 5, 20),
+    ]
+    assert harness.missed(env) == []
+
+
+async def test_after_downtime_latest_fires_late_once_and_earlier_are_one_miss(
+    make_harness: HarnessFactory,
+) -> None:
+    clock = FakeClock(utc(2026, 1, 5, 11, 50))
+    down = make_harness(clock=clock, running=False)
+    env = uuid.uuid4()
+    await down.configure(env, dbFrequency="custom", dbCron="*/5 * * * *")
+    # Down from 11:50 to 12:17: 11:55 ... 12:15 passed; 12:15 is within grace.
+    clock.set(utc(2026, 1, 5, 12, 17))
+    up = make_harness(clock=clock, app=down.app, targets=down.targets, partitions=())
+    await up.ownership.assigned([0, 1, 2, 3, 4, 5])
+    await up.ownership.wait_loaded()
+    await up.run_until(utc(2026, 1, 5, 12, 21))
+    fired = up.fired(env)
+    assert [(f.scheduled_for, f.late_seconds) for f in fired] == [
+        (utc(2026, 1, 5, 12, 15), 120.0),
+        (utc(2026, 1, 5, 12, 20), 0.0),
+    ]
+    [missed] = up.missed(env)
+    assert (missed.first, missed.last, missed.count) == (
+        utc(2026, 1, 5, 11, 55),
+        utc(2026, 1, 5, 12, 10),
+        4,
+    )
+    assert missed.reason == SUPERSEDED
+
+
+async def test_after_downtime_beyond_grace_everything_is_missed(
+    make_harness: HarnessFactory,
+) -> None:
+    clock = FakeClock(utc(2026, 1, 5, 9, 30))
+    down = make_harness(clock=clock, running=False)
+    env = uuid.uuid4()
+    await down.configure(env, dbFrequency="hourly")
+    clock.set(utc(2026, 1, 5, 12, 40))  # 10:00, 11:00, 12:00 passed; 12:00 is 40 min ago
+    up = make_harness(clock=clock, app=down.app, targets=down.targets, partitions=())
+    await up.ownership.assigned([0, 1, 2, 3, 4, 5])
+    await up.ownership.wait_loaded()
+    await up.run_until(utc(2026, 1, 5, 13, 0, 1))
+    [missed] = up.missed(env)
+    assert (missed.first, missed.last, missed.count, missed.reason) == (
+        utc(2026, 1, 5, 10),
+        utc(2026, 1, 5, 12),
+        3,
+        OUTSIDE_GRACE,
+    )
+    assert [f.scheduled_for for f in up.fired(env)] == [utc(2026, 1, 5, 13)]
+
+
+async def test_a_retention_only_put_during_downtime_keeps_the_misses(
+    make_harness: HarnessFactory,
+) -> None:
+    clock = FakeClock(utc(2026, 1, 5, 9, 30))
+    down = make_harness(clock=clock, running=False)
+    env = uuid.uuid4()
+    await down.configure(env, dbFrequency="hourly")
+    clock.set(utc(2026, 1, 5, 12, 40))
+    await down.configure(env, dbFrequency="hourly", retainDaily=7)
+    up = make_harness(clock=clock, app=down.app, targets=down.targets, partitions=())
+    await up.ownership.assigned([0, 1, 2, 3, 4, 5])
+    await up.ownership.wait_loaded()
+    await up.settle()
+    [missed] = up.missed(env)
+    assert missed.count == 3
+
+
+async def test_a_put_takes_effect_at_once(make_harness: HarnessFactory) -> None:
+    harness = make_harness(utc(2026, 1, 5, 12, 0, 30))
+    env = uuid.uuid4()
+    await harness.configure(env, dbFrequency="daily")  # 02:00 tomorrow
+    await harness.run_until(utc(2026, 1, 5, 12, 3))
+    assert harness.timer.next_wake(ids.schedule_id(env), "db") == utc(2026, 1, 6, 2)
+    await harness.configure(env, dbFrequency="custom", dbCron="*/5 * * * *")
+    assert harness.timer.next_wake(ids.schedule_id(env), "db") == utc(2026, 1, 5, 12, 5)
+    await harness.run_until(utc(2026, 1, 5, 12, 11))
+    assert [f.scheduled_for for f in harness.fired(env)] == [
+        utc(2026, 1, 5, 12, 5),
+        utc(2026, 1, 5, 12, 10),
+    ]
+    # A change starts from the configuration time: the 12:00 of the new cron is not due.
+    assert harness.missed(env) == []
+
+
+async def test_a_revision_is_applied_once_and_older_ones_are_ignored(
+    make_harness: HarnessFactory,
+) -> None:
+    harness = make_harness()
+    env = uuid.uuid4()
+    await harness.configure(env, 2, dbFrequency="hourly")
+    await harness.configure(env, 1, dbFrequency="custom", dbCron="* * * * *")  # reordered
+    await harness.configure(env, 2, dbFrequency="custom", dbCron="* * * * *")  # equal
+    schedule = harness.app.get_schedule(ids.schedule_id(env))
+    assert schedule is not None
+    assert (schedule.revision, schedule.parsed_settings.db_cron) == (2, "0 * * * *")
+    assert len(harness.events(ids.schedule_id(env), Schedule.Reconfigured)) == 0
+    await harness.configure(env, 3, dbFrequency="daily")
+    assert harness.app.get_schedule(ids.schedule_id(env)).revision == 3  # type: ignore[union-attr]
+
+
+async def test_a_redelivered_configure_has_no_second_effect(make_harness: HarnessFactory) -> None:
+    harness = make_harness()
+    env = uuid.uuid4()
+    tracking = Tracking("c/schedule.commands:3", 41)
+    first = await harness.configure(env, dbFrequency="hourly", tracking=tracking)
+    notifications = harness.app.recorder.max_notification_id()
+    await harness.deliver(first, tracking)
+    assert harness.app.recorder.max_notification_id() == notifications
+    assert harness.app.configure(first, tracking) is False
+
+
+async def test_two_instances_firing_the_same_time_request_it_once(
+    make_harness: HarnessFactory,
+) -> None:
+    one = make_harness(utc(2026, 1, 5, 11, 59, 30), running=False)
+    env = uuid.uuid4()
+    await one.configure(env, dbFrequency="hourly")
+    two = make_harness(clock=one.clock, app=one.app, targets=one.targets, running=False)
+    one.clock.set(utc(2026, 1, 5, 12, 0, 1))
+    schedule_id = ids.schedule_id(env)
+    assert await one.firing(schedule_id, "db") == utc(2026, 1, 5, 13)
+    assert await two.firing(schedule_id, "db") == utc(2026, 1, 5, 13)  # an early look
+    assert [f.scheduled_for for f in one.fired(env)] == [utc(2026, 1, 5, 12)]
+    # The same decision on a schedule read before the other's save loses on the version.
+    stale = one.app.repository.get(schedule_id, version=1)
+    stale.fire("db", utc(2026, 1, 5, 12), one.clock.now(), GRACE, None, "x")
+    with pytest.raises(Exception, match="already recorded"):
+        one.app.save(stale)
+    assert len(one.fired(env)) == 1
+
+
+async def test_catalog_lag_is_waited_for_within_grace(make_harness: HarnessFactory) -> None:
+    harness = make_harness(utc(2026, 1, 5, 11, 59, 30))
+    env = uuid.uuid4()
+    await harness.configure(env, dbFrequency="hourly", in_catalog=False)
+    await harness.run_until(utc(2026, 1, 5, 12, 2))
+    assert harness.fired(env) == []
+    assert harness.targets.lookups >= 4  # 12:00, 12:00:30, 12:01, 12:01:30, ...
+    harness.targets.known.add(env)
+    await harness.run_until(utc(2026, 1, 5, 12, 3))
+    [fired] = harness.fired(env)
+    assert fired.scheduled_for == utc(2026, 1, 5, 12)
+    assert fired.late_seconds == pytest.approx(120, abs=RETRY.total_seconds())
+    assert harness.missed(env) == []
+
+
+async def test_catalog_lag_past_grace_is_recorded_missed_with_the_reason(
+    make_harness: HarnessFactory,
+) -> None:
+    harness = make_harness(utc(2026, 1, 5, 11, 59, 30))
+    env = uuid.uuid4()
+    await harness.configure(env, dbFrequency="hourly", in_catalog=False)
+    await harness.run_until(utc(2026, 1, 5, 12, 20))
+    assert harness.fired(env) == []
+    [missed] = harness.missed(env)
+    assert (missed.first, missed.count) == (utc(2026, 1, 5, 12), 1)
+    assert missed.reason == "the environment is not in the scheduler's catalog view"
+    assert missed.detected_at == utc(2026, 1, 5, 12) + GRACE
+    # It goes on with the next fire time (and misses it too while the view lacks it).
+    assert harness.timer.next_wake(ids.schedule_id(env), "db") == utc(2026, 1, 5, 13)
+
+
+async def test_a_failing_fire_is_retried_and_then_fires(make_harness: HarnessFactory) -> None:
+    harness = make_harness(utc(2026, 1, 5, 11, 59, 30))
+    env = uuid.uuid4()
+    await harness.configure(env, dbFrequency="hourly")
+    harness.targets.failures = 2
+    errors = FIRE_ERRORS._value.get()
+    await harness.run_until(utc(2026, 1, 5, 12, 1, 30))
+    assert FIRE_ERRORS._value.get() == errors + 2
+    [fired] = harness.fired(env)
+    assert fired.late_seconds == 2 * RETRY.total_seconds()
+
+
+async def test_revoked_partitions_stop_firing_and_assigned_ones_load(
+    make_harness: HarnessFactory,
+) -> None:
+    from tidemark_scheduler.ownership import partition_of
+
+    harness = make_harness(utc(2026, 1, 5, 11, 59, 30))
+    env = uuid.uuid4()
+    await harness.configure(env, dbFrequency="hourly")
+    partition = partition_of(env)
+    await harness.ownership.revoked([partition])
+    assert len(harness.timer) == 0
+    await harness.run_until(utc(2026, 1, 5, 12, 5))
+    assert harness.fired(env) == []
+    await harness.ownership.assigned([partition])
+    await harness.ownership.wait_loaded()
+    await harness.run_until(utc(2026, 1, 5, 12, 6))
+    assert [f.late_seconds for f in harness.fired(env)] == [300.0]
+
+
+def test_partition_of_matches_kafkas_default_partitioner() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+    from tidemark_scheduler.ownership import partition_of
+
+    for _ in range(50):
+        env = uuid.uuid4()
+        assert partition_of(env, 6) == DefaultPartitioner()(str(env).encode(), list(range(6)), [])
+
+
+async def test_an_every_minute_schedule_is_loaded_from_snapshots(
+    make_harness: HarnessFactory,
+) -> None:
+    harness = make_harness(utc(2026, 1, 5, 11, 59, 30))
+    env = uuid.uuid4()
+    await harness.configure(env, dbFrequency="custom", dbCron="* * * * *")
+    await harness.run_until(utc(2026, 1, 5, 14, 0))
+    assert len(harness.fired(env)) == 120 + 1
+    snapshots = list(harness.app.snapshots.get(ids.schedule_id(env)))  # type: ignore[union-attr]
+    assert snapshots, "no snapshot was taken"
+    schedule = harness.app.get_schedule(ids.schedule_id(env))
+    assert schedule is not None
+    assert schedule.version - snapshots[-1].originator_version < 100
