@@ -217,10 +217,10 @@ async def test_two_instances_enforcing_at_once_expire_each_backup_once() -> None
             self.waits = 2
             self.expiring = threading.local()
 
-        def expire_backups(self, *args: Any) -> int:
+        def expire_backups(self, *args: Any, **kwargs: Any) -> int:
             self.expiring.now = True
             try:
-                return super().expire_backups(*args)
+                return super().expire_backups(*args, **kwargs)
             finally:
                 self.expiring.now = False
 
@@ -358,3 +358,26 @@ async def test_a_configure_schedule_delivered_to_the_handler_enforces_its_retent
     assert set(expired_ids(harness.app)) == {b.backup_id for b in backups[:3]}
     await handlers[ConfigureSchedule](command, delivery)
     assert len(expired_ids(harness.app)) == 3
+
+
+async def test_a_decision_overtaken_by_a_put_records_nothing_and_the_put_decides_again() -> None:
+    """A PUT that keeps more lands between the decision (on revision 1) and its recording:
+    nothing of the stale decision is recorded; the PUT's own enforcement decides anew."""
+    app, environment_id = SchedulerApplication(), uuid.uuid4()
+    configure(app, environment_id, retain_daily=2)
+    backups = daily(5)
+
+    class PutWhileReading(ListedBackups):
+        async def completed_backups(self, environment_id: uuid.UUID) -> Sequence[BackupFacts]:
+            listed = await super().completed_backups(environment_id)
+            configure(app, environment_id, revision=2, retain_daily=4)
+            return listed
+
+    now = T0 + timedelta(days=5)
+    stale = await RetentionEnforcer(app, PutWhileReading(backups)).enforce(environment_id, now)
+    assert len(stale.plan.delete) == 3  # type: ignore[union-attr]  # decided on revision 1
+    assert stale.expired == 0
+    assert expired_ids(app) == []
+    again = await RetentionEnforcer(app, ListedBackups(backups)).enforce(environment_id, now)
+    assert again.expired == 1
+    assert expired_ids(app) == [backups[0].backup_id]

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Protocol
 
 from prometheus_client import Counter
@@ -36,7 +37,7 @@ EXPIRED = Counter(
 ENFORCEMENTS = Counter(
     "tidemark_retention_enforcements_total",
     "Retention enforcement runs, by outcome",
-    ["outcome"],  # no_schedule | nothing_to_delete | expired | already_expired
+    ["outcome"],  # no_schedule | nothing_to_delete | expired | already_expired (or superseded)
 )
 
 
@@ -82,23 +83,32 @@ class RetentionEnforcer:
         # Wakes the relay when expiries were recorded (else it finds them on its next poll).
         self.on_saved = on_saved
 
-    def _settings(self, environment_id: uuid.UUID) -> ScheduleSettings | None:
+    def _settings(self, environment_id: uuid.UUID) -> tuple[ScheduleSettings, int] | None:
         schedule = self.app.get_schedule(ids.schedule_id(environment_id))
-        return schedule.parsed_settings if schedule is not None else None
+        return (schedule.parsed_settings, schedule.revision) if schedule is not None else None
 
     async def enforce(self, environment_id: uuid.UUID, now: datetime) -> Enforcement:
         """Expire what the environment's schedule no longer keeps, as decided at ``now``."""
         # The event store is synchronous (eventsourcing): keep it off the event loop.
-        settings = await asyncio.to_thread(self._settings, environment_id)
-        if settings is None:
+        found = await asyncio.to_thread(self._settings, environment_id)
+        if found is None:
             ENFORCEMENTS.labels("no_schedule").inc()
             return Enforcement(None, 0)
+        settings, revision = found
         backups = await self.backups.completed_backups(environment_id)
-        plan = retention_plan(backups, settings, now)
+        # CPU-bound on a long history: off the event loop too.
+        plan = await asyncio.to_thread(retention_plan, backups, settings, now)
         if not plan.delete:
             ENFORCEMENTS.labels("nothing_to_delete").inc()
             return Enforcement(plan, 0)
-        expired = await asyncio.to_thread(self.app.expire_backups, environment_id, plan.delete, now)
+        # Recorded only while the schedule is still at the revision that decided: a PUT in
+        # between (keeping more, perhaps) is enforced by its own handler instead.
+        expired = await asyncio.to_thread(
+            partial(self.app.expire_backups, revision=revision),
+            environment_id,
+            plan.delete,
+            now,
+        )
         EXPIRED.inc(expired)
         if expired and self.on_saved is not None:
             self.on_saved()
