@@ -2,25 +2,25 @@
 ``backup.events`` into the scheduler's view, enforcement expires what the schedule no
 longer keeps, and the relay puts exactly the preview's delete set on ``backup.commands``
 (``DeleteBackup`` from ``scheduler:retention``), recorded as ``BackupExpired`` in the
-scheduler's event store."""
+scheduler's event store.
+
+The topics are copies of the registry's under names of the test's own: the session's
+stack (gateway, backup-runner) follows the real ones, and made-up backups there would be
+backups its read model holds and no runner recorded."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from eventsourcing.persistence import Tracking
-from tidemark_contracts import (
-    BACKUP_COMMANDS,
-    BACKUP_EVENTS,
-    SCHEDULE_EVENTS,
-    Envelope,
-)
+from tidemark_contracts import BACKUP_COMMANDS, BACKUP_EVENTS, SCHEDULE_EVENTS, Envelope, Topic
 from tidemark_contracts.schedule import ConfigureSchedule, ScheduleSettings
 from tidemark_platform.kafka import ensure_topics, make_broker
 from tidemark_platform.leadership import Leadership
@@ -33,6 +33,8 @@ from tidemark_scheduler.enforcement import RetentionEnforcer, retention_plan
 from tidemark_schedules import ids
 
 pytestmark = pytest.mark.integration
+
+REAL_TOPICS = (BACKUP_EVENTS, BACKUP_COMMANDS, SCHEDULE_EVENTS)
 
 ORG = uuid.uuid4()
 DAY0 = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
@@ -54,6 +56,7 @@ class Scheduler:
 
     def __init__(self, database_url: str, bootstrap: str) -> None:
         suffix = uuid.uuid4().hex[:8]
+        self.topics = {t.name: replace(t, name=f"test.{suffix}.{t.name}") for t in REAL_TOPICS}
         self.app: SchedulerApplication = open_store(database_url, "scheduler_store")
         self.broker = make_broker(bootstrap, f"test-retention-{suffix}")
         runtime = ServiceRuntime(
@@ -65,8 +68,9 @@ class Scheduler:
             database_url, NotificationLogSource.log_name(self.app, "kafka")
         )
         self.relay = runtime.add_relay(
-            NotificationLogSource(self.app, self.app.to_envelope, "kafka", self.leadership)
+            NotificationLogSource(self.app, self.to_test_topic, "kafka", self.leadership)
         )
+        self.bootstrap = bootstrap
         self.view = BackupsFollower(database_url, "scheduler")
         self.enforcer = RetentionEnforcer(self.app, self.view.query, on_saved=self.relay.wake)
         self.enforced: list[uuid.UUID] = []
@@ -76,10 +80,24 @@ class Scheduler:
             self.enforced.append(environment_id)
 
         self.view.on_scheduled_completed = after_completion
-        self.view.subscribe(self.broker, f"test-retention-{suffix}", service="scheduler")
+        self.view.subscribe(
+            self.broker,
+            f"test-retention-{suffix}",
+            service="scheduler",
+            topic=self.topic(BACKUP_EVENTS),
+        )
         self._relay_task: asyncio.Task[None] | None = None
 
+    def topic(self, real: Topic) -> Topic:
+        return self.topics[real.name]
+
+    def to_test_topic(self, event: Any) -> tuple[Topic, Envelope] | None:
+        """The scheduler's relay mapping, onto this test's topics."""
+        mapped = self.app.to_envelope(event)
+        return None if mapped is None else (self.topic(mapped[0]), mapped[1])
+
     async def start(self) -> None:
+        await ensure_topics(self.bootstrap, self.topics.values())
         await self.view.open()
         await self.broker.start()
         self._relay_task = asyncio.create_task(self.relay.run())
@@ -98,7 +116,6 @@ class Scheduler:
 async def scheduler(
     create_database: Callable[..., str], kafka_bootstrap: str
 ) -> AsyncIterator[Scheduler]:
-    await ensure_topics(kafka_bootstrap, [BACKUP_EVENTS, BACKUP_COMMANDS, SCHEDULE_EVENTS])
     running = Scheduler(create_database("ret"), kafka_bootstrap)
     await running.start()
     yield running
@@ -120,23 +137,29 @@ def configure(app: SchedulerApplication, environment_id: uuid.UUID) -> None:
     assert app.configure(command, Tracking("schedule.commands:0", 1))
 
 
-async def publish(bootstrap: str, envelopes: list[Envelope]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+async def publish(scheduler: Scheduler, envelopes: list[Envelope]) -> None:
+    """Publish backup events as the backup-runner's relay would (key: environment)."""
+    topic = scheduler.topic(BACKUP_EVENTS).name
+    producer = AIOKafkaProducer(
+        bootstrap_servers=scheduler.bootstrap, acks="all", enable_idempotence=True
+    )
     await producer.start()
     try:
         for envelope in envelopes:
-            await producer.send_and_wait(BACKUP_EVENTS.name, envelope.to_bytes(), key=envelope.key)
+            await producer.send_and_wait(topic, envelope.to_bytes(), key=envelope.key)
     finally:
         await producer.stop()
 
 
 async def deletions_on_kafka(
-    bootstrap: str, environment_id: uuid.UUID, expected: int, settle: float = 3.0
+    scheduler: Scheduler, environment_id: uuid.UUID, expected: int, settle: float = 3.0
 ) -> list[dict[str, Any]]:
     """The DeleteBackup commands of the environment on backup.commands, read until
     ``expected`` arrived and then ``settle`` seconds more (to see any beyond them)."""
     consumer = AIOKafkaConsumer(
-        BACKUP_COMMANDS.name, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        scheduler.topic(BACKUP_COMMANDS).name,
+        bootstrap_servers=scheduler.bootstrap,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     found: list[dict[str, Any]] = []
@@ -182,7 +205,7 @@ async def wait_for(condition: Callable[[], Any], what: str, within: float = 60.0
 
 
 async def test_completed_scheduled_backups_are_expired_and_deleted_as_the_preview_says(
-    scheduler: Scheduler, kafka_bootstrap: str, backup_events: Any
+    scheduler: Scheduler, backup_events: Any
 ) -> None:
     environment_id = uuid.uuid4()
     configure(scheduler.app, environment_id)
@@ -201,7 +224,7 @@ async def test_completed_scheduled_backups_are_expired_and_deleted_as_the_previe
     manual = [history(day, trigger="manual", later=timedelta(hours=2)) for day in range(6)]
     failed = history(1, outcome="failed", later=timedelta(hours=5))
     everything = [*scheduled_db, *fulls, *manual, failed]
-    await publish(kafka_bootstrap, [e for h in everything for e in h.envelopes])
+    await publish(scheduler, [e for h in everything for e in h.envelopes])
 
     completed = {h.backup_id for h in [*scheduled_db, *fulls, *manual]}
 
@@ -225,7 +248,7 @@ async def test_completed_scheduled_backups_are_expired_and_deleted_as_the_previe
     # backups stay. Four db and three full backups go.
     assert expected == {h.backup_id for h in [*scheduled_db[:4], *fulls[:3]]}
 
-    deletions = await deletions_on_kafka(kafka_bootstrap, environment_id, len(expected))
+    deletions = await deletions_on_kafka(scheduler, environment_id, len(expected))
     assert sorted(uuid.UUID(d["backupId"]) for d in deletions) == sorted(expected)
     assert {d["requestedBy"] for d in deletions} == {"scheduler:retention"}
     expired = expired_in_store(scheduler.app, environment_id)
@@ -234,8 +257,8 @@ async def test_completed_scheduled_backups_are_expired_and_deleted_as_the_previe
 
     # One more scheduled completion: the oldest of the two kept db backups goes, only it.
     newest = history(6)
-    await publish(kafka_bootstrap, list(newest.envelopes))
-    deletions = await deletions_on_kafka(kafka_bootstrap, environment_id, len(expected) + 1)
+    await publish(scheduler, list(newest.envelopes))
+    deletions = await deletions_on_kafka(scheduler, environment_id, len(expected) + 1)
     assert sorted(uuid.UUID(d["backupId"]) for d in deletions) == sorted(
         expected | {scheduled_db[4].backup_id}
     )
@@ -243,7 +266,7 @@ async def test_completed_scheduled_backups_are_expired_and_deleted_as_the_previe
 
 
 async def test_without_a_schedule_a_completion_deletes_nothing(
-    scheduler: Scheduler, kafka_bootstrap: str, backup_events: Any
+    scheduler: Scheduler, backup_events: Any
 ) -> None:
     environment_id = uuid.uuid4()
     histories = [
@@ -254,11 +277,11 @@ async def test_without_a_schedule_a_completion_deletes_nothing(
         )
         for day in range(5)
     ]
-    await publish(kafka_bootstrap, [e for h in histories for e in h.envelopes])
+    await publish(scheduler, [e for h in histories for e in h.envelopes])
 
     async def enforced_every_completion() -> bool:
         return scheduler.enforced.count(environment_id) >= 5
 
     await wait_for(enforced_every_completion, "enforcement after each completion")
-    assert await deletions_on_kafka(kafka_bootstrap, environment_id, 0) == []
+    assert await deletions_on_kafka(scheduler, environment_id, 0) == []
     assert expired_in_store(scheduler.app, environment_id) == []

@@ -174,12 +174,15 @@ class BackupsFollower:
     async def close(self) -> None:
         await self.pool.close()
 
-    def subscribe(self, broker: KafkaBroker, group_id: str, *, service: str) -> None:
+    def subscribe(
+        self, broker: KafkaBroker, group_id: str, *, service: str, topic: Topic = BACKUP_EVENTS
+    ) -> None:
+        """Follow ``topic`` (``backup.events``; a test names a copy of its own)."""
         subscribe_tracked(
             broker,
-            BACKUP_EVENTS,
+            topic,
             group_id,
-            dict.fromkeys(BACKUP_EVENTS.messages, self.handle),
+            dict.fromkeys(topic.messages, self.handle),
             service=service,
             positions=self.runner.positions,
         )
