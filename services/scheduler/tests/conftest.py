@@ -36,7 +36,7 @@ from tidemark_contracts.schedule import ConfigureSchedule, ScheduleSettings
 from tidemark_platform.consumer import Delivery
 from tidemark_scheduler.application import SchedulerApplication
 from tidemark_scheduler.domain import FireTargets, Schedule
-from tidemark_scheduler.firing import Firing
+from tidemark_scheduler.firing import Firing, Wanted
 from tidemark_scheduler.handlers import make_handlers
 from tidemark_scheduler.ownership import Ownership
 from tidemark_scheduler.timer import Timer
@@ -85,16 +85,16 @@ class FakeTargets:
     failures: int = 0
     lookups: int = 0
 
-    async def lookup(
-        self,
-        organization_id: uuid.UUID,
-        environment_id: uuid.UUID,
-        destination_ids: Sequence[uuid.UUID],
-    ) -> FireTargets | str:
+    async def lookup(self, wanted: Sequence[Wanted]) -> dict[uuid.UUID, FireTargets | str]:
         self.lookups += 1
         if self.failures > 0:
             self.failures -= 1
             raise ConnectionError("catalog view unreachable")
+        return {env: self._one(env, destinations) for _, env, destinations in wanted}
+
+    def _one(
+        self, environment_id: uuid.UUID, destination_ids: Sequence[uuid.UUID]
+    ) -> FireTargets | str:
         if environment_id not in self.known:
             return "the environment is not in the scheduler's catalog view"
         return FireTargets(
@@ -232,7 +232,7 @@ async def make_harness() -> AsyncIterator[HarnessFactory]:
         fake_clock = clock or FakeClock(start)
         fake_targets = targets if targets is not None else FakeTargets()
         firing = Firing(application, fake_targets, fake_clock, grace=GRACE, retry=RETRY)
-        timer = Timer(firing, fake_clock, workers=2, retry_seconds=RETRY.total_seconds())
+        timer = Timer(firing.fire_many, fake_clock, workers=2, retry_seconds=RETRY.total_seconds())
         ownership = Ownership(application, timer, retry_seconds=0.01)
         ownership.owned |= set(partitions)
         harness = Harness(

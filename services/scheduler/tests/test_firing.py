@@ -324,3 +324,73 @@ async def test_an_every_minute_schedule_is_loaded_from_snapshots(
     schedule = harness.app.get_schedule(ids.schedule_id(env))
     assert schedule is not None
     assert schedule.version - snapshots[-1].originator_version < 100
+
+
+async def test_retention_runs_after_every_configure_also_a_redelivered_one(
+    make_harness: HarnessFactory,
+) -> None:
+    from tidemark_contracts import Envelope
+    from tidemark_contracts.schedule import ConfigureSchedule
+    from tidemark_platform.consumer import Delivery
+    from tidemark_scheduler.handlers import make_handlers
+
+    harness = make_harness()
+    env = uuid.uuid4()
+    enforced: list[tuple[uuid.UUID, datetime]] = []
+
+    async def enforce(environment_id: uuid.UUID, now: datetime) -> None:
+        enforced.append((environment_id, now))
+
+    handlers = make_handlers(
+        harness.app, harness.ownership, lambda: None, now=harness.clock.now, after_configure=enforce
+    )
+    command = harness.command(env, dbFrequency="hourly")
+    envelope = Envelope.wrap(
+        command, producer="test", organization_id=command.organization_id, environment_id=env
+    )
+    delivery = Delivery(envelope, Tracking("c/schedule.commands:1", 5), 1)
+    await handlers[ConfigureSchedule](command, delivery)
+    await handlers[ConfigureSchedule](command, delivery)  # redelivered: nothing recorded
+    assert enforced == [(env, harness.clock.now())] * 2
+    assert harness.app.get_schedule(ids.schedule_id(env)).version == 1  # type: ignore[union-attr]
+
+
+async def test_many_schedules_due_together_fire_once_each_in_batches(
+    make_harness: HarnessFactory,
+) -> None:
+    harness = make_harness(utc(2026, 1, 5, 11, 59, 30))
+    envs = [uuid.uuid4() for _ in range(60)]
+    for env in envs:
+        await harness.configure(env, dbFrequency="custom", dbCron="* * * * *")
+    await harness.run_until(utc(2026, 1, 5, 12, 2, 30))
+    minutes = [utc(2026, 1, 5, 12, m) for m in range(3)]
+    for env in envs:
+        assert [f.scheduled_for for f in harness.fired(env)] == minutes
+        assert harness.missed(env) == []
+
+
+async def test_a_batch_that_lost_a_race_decides_each_fire_again(
+    make_harness: HarnessFactory,
+) -> None:
+    from tidemark_scheduler.application import FireRequest
+
+    harness = make_harness(utc(2026, 1, 5, 11, 59, 30), running=False)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    for env in (first, second):
+        await harness.configure(env, dbFrequency="hourly")
+    harness.clock.set(utc(2026, 1, 5, 12, 0, 1))
+    ids_ = [ids.schedule_id(first), ids.schedule_id(second)]
+    read_before = harness.app.get_schedules(ids_)  # one instance reads both ...
+    assert await harness.firing(ids_[0], "db") == utc(2026, 1, 5, 13)  # ... another fires one
+    due = utc(2026, 1, 5, 12)
+    targets = await harness.targets.lookup([(harness.organization_id, first, ())])
+    outcomes = harness.app.fire_many(
+        read_before,
+        [FireRequest(s, "db", due, targets[first]) for s in ids_],  # type: ignore[arg-type]
+        harness.clock.now(),
+        GRACE,
+    )
+    assert outcomes[ids_[0], "db"].stale
+    assert outcomes[ids_[1], "db"].fired_for == due
+    for env in (first, second):
+        assert [f.scheduled_for for f in harness.fired(env)] == [due]

@@ -9,7 +9,7 @@ log is the scheduler's outbox: the relay publishes both, or (after a crash) both
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -59,6 +59,13 @@ def _effective(settings: dict[str, Any], backup_type: BackupType) -> tuple[str |
     """(cron, zone, active) of one type: what its next fire time depends on."""
     parsed = ScheduleSettings.model_validate(settings)
     return parsed.cron_of(backup_type), parsed.timezone, parsed.active
+
+
+# (schedule, revision, type) -> (cron, zone, active): the settings of a revision never
+# change, so they are parsed (pydantic) once, not at every fire. Bounded, oldest out.
+_EFFECTIVE: dict[tuple[UUID, int, str], tuple[str | None, str, bool]] = {}
+_EFFECTIVE_MAX = 250_000
+_FOREVER = datetime.max.replace(tzinfo=UTC)
 
 
 def _first_due(
@@ -264,12 +271,35 @@ class Schedule(Aggregate):
 
     def due_times(self, backup_type: BackupType, now: datetime) -> list[datetime]:
         """Every fire time of ``backup_type`` in [next due, ``now``], increasing."""
+        return self._due_and_next(backup_type, now)[0]
+
+    def _due_and_next(
+        self, backup_type: BackupType, now: datetime
+    ) -> tuple[list[datetime], datetime | None]:
+        """The fire times in [next due, ``now``] and the first after ``now``, from one
+        walk of the cron (building a cron iterator is most of a fire's CPU)."""
         first = self.next_due.get(backup_type)
         if first is None or first > now:
-            return []
-        expr, zone, _ = _effective(self.settings, backup_type)
+            return [], first
+        expr, zone, _ = self._effective(backup_type)
         assert expr is not None  # a type with a next due time has a cron
-        return [first, *cron.fire_times(expr, zone, first, now)]
+        times = [first]
+        for at in cron.fire_times(expr, zone, first, _FOREVER):
+            if at > now:
+                return times, at
+            times.append(at)
+        return times, None  # unreachable for a cron that fires (cron_problem checks it)
+
+    def _effective(self, backup_type: BackupType) -> tuple[str | None, str, bool]:
+        """``_effective`` of the current settings, parsed once per revision."""
+        key = (self.id, self.revision, backup_type)
+        found = _EFFECTIVE.get(key)
+        if found is None:
+            found = _effective(self.settings, backup_type)
+            _EFFECTIVE[key] = found
+            if len(_EFFECTIVE) > _EFFECTIVE_MAX:
+                _EFFECTIVE.pop(next(iter(_EFFECTIVE)))
+        return found
 
     def fire_candidate(
         self, backup_type: BackupType, now: datetime, grace: timedelta
@@ -302,12 +332,9 @@ class Schedule(Aggregate):
         """
         if self.next_due.get(backup_type) != due:
             return FireOutcome(next_due=self.next_due.get(backup_type), stale=True)
-        times = self.due_times(backup_type, now)
+        times, after_now = self._due_and_next(backup_type, now)
         if not times:
             return FireOutcome(next_due=due)
-        expr, zone, _ = _effective(self.settings, backup_type)
-        assert expr is not None
-        after_now = cron.next_fire(expr, zone, now)
         latest = times[-1]
         fires = request is not None and now - latest <= grace
         missed = times[:-1] if fires else times

@@ -15,9 +15,9 @@ from tidemark_contracts.backup import BackupType, DatabaseTarget, DestinationTar
 from tidemark_platform.database import Pool
 from tidemark_platform.logging import get_logger
 
-from tidemark_scheduler.application import SchedulerApplication
-from tidemark_scheduler.domain import FireTargets
-from tidemark_scheduler.timer import Clock
+from tidemark_scheduler.application import FireRequest, SchedulerApplication
+from tidemark_scheduler.domain import FireOutcome, FireTargets, Schedule
+from tidemark_scheduler.timer import Clock, Key
 
 log = get_logger(__name__)
 
@@ -43,56 +43,68 @@ UNKNOWN_ENVIRONMENT = "the environment is not in the scheduler's catalog view"
 UNKNOWN_DESTINATION = "a destination of the schedule is not in the scheduler's catalog view"
 
 
+Wanted = tuple[UUID, UUID, tuple[UUID, ...]]
+"""(organization, environment, destination ids) a fire needs from the catalog view."""
+
+
 class Targets(Protocol):
-    async def lookup(
-        self, organization_id: UUID, environment_id: UUID, destination_ids: Sequence[UUID]
-    ) -> FireTargets | str:
-        """What a backup of the environment is taken of and written to, or why not (the
-        view lags the gateway, or a destination is gone)."""
+    async def lookup(self, wanted: Sequence[Wanted]) -> dict[UUID, FireTargets | str]:
+        """By environment: what a backup of it is taken of and written to, or why not
+        (the view lags the gateway, or a destination is gone)."""
         ...
 
 
 class CatalogTargets:
-    """``Targets`` from the scheduler's own catalog view (schema ``scheduler``)."""
+    """``Targets`` from the scheduler's own catalog view (schema ``scheduler``): two
+    queries for a whole batch of fires."""
 
     def __init__(self, pool: Pool, schema: str) -> None:
         self._pool = pool
         self._schema = schema
 
-    async def lookup(
-        self, organization_id: UUID, environment_id: UUID, destination_ids: Sequence[UUID]
-    ) -> FireTargets | str:
+    async def lookup(self, wanted: Sequence[Wanted]) -> dict[UUID, FireTargets | str]:
+        environment_ids = [environment for _, environment, _ in wanted]
+        destination_ids = sorted({d for _, _, ds in wanted for d in ds})
         async with self._pool.connection() as conn:
             cursor = await conn.execute(
-                f"SELECT project_id, database FROM {self._schema}.environments "
-                "WHERE id = %s AND organization_id = %s",
-                (environment_id, organization_id),
+                f"SELECT id, organization_id, project_id, database "
+                f"FROM {self._schema}.environments WHERE id = ANY(%s)",
+                (environment_ids,),
             )
-            environment = await cursor.fetchone()
+            environments = {row["id"]: row for row in await cursor.fetchall()}
             cursor = await conn.execute(
-                f"SELECT id, name, type, config FROM {self._schema}.destinations "
-                "WHERE organization_id = %s AND id = ANY(%s)",
-                (organization_id, list(destination_ids)),
+                f"SELECT id, organization_id, name, type, config "
+                f"FROM {self._schema}.destinations WHERE id = ANY(%s)",
+                (destination_ids,),
             )
-            rows = {row["id"]: row for row in await cursor.fetchall()}
-        if environment is None:
-            return UNKNOWN_ENVIRONMENT
-        if any(d not in rows for d in destination_ids):
-            return UNKNOWN_DESTINATION
-        database = DatabaseTarget.model_validate(environment["database"])
-        destinations = [
-            DestinationTarget.of(d, rows[d]["name"], rows[d]["type"], rows[d]["config"])
-            for d in destination_ids
-        ]
-        return FireTargets(
-            project_id=environment["project_id"],
-            database=database.model_dump(mode="json", by_alias=True),
-            destinations=[d.model_dump(mode="json", by_alias=True) for d in destinations],
-        )
+            destinations = {row["id"]: row for row in await cursor.fetchall()}
+        found: dict[UUID, FireTargets | str] = {}
+        for organization_id, environment_id, wanted_destinations in wanted:
+            environment = environments.get(environment_id)
+            if environment is None or environment["organization_id"] != organization_id:
+                found[environment_id] = UNKNOWN_ENVIRONMENT
+                continue
+            rows = [destinations.get(d) for d in wanted_destinations]
+            if any(r is None or r["organization_id"] != organization_id for r in rows):
+                found[environment_id] = UNKNOWN_DESTINATION
+                continue
+            database = DatabaseTarget.model_validate(environment["database"])
+            targets = [
+                DestinationTarget.of(r["id"], r["name"], r["type"], r["config"])
+                for r in rows
+                if r is not None
+            ]
+            found[environment_id] = FireTargets(
+                project_id=environment["project_id"],
+                database=database.model_dump(mode="json", by_alias=True),
+                destinations=[d.model_dump(mode="json", by_alias=True) for d in targets],
+            )
+        return found
 
 
 class Firing:
-    """The timer's ``Fire``: fires (schedule, type) when due, returns when to look next."""
+    """The timer's ``Fire``: fires what of a batch of (schedule, type) is due, and says
+    when to look at each next."""
 
     def __init__(
         self,
@@ -112,49 +124,66 @@ class Firing:
         self.on_saved = on_saved
 
     async def __call__(self, schedule_id: UUID, backup_type: BackupType) -> datetime | None:
+        """One (schedule, type): ``fire_many`` of one."""
+        return (await self.fire_many([(schedule_id, backup_type)]))[schedule_id, backup_type]
+
+    async def fire_many(self, keys: Sequence[Key]) -> dict[Key, datetime | None]:
         now = self.clock.now()
-        schedule = await asyncio.to_thread(self.app.get_schedule, schedule_id)
-        if schedule is None:
-            return None
-        due = schedule.next_due.get(backup_type)
-        if due is None or due > now:
-            return due  # an early look (a PUT moved it, another instance fired)
-        candidate = schedule.fire_candidate(backup_type, now, self.grace)
-        targets: FireTargets | None = None
-        unavailable = ""
-        if candidate is not None:
-            found = await self.targets.lookup(
-                schedule.organization_id,
-                schedule.environment_id,
-                schedule.parsed_settings.destination_ids,
+        schedules = await asyncio.to_thread(
+            self.app.get_schedules, list(dict.fromkeys(k[0] for k in keys))
+        )
+        upcoming: dict[Key, datetime | None] = {}
+        due_now: list[tuple[Key, Schedule, datetime]] = []
+        for key in keys:
+            schedule = schedules.get(key[0])
+            due = schedule.next_due.get(key[1]) if schedule is not None else None
+            if schedule is None or due is None or due > now:
+                upcoming[key] = due  # an early look (a PUT moved it, another instance fired)
+            else:
+                due_now.append((key, schedule, due))
+        if not due_now:
+            return upcoming
+        wanted = {
+            s.environment_id: (
+                s.organization_id,
+                s.environment_id,
+                tuple(s.parsed_settings.destination_ids),
             )
-            if isinstance(found, FireTargets):
-                targets = found
-            elif now < candidate + self.grace:
+            for _, s, _ in due_now
+        }
+        found = await self.targets.lookup(list(wanted.values()))
+        requests: list[FireRequest] = []
+        for key, schedule, due in due_now:
+            targets = found.get(schedule.environment_id, UNKNOWN_ENVIRONMENT)
+            if isinstance(targets, FireTargets):
+                requests.append(FireRequest(key[0], key[1], due, targets))
+                continue
+            candidate = schedule.fire_candidate(key[1], now, self.grace)
+            if candidate is not None and now < candidate + self.grace:
                 # The view lags the gateway: try again until the fire's grace ends.
                 CATALOG_WAITS.inc()
                 log.info(
                     "schedule_fire_waits_for_catalog",
-                    schedule_id=str(schedule_id),
-                    type=backup_type,
+                    schedule_id=str(key[0]),
+                    type=key[1],
                     scheduled_for=candidate.isoformat(),
-                    reason=found,
+                    reason=targets,
                 )
-                return min(now + self.retry, candidate + self.grace)
+                upcoming[key] = min(now + self.retry, candidate + self.grace)
             else:
-                unavailable = found
-        outcome = await asyncio.to_thread(
-            self.app.fire_due,
-            schedule_id,
-            backup_type,
-            due,
-            now,
-            self.grace,
-            targets,
-            unavailable,
-        )
-        if outcome.changed:
+                requests.append(FireRequest(key[0], key[1], due, None, targets))
+        if not requests:
+            return upcoming
+        outcomes = await asyncio.to_thread(self.app.fire_many, schedules, requests, now, self.grace)
+        if any(o.changed for o in outcomes.values()):
             self.on_saved()
+        for (schedule_id, backup_type), outcome in outcomes.items():
+            self._report(schedule_id, backup_type, outcome)
+            upcoming[schedule_id, backup_type] = outcome.next_due
+        return upcoming
+
+    @staticmethod
+    def _report(schedule_id: UUID, backup_type: BackupType, outcome: FireOutcome) -> None:
         if outcome.missed:
             MISSES.labels(backup_type).inc(len(outcome.missed))
             log.warning(
@@ -164,7 +193,6 @@ class Firing:
                 first=outcome.missed[0].isoformat(),
                 last=outcome.missed[-1].isoformat(),
                 count=len(outcome.missed),
-                reason=unavailable or None,
             )
         if outcome.fired_for is not None:
             FIRES.labels(backup_type).inc()
@@ -177,4 +205,3 @@ class Firing:
                 scheduled_for=outcome.fired_for.isoformat(),
                 late_seconds=outcome.late_seconds,
             )
-        return outcome.next_due

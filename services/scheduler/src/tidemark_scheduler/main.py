@@ -53,7 +53,11 @@ def create_app(settings: Settings) -> Litestar:
         on_saved=relay.wake,
     )
     timer = Timer(
-        firing, clock, workers=settings.fire_workers, retry_seconds=settings.retry_seconds
+        firing.fire_many,
+        clock,
+        workers=settings.fire_workers,
+        retry_seconds=settings.retry_seconds,
+        batch=settings.fire_batch,
     )
     ownership = Ownership(app, timer)
 

@@ -18,6 +18,11 @@ class Settings(ServiceSettings):
         "catalog view lags); older ones are recorded missed",
     )
     fire_workers: int = Field(default=4, ge=1, description="fires carried out at once")
+    fire_batch: int = Field(
+        default=100,
+        ge=1,
+        description="fires due together that one worker saves in one transaction",
+    )
     retry_seconds: float = Field(
         default=15.0,
         gt=0,

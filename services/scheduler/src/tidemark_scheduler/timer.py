@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from uuid import UUID
@@ -36,8 +36,9 @@ FIRE_ERRORS = Counter(
 )
 
 Key = tuple[UUID, BackupType]
-Fire = Callable[[UUID, BackupType], Awaitable[datetime | None]]
-"""Fire what of (schedule, type) is due now; the next time to look (None: never)."""
+Fire = Callable[[Sequence[Key]], Awaitable[dict[Key, datetime | None]]]
+"""Fire what of each (schedule, type) is due now; by key, the next time to look at it
+(None: never)."""
 
 
 class Clock(Protocol):
@@ -76,9 +77,11 @@ class Timer:
         *,
         workers: int = 4,
         retry_seconds: float = 15.0,
+        batch: int = 100,
     ) -> None:
-        if workers < 1:
-            raise ValueError("workers must be at least 1")
+        if workers < 1 or batch < 1:
+            raise ValueError("workers and batch must be at least 1")
+        self._batch = batch
         self._fire = fire
         self.clock = clock
         self._workers = workers
@@ -185,9 +188,13 @@ class Timer:
 
     async def _work(self) -> None:
         while True:
-            key = await self._queue.get()
+            # What else is due now goes along, up to a batch: fires of one minute boundary
+            # are saved together (see SchedulerApplication.fire_many).
+            keys = [await self._queue.get()]
+            while len(keys) < self._batch and not self._queue.empty():
+                keys.append(self._queue.get_nowait())
             try:
-                at = await self._fire(*key)
+                upcoming = await self._fire(keys)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -196,17 +203,19 @@ class Timer:
                 FIRE_ERRORS.inc()
                 log.warning(
                     "schedule_fire_failed",
-                    schedule_id=str(key[0]),
-                    type=key[1],
+                    schedules=len(keys),
                     error=repr(exc),
                     retry_seconds=self._retry.total_seconds(),
                 )
-                at = self.clock.now() + self._retry
-            self._busy.discard(key)
-            if key[0] in self._groups:
-                if key in self._pending:
-                    at = _earlier(at, self._pending.pop(key))
-                self._put(key, at)
+                later = self.clock.now() + self._retry
+                upcoming = dict.fromkeys(keys, later)
+            for key in keys:
+                self._busy.discard(key)
+                if key[0] in self._groups:
+                    at = upcoming.get(key)
+                    if key in self._pending:
+                        at = _earlier(at, self._pending.pop(key))
+                    self._put(key, at)
             self.wake()
 
     # -- heap -------------------------------------------------------------------------
