@@ -60,36 +60,47 @@ def zone_problem(name: str) -> str | None:
     return None
 
 
-_NAMES = frozenset(
-    [
-        "jan",
-        "feb",
-        "mar",
-        "apr",
-        "may",
-        "jun",
-        "jul",
-        "aug",
-        "sep",
-        "oct",
-        "nov",
-        "dec",
-        "sun",
-        "mon",
-        "tue",
-        "wed",
-        "thu",
-        "fri",
-        "sat",
-    ]
-)
+_MONTHS = {
+    name: n
+    for n, name in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
+        start=1,
+    )
+}
+_WEEKDAYS = {name: n for n, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
+
+
+_NAMES = frozenset(_MONTHS) | frozenset(_WEEKDAYS)
+
+
+def _reversed_range(index: int, field: str) -> bool:
+    """Whether ``field`` has a range that runs backwards (``10-5``, ``fri-mon``): plain
+    cron refuses one, croniter would wrap it around. A weekday range may end on Sunday
+    as 7 (``fri-sun`` is ``5-7``)."""
+    names = _MONTHS if index == 3 else _WEEKDAYS if index == 4 else {}
+    for part in field.split(","):
+        bounds = part.split("/")[0].split("-")
+        if len(bounds) != 2:
+            continue
+        low, high = (names.get(b.lower(), b) for b in bounds)
+        if not (isinstance(low, int) or low.isdigit()) or not (
+            isinstance(high, int) or high.isdigit()
+        ):
+            continue  # croniter refuses it
+        start, end = int(low), int(high)
+        if index == 4 and end == 0:
+            end = 7
+        if start > end:
+            return True
+    return False
 
 
 def cron_problem(expr: str) -> str | None:
     """Why ``expr`` is not a 5-field cron that fires, or None. Never repeats ``expr``.
 
     Plain cron only: numbers, ``* / , -``, and month and weekday names in their fields;
-    none of croniter's extensions (seconds, ``@daily``, ``H``, ``L``, ``#``)."""
+    none of croniter's extensions (seconds, ``@daily``, ``H``, ``L``, ``#``, ranges that
+    wrap around)."""
     fields = expr.split()
     if len(fields) != 5:
         return "must be a 5-field cron expression (minute hour day-of-month month day-of-week)"
@@ -99,6 +110,8 @@ def cron_problem(expr: str) -> str | None:
             words and (index < 3 or any(w.lower() not in _NAMES for w in words))
         ):
             return "may contain only numbers, * / , - and month or weekday names"
+        if _reversed_range(index, field):
+            return "has a range whose start is after its end (ranges do not wrap around)"
     try:
         if not croniter.is_valid(expr):
             return "is not a valid cron expression"

@@ -28,7 +28,9 @@ only, each rule and why it does not keep the backup.
 
 from __future__ import annotations
 
+import bisect
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -177,6 +179,7 @@ def pitr_base(
 
 _Row = tuple[float, int, int, BackupFacts]
 
+
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
@@ -186,29 +189,25 @@ def _plural(count: int, one: str, many: str) -> str:
 
 def _local_seconds(instants: list[float], tz: ZoneInfo) -> list[int]:
     """Each POSIX instant as seconds of its wall time in ``tz`` (seconds since 1970-01-01
-    00:00 on the zone's clock). A UTC day's first instant looks its offset up; from its
-    second on, a day whose start and end have the same offset uses that for all."""
-    verified: dict[int, int | None] = {}  # day -> its one offset, None: it changes that day
-    seen: set[int] = set()
+    00:00 on the zone's clock). A UTC day that holds several instants and whose start and
+    end have the same offset looks it up once; any other instant looks up its own."""
 
     def offset_at(instant: float) -> int:
         delta = datetime.fromtimestamp(instant, tz).utcoffset()
         assert delta is not None  # a ZoneInfo always has one
         return delta.days * 86400 + delta.seconds
 
-    wall: list[int] = []
-    for instant in instants:
-        day = int(instant // 86400)
-        offset = verified.get(day)
-        if offset is None:
-            if day in seen and day not in verified:
-                first, last = offset_at(day * 86400), offset_at(day * 86400 + 86399)
-                offset = verified[day] = first if first == last else None
-            seen.add(day)
-            if offset is None:
-                offset = offset_at(instant)
-        wall.append(int(instant // 1) + offset)
-    return wall
+    days = [int(instant // 86400) for instant in instants]
+    offsets: dict[int, int | None] = {}
+    for day, n in Counter(days).items():
+        if n > 1:
+            first, last = offset_at(day * 86400), offset_at(day * 86400 + 86399)
+            offsets[day] = first if first == last else None
+    return [
+        int(instant // 1)
+        + (offset if (offset := offsets.get(day)) is not None else offset_at(instant))
+        for instant, day in zip(instants, days, strict=True)
+    ]
 
 
 def _period_keys(period: str, wall: list[int]) -> list[int]:
@@ -241,6 +240,26 @@ def _window_start(newest: float, days: int, tz: ZoneInfo) -> float:
     return wall.replace(tzinfo=tz).timestamp()
 
 
+def _newest_positions(keys: list[int]) -> list[int]:
+    """The position of the newest backup of each period (``keys`` newest first), in rank
+    order (the period whose newest backup is the newest first)."""
+    # a dict keeps the last value written per key: written from the oldest, that is the
+    # first (newest) position of each period
+    return sorted(dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True)).values())
+
+
+def _digits(keys: list[int], kept: list[int], within: int) -> list[int]:
+    """Per backup, why one rule does not keep it: 0 it keeps it (``kept``), 2 a newer
+    backup of its period is kept, 1 otherwise (its period is not kept, or the backup is
+    outside the rule's first ``within`` backups)."""
+    kept_keys = {keys[p] for p in kept}
+    digits = [2 if key in kept_keys else 1 for key in keys[:within]]
+    digits += [1] * (len(keys) - within)
+    for position in kept:
+        digits[position] = 0
+    return digits
+
+
 def _apply_rules(
     rows: list[_Row],
     scheduled: list[int],
@@ -256,14 +275,15 @@ def _apply_rules(
     size = len(scheduled)
     if not size:
         return
-    kept = [False] * size
-    # Per rule, per backup, why that rule does not keep it, as a digit (0: it keeps it,
-    # 1: its period is not counted or it is outside the window, 2: a newer backup is its
-    # period's); ``combined`` holds each backup's digits of every rule, base 3.
+    kept: set[int] = set()
+    # Per rule, per backup, why that rule does not keep it, as a digit (``_digits``);
+    # ``combined`` holds each backup's digits of every rule, base 3.
     words: list[tuple[str, str]] = []
     combined = [0] * size
-    wall = _local_seconds([rows[i][0] for i in scheduled], tz)
+    instants = [rows[i][0] for i in scheduled]
+    wall = _local_seconds(instants, tz)
     keys: dict[str, list[int]] = {}
+    newest_of: dict[str, list[int]] = {}
     for period in RETENTION_PERIODS:
         count = settings.count(backup_type, period)
         if count <= 0:
@@ -275,27 +295,21 @@ def _apply_rules(
                 f"the newest backup of its {period} period (one of the newest {periods})",
             )
         )
-        rank: dict[int, int] = {}
-        digits = [1] * size
-        keys[period] = period_keys = _period_keys(period, wall)
-        for position, key in enumerate(period_keys):
-            slot = rank.get(key)
-            if slot is None:
-                slot = rank[key] = len(rank)
-                if slot < count:
-                    reasons[scheduled[position]].append(period)
-                    kept[position] = True
-                    digits[position] = 0
-            elif slot < count:
-                digits[position] = 2
-        if len(rank) < count and digits[-1]:
+        keys[period] = _period_keys(period, wall)
+        newest_of[period] = ranked = _newest_positions(keys[period])
+        slots = ranked[:count]
+        for position in slots:
+            reasons[scheduled[position]].append(period)
+        digits = _digits(keys[period], slots, size)
+        if len(ranked) < count and digits[-1]:
             # restic: a count not reached keeps the oldest backup too (the longest history
             # the counts allow)
             reasons[scheduled[-1]].append(f"oldest {period}")
-            kept[-1] = True
+            slots = [*slots, size - 1]
             digits[-1] = 0
+        kept.update(slots)
         combined = [c * 3 + d for c, d in zip(combined, digits, strict=True)]
-    newest = rows[scheduled[0]][0]
+    newest = instants[0]
     for period in RETENTION_PERIODS:
         days = settings.window_days(period)
         if days <= 0:
@@ -304,33 +318,28 @@ def _apply_rules(
         within = f"within {_plural(days, 'day', 'days')} ({period}) of the newest backup"
         words.append((within, f"the newest backup of its {period} period {within}"))
         reason = f"within {period}"
-        seen: set[int] = set()
-        digits = [1] * size
+        # newest first: the backups after ``start`` are a prefix
+        inside = size - bisect.bisect_right(instants[::-1], start)
         period_keys = keys.get(period) or _period_keys(period, wall)
-        for position, key in enumerate(period_keys):
-            if rows[scheduled[position]][0] <= start:
-                break  # newest first: every later one is outside the window too
-            if key in seen:
-                digits[position] = 2
-            else:
-                seen.add(key)
-                reasons[scheduled[position]].append(reason)
-                kept[position] = True
-                digits[position] = 0
+        if period in newest_of:
+            slots = [p for p in newest_of[period] if p < inside]
+        else:
+            slots = _newest_positions(period_keys[:inside])
+        for position in slots:
+            reasons[scheduled[position]].append(reason)
+        kept.update(slots)
+        digits = _digits(period_keys, slots, inside)
         combined = [c * 3 + d for c, d in zip(combined, digits, strict=True)]
     texts: dict[int, str] = {}
-    for position in range(size):
-        if kept[position]:
-            continue
-        code = combined[position]
-        text = texts.get(code)
-        if text is None:
-            parts: list[str] = []
-            for outside, not_newest in reversed(words):
-                code, digit = divmod(code, 3)
-                parts.append(outside if digit == 1 else not_newest)
-            text = texts[combined[position]] = "not " + ", nor ".join(reversed(parts))
-        rules[scheduled[position]] = text
+    for code in set(combined):
+        left, parts = code, []
+        for outside, not_newest in reversed(words):
+            left, digit = divmod(left, 3)
+            parts.append(outside if digit == 1 else not_newest)
+        texts[code] = "not " + ", nor ".join(reversed(parts))
+    for position, code in enumerate(combined):
+        if position not in kept:
+            rules[scheduled[position]] = texts[code]
 
 
 def _has_rule(settings: RetentionSettings, backup_type: BackupType) -> bool:
