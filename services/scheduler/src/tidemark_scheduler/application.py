@@ -204,14 +204,25 @@ class SchedulerApplication(EventStoreApplication):
         return outcomes
 
     def expire_backups(
-        self, environment_id: UUID, deleted: Sequence[Deleted], decided_at: datetime
+        self,
+        environment_id: UUID,
+        deleted: Sequence[Deleted],
+        decided_at: datetime,
+        *,
+        revision: int | None = None,
     ) -> int:
         """Record ``BackupExpired`` and ``DeleteBackup`` for each backup retention no
-        longer keeps; returns how many were new (one already expired is not again)."""
+        longer keeps; returns how many were new (one already expired is not again).
+
+        ``revision``: the schedule revision whose settings decided ``deleted``. When the
+        schedule has moved past it (a PUT landed after the decision, perhaps keeping more),
+        nothing is recorded: that PUT's own enforcement decides again (ret8)."""
         schedule_id = ids.schedule_id(environment_id)
         for _ in range(MAX_CONFLICT_RETRIES):
             schedule = self.get_schedule(schedule_id)
             if schedule is None:
+                return 0
+            if revision is not None and schedule.revision != revision:
                 return 0
             count = sum(
                 schedule.expire(

@@ -4,7 +4,8 @@ gateway's tables), the ConfigureSchedule consumer, the timer and partition owner
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from uuid import UUID
 
 from litestar import Litestar
 from tidemark_contracts.services import SCHEDULER
@@ -14,6 +15,8 @@ from tidemark_platform.notification_log import NotificationLogSource
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
 
 from tidemark_scheduler.application import open_store
+from tidemark_scheduler.backups_view import BackupsFollower
+from tidemark_scheduler.enforcement import RetentionEnforcer
 from tidemark_scheduler.firing import CatalogTargets, Firing
 from tidemark_scheduler.handlers import register_handlers
 from tidemark_scheduler.ownership import Ownership
@@ -26,6 +29,8 @@ SCHEMA = "scheduler"
 # collide with the catalog view's in ``scheduler``.
 EVENTSTORE_SCHEMA = "scheduler_store"
 RELAY_NAME = "kafka"
+# The consumer group that keeps the scheduler's view of backups (retention reads it).
+BACKUPS_GROUP = f"{SERVICE}-backups"
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -55,12 +60,37 @@ def create_app(settings: Settings) -> Litestar:
         batch=settings.fire_batch,
     )
     ownership = Ownership(app, timer)
-    register_handlers(broker, app, ownership, relay.wake, service=SERVICE, now=clock.now)
+
+    # Retention: enforced after a scheduled backup's completion reaches the view, and after
+    # each ConfigureSchedule.
+    backups = BackupsFollower(settings.database_url, SCHEMA)
+    enforcer = RetentionEnforcer(app, backups.query, on_saved=relay.wake)
+
+    async def after_completion(environment_id: UUID) -> None:
+        await enforcer.enforce(environment_id, clock.now())
+
+    async def after_configure(environment_id: UUID, now: datetime) -> None:
+        await enforcer.enforce(environment_id, now)
+
+    backups.on_scheduled_completed = after_completion
+    backups.subscribe(broker, BACKUPS_GROUP, service=SERVICE)
+    runtime.on_shutdown(backups.close)
+
+    register_handlers(
+        broker,
+        app,
+        ownership,
+        relay.wake,
+        service=SERVICE,
+        now=clock.now,
+        after_configure=after_configure,
+    )
     runtime.add_background(timer.run)
     runtime.add_check("schedules", ownership.is_ready)
     runtime.on_shutdown(ownership.close)
     runtime.on_shutdown(app.close)
-    return build_service_app(runtime)
+    # The view's tables exist before its consumer starts (the runtime's start-up follows).
+    return build_service_app(runtime, on_startup=[backups.open])
 
 
 def main() -> None:
