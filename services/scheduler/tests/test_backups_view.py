@@ -36,7 +36,10 @@ class Positions:
 
 @pytest.fixture
 async def follower(create_database: Callable[..., str]) -> AsyncIterator[BackupsFollower]:
-    follower = BackupsFollower(create_database("sched"), "scheduler")
+    # The histories complete around T0: "now" is a little after it.
+    follower = BackupsFollower(
+        create_database("sched"), "scheduler", now=lambda: T0 + timedelta(minutes=5)
+    )
     await follower.open()
     yield follower
     await follower.close()
@@ -261,6 +264,38 @@ async def test_a_scheduled_completion_calls_enforcement_once_it_is_in_the_view(
     assert last is not None
     await deliver(scheduled.envelopes[-1], last)
     assert len(seen) == 2
+
+
+async def test_an_old_completion_replayed_by_a_fresh_scheduler_enforces_nothing(
+    create_database: Callable[..., str], backup_events: Any
+) -> None:
+    """A fresh scheduler replays backup.events from the start: a completion more than an
+    hour old is projected but decides nothing (its view lacks every later backup)."""
+    environment_id = uuid.uuid4()
+    old = backup_events.history(organization_id=ORG, environment_id=environment_id, requested_at=T0)
+    late = BackupsFollower(
+        create_database("sched"), "scheduler", now=lambda: T0 + timedelta(hours=3)
+    )
+    await late.open()
+    try:
+        calls: list[uuid.UUID] = []
+
+        async def enforce(env: uuid.UUID) -> None:
+            calls.append(env)
+
+        late.on_scheduled_completed = enforce
+        positions = Positions()
+        for envelope in old.envelopes:
+            message_class = BACKUP_EVENTS.message_class(envelope.message_type)
+            assert message_class is not None
+            message = message_class.model_validate(envelope.payload)
+            await late.handle(message, Delivery(envelope, positions.next(), 1))
+        assert calls == []
+        assert [f.backup_id for f in await late.query.completed_backups(environment_id)] == [
+            old.backup_id
+        ]
+    finally:
+        await late.close()
 
 
 async def test_a_failing_enforcement_fails_the_delivery_so_it_is_retried(

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 
 from faststream.kafka import KafkaBroker
-from tidemark_contracts import BACKUP_EVENTS, Envelope, Message, Topic
+from tidemark_contracts import BACKUP_EVENTS, Envelope, Message, Topic, utc_now
 from tidemark_contracts.backup import (
     BackupCleanupFailed,
     BackupCompleted,
@@ -25,8 +26,11 @@ from tidemark_contracts.backup import (
 )
 from tidemark_platform.consumer import Delivery, subscribe_tracked
 from tidemark_platform.database import Connection, Pool, connection_pool
+from tidemark_platform.logging import get_logger
 from tidemark_platform.projection import OutOfOrder, ProjectionRunner
 from tidemark_schedules.retention import BackupFacts
+
+log = get_logger(__name__)
 
 TABLE = "backups"
 
@@ -147,6 +151,9 @@ class BackupsQuery:
             return str(row["trigger"]) if row else None
 
 
+ENFORCE_WITHIN = timedelta(hours=1)
+"""How recent a completion must be to enforce retention (see ``BackupsFollower``)."""
+
 OnScheduledCompleted = Callable[[uuid.UUID], Awaitable[object]]
 """Called with the environment id once a scheduled backup's completion is in the view."""
 
@@ -157,13 +164,29 @@ class BackupsFollower:
 
     The call follows the view's commit: a failure there is retried with the message
     (the view's position makes the second apply a no-op, the enforcement is idempotent),
-    and a redelivered completion enforces again, harmlessly."""
+    and a redelivered completion enforces again, harmlessly.
 
-    def __init__(self, database_url: str, schema: str) -> None:
+    Only a completion within ``enforce_within`` of ``now()`` enforces. A scheduler that
+    starts fresh replays ``backup.events`` from the beginning: enforcing after an old
+    completion would judge the current settings on a view that lacks every later backup
+    (and still holds backups deleted since), which can expire a backup the whole history
+    keeps. The first recent completion, or the next schedule change, enforces on the
+    complete view instead."""
+
+    def __init__(
+        self,
+        database_url: str,
+        schema: str,
+        *,
+        now: Callable[[], datetime] = utc_now,
+        enforce_within: timedelta = ENFORCE_WITHIN,
+    ) -> None:
         self.pool = connection_pool(database_url, min_size=1, max_size=4)
         self.runner = ProjectionRunner(self.pool, schema, BackupsView())
         self.query = BackupsQuery(self.pool, schema)
         self.on_scheduled_completed: OnScheduledCompleted | None = None
+        self._now = now
+        self._enforce_within = enforce_within
 
     async def open(self) -> None:
         """Open the pool and create the view's tables (before the consumer starts)."""
@@ -190,6 +213,9 @@ class BackupsFollower:
     async def handle(self, message: Message, delivery: Delivery) -> None:
         await self.runner.apply_at(delivery.envelope, delivery.tracking, message)
         if not isinstance(message, BackupCompleted) or self.on_scheduled_completed is None:
+            return
+        if message.completed_at < self._now() - self._enforce_within:
+            log.info("retention_not_enforced_for_old_completion", backup_id=str(message.backup_id))
             return
         if await self.query.trigger_of(message.backup_id) == "scheduled":
             await self.on_scheduled_completed(message.environment_id)
