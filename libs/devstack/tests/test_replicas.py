@@ -115,6 +115,18 @@ def test_make_run_with_two_replicas_lists_ten_instances_and_marks_them_stopped_o
             assert alive(instance["pid"])
             health = httpx.get(f"http://127.0.0.1:{instance['httpPort']}/health", timeout=5)
             assert health.json()["service"] == instance["service"]
+        # The printed schedule examples work as printed (with the printed token).
+        printed = (tmp_path / "make-run.out").read_text().splitlines()
+        [export] = [line for line in printed if line.startswith("export TIDEMARK_TOKEN=")]
+        examples = [line for line in printed if line.startswith("curl") and "/schedule" in line]
+        assert len(examples) == 2, printed
+        for example in examples:
+            script = f"{export}\n{example.replace('curl -sS', 'curl -sS --fail-with-body', 1)}"
+            done = subprocess.run(
+                ["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False
+            )
+            assert done.returncode == 0, (example, done.stdout, done.stderr)
+            assert json.loads(done.stdout), done.stdout
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -598,6 +598,8 @@ def _summary(
     db = demo.environment["database"]
     auth = '-H "Authorization: Bearer $TIDEMARK_TOKEN"'
     backups = f"{gateway_url}/api/v1/environments/{env_id}/backups"
+    schedule = f"{backups}/schedule"
+    demo_destination = demo.destination["id"]
     lines = [
         "",
         "Tidemark is running.",
@@ -634,6 +636,16 @@ def _summary(
         "",
         "# list the environment's backups, newest first",
         f"curl -sS {auth} {backups}",
+        "",
+        "# schedule hourly backups of the demo environment into the demo destination",
+        f"curl -sS -X PUT {auth} -H 'Content-Type: application/json' "
+        f'-d \'{{"dbFrequency": "hourly", "timezone": "UTC", '
+        f'"destinationIds": ["{demo_destination}"], "retainHourly": 24, '
+        f'"retainDaily": 7}}\' {schedule}',
+        "",
+        "# what that retention would delete now, without deleting anything",
+        f"curl -sS -X POST {auth} -H 'Content-Type: application/json' "
+        f'-d \'{{"retainHourly": 24, "retainDaily": 7}}\' {schedule}/retention-preview',
         "",
         "# readiness of the gateway and every service (no token needed)",
         f"curl -sS {gateway_url}/ready",
