@@ -335,6 +335,11 @@ def test_every_wall_time_fires_at_most_once_around_both_changes_of_a_year() -> N
         ("0 0 * * fri-mon", "range"),
         ("0 0 * dec-feb *", "range"),
         ("0 0 20-10/2 * *", "range"),
+        # Digits that str.isdigit() accepts and int() does not: a 422, never a 500.
+        ("0 1-\u00b2 * * *", "only numbers"),
+        ("0 \u00b9 * * *", "only numbers"),
+        ("\u0660 * * * *", "only numbers"),
+        ("0\u00a02 * * *", "only numbers"),
     ],
 )
 def test_cron_problem_refuses(expr: str, reason: str) -> None:
@@ -376,3 +381,21 @@ def test_presets_are_valid_and_frequencies_map_to_theirs() -> None:
         "weekly": "0 3 * * 0",
         "monthly": "0 3 1 * *",
     }
+
+
+def test_an_hourly_cron_has_no_fire_in_the_gaps_hour_and_keeps_its_real_time_cadence() -> None:
+    """``10 * * * *`` in Berlin on the spring day: 01:10 (+01) then 03:10 (+02), one real
+    hour apart; 02:10 does not exist and is not moved (the module docstring's rule)."""
+    fires = list(
+        fire_times(
+            "10 * * * *",
+            "Europe/Berlin",
+            datetime(2026, 3, 28, 23, 0, tzinfo=UTC),
+            datetime(2026, 3, 29, 2, 0, tzinfo=UTC),
+        )
+    )
+    assert fires == [
+        datetime(2026, 3, 28, 23, 10, tzinfo=UTC),
+        datetime(2026, 3, 29, 0, 10, tzinfo=UTC),
+        datetime(2026, 3, 29, 1, 10, tzinfo=UTC),
+    ]

@@ -1,9 +1,13 @@
 """Cron presets and fire times in a schedule's zone, DST-correct.
 
-A fire is named by its local wall time. A wall time that does not exist (the spring
-gap) fires once, at the end of the gap (croniter's rule: ``30 2`` fires at 03:00); a wall
-time that exists twice (the autumn fold) fires once, at its first occurrence. Fire times
-are returned as aware UTC datetimes, strictly increasing.
+A fire is named by its local wall time. A wall time that exists twice (the autumn fold)
+fires once, at its first occurrence. A wall time that does not exist (the spring gap)
+fires once, at the end of the gap, when the cron names a fixed hour (croniter's rule:
+``30 2 * * *`` fires at 03:00 that day); a cron that fires every hour has no fire in the
+gap's hour (``10 * * * *`` in Berlin goes from 01:10 to 03:10, which is one real hour
+later: its cadence in real time is unbroken; in a zone whose gap is 30 minutes, such as
+Australia/Lord_Howe, that one interval is 90 minutes). Fire times are returned as aware
+UTC datetimes, strictly increasing.
 """
 
 from __future__ import annotations
@@ -44,9 +48,15 @@ FREQUENCY_CRONS: dict[str, str] = {p.frequency: p.cron for p in PRESETS if p.fre
 HORIZON_YEARS = 5
 
 
+# Names in the zone database that are not zones a schedule may name: ``localtime`` is the
+# host's own zone (a schedule in it would fire by whichever host runs it), ``Factory`` and
+# ``posixrules`` are the database's placeholders.
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+
+
 @functools.cache
 def _zones() -> frozenset[str]:
-    return frozenset(available_timezones())
+    return frozenset(available_timezones()) - _NOT_ZONES
 
 
 def zone_problem(name: str) -> str | None:
@@ -101,6 +111,8 @@ def cron_problem(expr: str) -> str | None:
     Plain cron only: numbers, ``* / , -``, and month and weekday names in their fields;
     none of croniter's extensions (seconds, ``@daily``, ``H``, ``L``, ``#``, ranges that
     wrap around)."""
+    if not expr.isascii():
+        return "may contain only numbers, * / , - and month or weekday names"
     fields = expr.split()
     if len(fields) != 5:
         return "must be a 5-field cron expression (minute hour day-of-month month day-of-week)"

@@ -31,7 +31,7 @@ from __future__ import annotations
 import bisect
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import get_args
@@ -348,3 +348,22 @@ def _has_rule(settings: RetentionSettings, backup_type: BackupType) -> bool:
         settings.count(backup_type, period) > 0 or settings.window_days(period) > 0
         for period in RETENTION_PERIODS
     )
+
+
+def schedule_plan(
+    backups: Sequence[BackupFacts],
+    settings: RetentionSettings,
+    *,
+    zone: str,
+    wal_enabled: bool,
+    wal_retention_days: int | None,
+    now: datetime,
+) -> RetentionPlan:
+    """What a schedule's retention keeps and deletes of ``backups`` at ``now``: the
+    retention function with the PITR base protected. The preview endpoint and the
+    scheduler's enforcement both call this, so a preview with the same backups, settings
+    and time names exactly what enforcement deletes."""
+    protected = pitr_base(
+        backups, wal_enabled=wal_enabled, wal_retention_days=wal_retention_days, now=now
+    )
+    return plan_retention(backups, settings, zone, protected=protected)

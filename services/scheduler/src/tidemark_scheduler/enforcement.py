@@ -25,7 +25,7 @@ from prometheus_client import Counter
 from tidemark_contracts.schedule import ScheduleSettings
 from tidemark_platform.logging import get_logger
 from tidemark_schedules import ids
-from tidemark_schedules.retention import BackupFacts, RetentionPlan, pitr_base, plan_retention
+from tidemark_schedules.retention import BackupFacts, RetentionPlan, schedule_plan
 
 from tidemark_scheduler.application import SchedulerApplication
 
@@ -50,16 +50,17 @@ class Backups(Protocol):
 def retention_plan(
     backups: Sequence[BackupFacts], settings: ScheduleSettings, now: datetime
 ) -> RetentionPlan:
-    """What the schedule's retention keeps and deletes of ``backups`` at ``now``: the
-    retention function with the PITR base protected. A preview that calls this with the
-    same backups, settings and time names exactly what enforcement deletes."""
-    protected = pitr_base(
+    """What the schedule's retention keeps and deletes of ``backups`` at ``now``
+    (``retention.schedule_plan`` with the schedule's own zone and WAL settings, as the
+    gateway's preview calls it)."""
+    return schedule_plan(
         backups,
+        settings,
+        zone=settings.timezone,
         wal_enabled=settings.wal_enabled,
         wal_retention_days=settings.wal_retention_days,
         now=now,
     )
-    return plan_retention(backups, settings, settings.timezone, protected=protected)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -163,17 +164,15 @@ class ScheduleController(Controller):
             )
             for r in rows
         ]
-        protected = retention.pitr_base(
+        # Tens of milliseconds of CPU for thousands of backups: off the event loop.
+        plan = await asyncio.to_thread(
+            retention.schedule_plan,
             facts,
+            RetentionSettings.model_validate(data.model_dump()),
+            zone=schedule.timezone if schedule is not None else "UTC",
             wal_enabled=schedule is not None and schedule.wal_enabled,
             wal_retention_days=schedule.wal_retention_days if schedule is not None else None,
             now=utc_now(),
-        )
-        plan = retention.plan_retention(
-            facts,
-            RetentionSettings.model_validate(data.model_dump()),
-            schedule.timezone if schedule is not None else "UTC",
-            protected=protected,
         )
         return RetentionPreviewOut(
             keep=[
