@@ -80,7 +80,21 @@ class ScheduleSettings(RetentionSettings):
         return self.enabled and not self.paused
 
 
-class ConfigureSchedule(Message):
+class _ScheduleRevision(Message):
+    """The fields a configuration and its event share: one revision of the settings."""
+
+    schedule_id: uuid.UUID
+    organization_id: uuid.UUID
+    project_id: uuid.UUID
+    environment_id: uuid.UUID
+    revision: int = Field(ge=1)
+    settings: ScheduleSettings
+    requested_by: str
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class ConfigureSchedule(_ScheduleRevision):
     """Command (gateway → scheduler): create or replace the environment's schedule.
 
     ``revision`` increases with every PUT of the environment's schedule (the gateway
@@ -89,32 +103,14 @@ class ConfigureSchedule(Message):
 
     message_type: ClassVar[str] = "schedule.ConfigureSchedule"
     version: Literal[1] = 1
-    schedule_id: uuid.UUID
-    organization_id: uuid.UUID
-    project_id: uuid.UUID
-    environment_id: uuid.UUID
-    revision: int = Field(ge=1)
-    settings: ScheduleSettings
-    requested_by: str
-    created_at: UtcDatetime
-    updated_at: UtcDatetime
 
 
-class ScheduleConfigured(Message):
+class ScheduleConfigured(_ScheduleRevision):
     """Event: the schedule now has these settings (revision ``revision``); its next fire
     times follow from them."""
 
     message_type: ClassVar[str] = "schedule.ScheduleConfigured"
     version: Literal[1] = 1
-    schedule_id: uuid.UUID
-    organization_id: uuid.UUID
-    project_id: uuid.UUID
-    environment_id: uuid.UUID
-    revision: int = Field(ge=1)
-    settings: ScheduleSettings
-    requested_by: str
-    created_at: UtcDatetime
-    updated_at: UtcDatetime
 
 
 class ScheduleFired(Message):
