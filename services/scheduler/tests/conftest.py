@@ -38,7 +38,7 @@ from tidemark_scheduler.application import SchedulerApplication
 from tidemark_scheduler.domain import FireTargets, Schedule
 from tidemark_scheduler.firing import Firing, Wanted
 from tidemark_scheduler.handlers import make_handlers
-from tidemark_scheduler.ownership import Ownership
+from tidemark_scheduler.ownership import Ownership, partition_of
 from tidemark_scheduler.timer import Timer
 from tidemark_schedules import ids
 from tidemark_schedules.cron import FREQUENCY_CRONS
@@ -84,12 +84,17 @@ class FakeTargets:
     known: set[uuid.UUID] = field(default_factory=set)
     failures: int = 0
     lookups: int = 0
+    # Environments whose row breaks any lookup that includes them (as a row the view
+    # cannot parse breaks CatalogTargets' whole batch).
+    poisoned: set[uuid.UUID] = field(default_factory=set)
 
     async def lookup(self, wanted: Sequence[Wanted]) -> dict[uuid.UUID, FireTargets | str]:
         self.lookups += 1
         if self.failures > 0:
             self.failures -= 1
             raise ConnectionError("catalog view unreachable")
+        if any(env in self.poisoned for _, env, _ in wanted):
+            raise ValueError("a catalog row does not parse")
         return {env: self._one(env, destinations) for _, env, destinations in wanted}
 
     def _one(
@@ -160,6 +165,7 @@ class Harness:
         revision: int | None = None,
         *,
         tracking: Tracking | None = None,
+        partition: int | None = None,
         in_catalog: bool = True,
         **settings: Any,
     ) -> ConfigureSchedule:
@@ -168,10 +174,18 @@ class Harness:
         if in_catalog:
             self.targets.known.add(environment_id)
         command = self.command(environment_id, revision, **settings)
-        await self.deliver(command, tracking)
+        await self.deliver(command, tracking, partition=partition)
         return command
 
-    async def deliver(self, command: ConfigureSchedule, tracking: Tracking | None = None) -> None:
+    async def deliver(
+        self,
+        command: ConfigureSchedule,
+        tracking: Tracking | None = None,
+        *,
+        partition: int | None = None,
+    ) -> None:
+        """Deliver as the consumer would, from ``partition`` (default: where Kafka's default
+        partitioner puts the environment's key on a topic of the contract's count)."""
         handlers = make_handlers(self.app, self.ownership, lambda: None, now=self.clock.now)
         envelope = Envelope.wrap(
             command,
@@ -179,8 +193,10 @@ class Harness:
             organization_id=command.organization_id,
             environment_id=command.environment_id,
         )
+        if partition is None:
+            partition = partition_of(command.environment_id)
         delivery = Delivery(
-            envelope, tracking or Tracking("c/schedule.commands:0", next(_offsets)), 1
+            envelope, tracking or Tracking(f"c/schedule.commands:{partition}", next(_offsets)), 1
         )
         await handlers[ConfigureSchedule](command, delivery)
         await self.settle()
@@ -232,7 +248,13 @@ async def make_harness() -> AsyncIterator[HarnessFactory]:
         fake_clock = clock or FakeClock(start)
         fake_targets = targets if targets is not None else FakeTargets()
         firing = Firing(application, fake_targets, fake_clock, grace=GRACE, retry=RETRY)
-        timer = Timer(firing.fire_many, fake_clock, workers=2, retry_seconds=RETRY.total_seconds())
+        timer = Timer(
+            firing.fire_many,
+            fake_clock,
+            workers=2,
+            retry_seconds=RETRY.total_seconds(),
+            give_up=firing.give_up,
+        )
         ownership = Ownership(application, timer, retry_seconds=0.01)
         ownership.owned |= set(partitions)
         harness = Harness(

@@ -4,6 +4,7 @@ the relay publishes for each stored event."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from eventsourcing.persistence import Tracking
@@ -148,3 +149,41 @@ def test_every_stored_event_is_relayed_as_its_contract() -> None:
         expired.backup_id,
         "scheduler:retention",
     )
+
+
+def test_the_environment_index_keeps_moves_and_finds_by_partition_on_postgresql(
+    create_database: Callable[..., str],
+) -> None:
+    # Real PostgreSQL: the index table's partition column, added to a table from before it
+    # was kept (whose rows have none), upserted per command, read back per partition.
+    import psycopg
+    from tidemark_scheduler.application import open_store
+
+    url = create_database("own")
+    app = open_store(url, "scheduler_store")
+    try:
+        found = app.index_table()
+        assert found is not None
+        _, table = found
+        legacy, moved, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("ALTER TABLE {} DROP COLUMN command_partition").format(table)
+            )
+            conn.execute(psycopg.sql.SQL("INSERT INTO {} VALUES (%s)").format(table), (legacy,))
+        app.ensure_index()  # the column is added; the old row keeps NULL
+
+        app.remember_environment(moved, 9)
+        app.remember_environment(moved, 9)  # a redelivery
+        app.remember_environment(other, 3)
+        assert set(app.scheduled_environments({9})) == {(moved, 9), (legacy, None)}
+        assert set(app.scheduled_environments({3, 4})) == {(other, 3), (legacy, None)}
+        app.remember_environment(moved, 10)  # partitions were added: it moves
+        assert set(app.scheduled_environments({9})) == {(legacy, None)}
+        app.remember_environment(moved, None)  # no partition known: the kept one stays
+        assert set(app.scheduled_environments({10})) == {(moved, 10), (legacy, None)}
+        app.remember_environment(legacy, 2)
+        assert set(app.scheduled_environments({9})) == set()
+        assert set(app.scheduled_environments({2})) == {(legacy, 2)}
+    finally:
+        app.close()

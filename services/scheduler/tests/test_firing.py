@@ -280,7 +280,8 @@ async def test_a_failing_fire_is_retried_and_then_fires(make_harness: HarnessFac
     await harness.run_until(utc(2026, 1, 5, 12, 1, 30))
     assert FIRE_ERRORS._value.get() == errors + 2
     [fired] = harness.fired(env)
-    assert fired.late_seconds == 2 * RETRY.total_seconds()
+    # Retried after RETRY, then (the second consecutive failure) after twice that.
+    assert fired.late_seconds == 3 * RETRY.total_seconds()
 
 
 async def test_revoked_partitions_stop_firing_and_assigned_ones_load(
@@ -394,3 +395,97 @@ async def test_a_batch_that_lost_a_race_decides_each_fire_again(
     assert outcomes[ids_[1], "db"].fired_for == due
     for env in (first, second):
         assert [f.scheduled_for for f in harness.fired(env)] == [due]
+
+
+async def test_a_command_is_timed_by_the_owner_of_the_partition_it_arrived_on(
+    make_harness: HarnessFactory,
+) -> None:
+    # schedule.commands has 12 partitions (more than the contract's 6): the producer put the
+    # environment's command on partition 9, so the consumer of 9 owns the schedule.
+    from tidemark_scheduler.ownership import partition_of
+
+    env = next(e for e in iter(uuid.uuid4, None) if partition_of(e, 12) == 9)
+    schedule_id = ids.schedule_id(env)
+    nine = make_harness(utc(2026, 1, 5, 11, 59, 30), partitions=[9])
+    await nine.configure(env, dbFrequency="hourly", partition=9)
+    assert nine.timer.owns(schedule_id)
+    # The owner of the partition a hash over 6 would name does not load it; after a
+    # rebalance the new owner of 9 does, from the partition kept at configure time.
+    hashed = make_harness(clock=nine.clock, app=nine.app, targets=nine.targets, partitions=[])
+    await hashed.ownership.assigned([partition_of(env)])
+    await hashed.ownership.wait_loaded()
+    assert not hashed.timer.owns(schedule_id)
+    await nine.ownership.revoked([9])
+    assert not nine.timer.owns(schedule_id)
+    later = make_harness(clock=nine.clock, app=nine.app, targets=nine.targets, partitions=[])
+    await later.ownership.assigned([9])
+    await later.ownership.wait_loaded()
+    assert later.timer.owns(schedule_id)
+    await later.run_until(utc(2026, 1, 5, 12, 0, 30))
+    assert [f.scheduled_for for f in later.fired(env)] == [utc(2026, 1, 5, 12)]
+
+
+async def test_a_command_on_another_partition_moves_the_schedule_there(
+    make_harness: HarnessFactory,
+) -> None:
+    # Partitions were added: the environment's commands, on partition ``old`` so far,
+    # now arrive on ``new``.
+    from tidemark_scheduler.ownership import partition_of
+
+    env = uuid.uuid4()
+    schedule_id = ids.schedule_id(env)
+    old = partition_of(env)
+    new = old + 6
+    both = make_harness(utc(2026, 1, 5, 11, 59, 30), partitions=[old, new])
+    await both.configure(env, dbFrequency="hourly", partition=old)
+    await both.configure(env, dbFrequency="hourly", partition=new)
+    # Timed under ``new`` now: losing ``old`` does not drop it.
+    await both.ownership.revoked([old])
+    assert both.timer.owns(schedule_id)
+    # An instance owning only ``old`` stops timing it when a command arrives elsewhere,
+    # and does not load it again; the owner of ``new`` does.
+    one = make_harness(clock=both.clock, app=both.app, targets=both.targets, partitions=[])
+    await one.ownership.assigned([old])
+    await one.ownership.wait_loaded()
+    assert not one.timer.owns(schedule_id)
+    await both.ownership.revoked([new])
+    await one.ownership.assigned([new])
+    await one.ownership.wait_loaded()
+    assert one.timer.owns(schedule_id)
+    await one.ownership.revoked([new])
+    await one.configure(env, dbFrequency="hourly", partition=old)
+    assert one.timer.owns(schedule_id)  # back on ``old`` (ours)
+    await one.configure(env, dbFrequency="hourly", partition=new)
+    assert not one.timer.owns(schedule_id)  # moved to ``new``, which another instance owns
+    assert len(one.timer) == 0
+
+
+async def test_a_failing_schedule_does_not_hold_back_its_batch_and_ends_missed(
+    make_harness: HarnessFactory,
+) -> None:
+    from tidemark_scheduler.firing import FIRE_FAILED
+
+    harness = make_harness(utc(2026, 1, 5, 11, 59, 30))
+    healthy = [uuid.uuid4() for _ in range(5)]
+    failing = uuid.uuid4()
+    for env in [*healthy, failing]:
+        await harness.configure(env, dbFrequency="hourly")
+    harness.targets.poisoned.add(failing)  # any lookup that includes it raises
+    errors = FIRE_ERRORS._value.get()
+    await harness.run_until(utc(2026, 1, 5, 12, 0, 1))
+    for env in healthy:
+        assert [(f.scheduled_for, f.late_seconds) for f in harness.fired(env)] == [
+            (utc(2026, 1, 5, 12), 0.0)
+        ]
+    assert harness.fired(failing) == []
+    await harness.run_until(utc(2026, 1, 5, 12, 30))
+    assert harness.fired(failing) == []
+    [missed] = harness.missed(failing)
+    assert (missed.first, missed.count, missed.reason) == (utc(2026, 1, 5, 12), 1, FIRE_FAILED)
+    assert missed.detected_at == utc(2026, 1, 5, 12) + GRACE
+    # Retried with backoff (12:00, :00:30, :01:30, :03:30, :07:30, :11:30, the grace's end
+    # at :15), then given up until its next fire time.
+    assert FIRE_ERRORS._value.get() == errors + 7
+    assert harness.timer.next_wake(ids.schedule_id(failing), "db") == utc(2026, 1, 5, 13)
+    for env in healthy:
+        assert harness.missed(env) == []

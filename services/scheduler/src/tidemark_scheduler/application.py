@@ -5,7 +5,7 @@ contracts: schedule events for ``schedule.events``, the commands it issues for
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
@@ -99,7 +99,7 @@ class SchedulerApplication(EventStoreApplication):
         self._scopes: OrderedDict[UUID, Scope] = OrderedDict()
         # Environments with a schedule, for loading the schedules of assigned partitions:
         # a table beside the events on PostgreSQL (see ``index_table``), in memory on POPO.
-        self._environments: set[UUID] = set()
+        self._environments: dict[UUID, int | None] = {}
 
     # -- commands ---------------------------------------------------------------------
 
@@ -277,29 +277,55 @@ class SchedulerApplication(EventStoreApplication):
                     table
                 )
             )
+            # The partition of schedule.commands the environment's last command arrived on
+            # (NULL on rows from before it was kept: see ``Ownership``).
+            cursor.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS command_partition integer").format(
+                    table
+                )
+            )
 
-    def remember_environment(self, environment_id: UUID) -> None:
-        """Note that the environment has a schedule (idempotent: called after every
-        ConfigureSchedule, also a redelivered one, so a crash between the two is healed)."""
+    def remember_environment(self, environment_id: UUID, partition: int | None = None) -> None:
+        """Note that the environment has a schedule, and the partition of schedule.commands
+        its command arrived on (a later command on another one, partitions having been
+        added, moves it there). Idempotent: called after every ConfigureSchedule, also a
+        redelivered one, so a crash between the two is healed."""
         found = self.index_table()
         if found is None:
-            self._environments.add(environment_id)
+            if partition is not None or environment_id not in self._environments:
+                self._environments[environment_id] = partition
             return
         datastore, table = found
         with datastore.transaction(commit=True) as cursor:
             cursor.execute(
-                sql.SQL("INSERT INTO {} VALUES (%s) ON CONFLICT DO NOTHING").format(table),
-                (environment_id,),
+                sql.SQL(
+                    "INSERT INTO {} (environment_id, command_partition) VALUES (%s, %s) "
+                    "ON CONFLICT (environment_id) DO UPDATE "
+                    "SET command_partition = EXCLUDED.command_partition "
+                    "WHERE EXCLUDED.command_partition IS NOT NULL"
+                ).format(table),
+                (environment_id, partition),
             )
 
-    def scheduled_environments(self) -> list[UUID]:
+    def scheduled_environments(self, partitions: Collection[int]) -> list[tuple[UUID, int | None]]:
+        """The environments with a schedule whose commands arrived on one of ``partitions``,
+        and those whose partition was never recorded (None), with their partition."""
         found = self.index_table()
         if found is None:
-            return sorted(self._environments)
+            found_here = [
+                (e, p) for e, p in self._environments.items() if p is None or p in partitions
+            ]
+            return sorted(found_here, key=lambda row: row[0])
         datastore, table = found
         with datastore.get_connection() as conn, conn.cursor() as cursor:
-            cursor.execute(sql.SQL("SELECT environment_id FROM {}").format(table))
-            return [row["environment_id"] for row in cursor.fetchall()]
+            cursor.execute(
+                sql.SQL(
+                    "SELECT environment_id, command_partition FROM {} "
+                    "WHERE command_partition = ANY(%s) OR command_partition IS NULL"
+                ).format(table),
+                (sorted(partitions),),
+            )
+            return [(row["environment_id"], row["command_partition"]) for row in cursor.fetchall()]
 
     # -- relay ------------------------------------------------------------------------
 

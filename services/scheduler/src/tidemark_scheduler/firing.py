@@ -41,6 +41,8 @@ LATENESS = Histogram(
 
 UNKNOWN_ENVIRONMENT = "the environment is not in the scheduler's catalog view"
 UNKNOWN_DESTINATION = "a destination of the schedule is not in the scheduler's catalog view"
+# Generic on purpose: the error itself is logged, never recorded (events are kept forever).
+FIRE_FAILED = "the fire kept failing until its grace ended"
 
 
 Wanted = tuple[UUID, UUID, tuple[UUID, ...]]
@@ -181,6 +183,27 @@ class Firing:
             self._report(schedule_id, backup_type, outcome)
             upcoming[schedule_id, backup_type] = outcome.next_due
         return upcoming
+
+    async def give_up(self, key: Key, retry_at: datetime) -> tuple[datetime | None, bool]:
+        """The timer's ``GiveUp``: after the key's own fire raised, look again at
+        ``retry_at`` (no later than the fire's grace end) while the fire is within grace;
+        past it, record its fire times missed (``FIRE_FAILED``) and go on with the next."""
+        now = self.clock.now()
+        schedule_id, backup_type = key
+        schedule = await asyncio.to_thread(self.app.get_schedule, schedule_id)
+        due = schedule.next_due.get(backup_type) if schedule is not None else None
+        if schedule is None or due is None or due > now:
+            return due, True  # nothing due (any more): a look at its due time
+        candidate = schedule.fire_candidate(backup_type, now, self.grace)
+        if candidate is not None and now < candidate + self.grace:
+            return min(retry_at, candidate + self.grace), False
+        outcome = await asyncio.to_thread(
+            self.app.fire_due, schedule_id, backup_type, due, now, self.grace, None, FIRE_FAILED
+        )
+        if outcome.changed:
+            self.on_saved()
+        self._report(schedule_id, backup_type, outcome)
+        return outcome.next_due, True
 
     @staticmethod
     def _report(schedule_id: UUID, backup_type: BackupType, outcome: FireOutcome) -> None:

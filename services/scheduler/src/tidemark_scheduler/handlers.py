@@ -15,7 +15,7 @@ from tidemark_platform.logging import get_logger
 from tidemark_schedules import ids
 
 from tidemark_scheduler.application import SchedulerApplication
-from tidemark_scheduler.ownership import Ownership
+from tidemark_scheduler.ownership import Ownership, partition_of, partition_of_tracking
 
 log = get_logger(__name__)
 
@@ -40,8 +40,13 @@ def make_handlers(
             on_saved()
         # Also when nothing new was recorded: a crash may have come between the events and
         # the index row, or the heap update (both idempotent).
-        await asyncio.to_thread(app.remember_environment, command.environment_id)
-        await ownership.track(ids.schedule_id(command.environment_id))
+        # Owned by the partition the command arrived on (the producer's, whatever the
+        # topic's partition count), kept so a load after a rebalance finds it there.
+        partition = partition_of_tracking(delivery.tracking)
+        if partition is None:
+            partition = partition_of(command.environment_id, ownership.partitions)
+        await asyncio.to_thread(app.remember_environment, command.environment_id, partition)
+        await ownership.track(ids.schedule_id(command.environment_id), partition)
         log.info(
             "schedule_configured" if applied else "schedule_revision_ignored",
             environment_id=str(command.environment_id),

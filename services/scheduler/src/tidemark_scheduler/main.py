@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> Litestar:
         workers=settings.fire_workers,
         retry_seconds=settings.retry_seconds,
         batch=settings.fire_batch,
+        give_up=firing.give_up,
     )
     ownership = Ownership(app, timer)
 

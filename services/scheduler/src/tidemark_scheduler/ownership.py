@@ -1,6 +1,11 @@
-"""Which schedules this instance times: those whose environment's key falls in a partition
-of ``schedule.commands`` assigned to it (Kafka's default partitioner, murmur2), so the
-instance that handles a schedule's ConfigureSchedule is the one that fires it.
+"""Which schedules this instance times: those whose last ConfigureSchedule arrived on a
+partition of ``schedule.commands`` assigned to it, so the instance that handles a
+schedule's commands is the one that fires it, whatever the topic's partition count (the
+gateway's producer partitions by the topic's actual count, which may exceed the contract's).
+The partition is kept beside the environment (``remember_environment``); a later command
+on another partition (partitions were added) moves the schedule there. Only rows from
+before the partition was kept fall back to Kafka's default partitioner over the
+contract's count (``partition_of``), which is what placed them then.
 
 Two instances may both fire during a rebalance (the old owner's heap is dropped on
 revoke, the new one loads): the aggregate's version check and the deterministic backup id
@@ -14,8 +19,10 @@ import contextlib
 from uuid import UUID
 
 from aiokafka.partitioner import murmur2
+from eventsourcing.persistence import Tracking
 from prometheus_client import Counter
 from tidemark_contracts import SCHEDULE_COMMANDS
+from tidemark_platform.consumer import split_tracking_name
 from tidemark_platform.logging import get_logger
 from tidemark_schedules import ids
 
@@ -37,6 +44,14 @@ def partition_of(environment_id: UUID, partitions: int = SCHEDULE_COMMANDS.parti
     key = str(environment_id).encode()
     hashed: int = murmur2(key)
     return (hashed & 0x7FFFFFFF) % partitions
+
+
+def partition_of_tracking(tracking: Tracking) -> int | None:
+    """The partition a delivery came from (its tracking name ends ``<topic>:<partition>``);
+    None when the name says none."""
+    _, rest = split_tracking_name(tracking.application_name)
+    _, colon, partition = rest.rpartition(":")
+    return int(partition) if colon and partition.isdigit() else None
 
 
 class Ownership:
@@ -99,30 +114,35 @@ class Ownership:
                 await asyncio.sleep(self.retry_seconds)
                 continue
             wanted &= self.owned  # revoked while reading: not ours to time
-            for schedule in schedules:
-                group = partition_of(schedule.environment_id, self.partitions)
+            for schedule, group in schedules:
                 if group in wanted:
                     self._time(schedule, group, earliest=True)
             self._unloaded -= wanted
             log.info("schedules_loaded", partitions=sorted(wanted), heap_size=len(self.timer))
 
-    def _read(self, partitions: set[int]) -> list[Schedule]:
+    def _read(self, partitions: set[int]) -> list[tuple[Schedule, int]]:
         found = []
-        for environment_id in self.app.scheduled_environments():
-            if partition_of(environment_id, self.partitions) in partitions:
+        for environment_id, stored in self.app.scheduled_environments(partitions):
+            group = stored if stored is not None else partition_of(environment_id, self.partitions)
+            if group in partitions:
                 schedule = self.app.get_schedule(ids.schedule_id(environment_id))
                 if schedule is not None:
-                    found.append(schedule)
+                    found.append((schedule, group))
         return found
 
-    async def track(self, schedule_id: UUID) -> None:
-        """Time the schedule as it now is (after its ConfigureSchedule was handled)."""
+    async def track(self, schedule_id: UUID, partition: int) -> None:
+        """Time the schedule as it now is, after its ConfigureSchedule was handled from
+        ``partition``: here when that partition is ours, else (it moved to a partition
+        another instance owns) no longer here."""
+        if partition not in self.owned:
+            if self.timer.owns(schedule_id):
+                self.timer.forget([schedule_id])
+                log.info("schedule_moved_away", schedule_id=str(schedule_id), partition=partition)
+            return
         schedule = await asyncio.to_thread(self.app.get_schedule, schedule_id)
         if schedule is None:
             return
-        group = partition_of(schedule.environment_id, self.partitions)
-        if group in self.owned:
-            self._time(schedule, group, earliest=False)
+        self._time(schedule, partition, earliest=False)
 
     def _time(self, schedule: Schedule, group: int, *, earliest: bool) -> None:
         for backup_type in BACKUP_TYPES:

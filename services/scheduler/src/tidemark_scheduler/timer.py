@@ -32,10 +32,22 @@ log = get_logger(__name__)
 HEAP_SIZE = Gauge("tidemark_scheduler_heap_size", "Schedule types this instance times")
 FIRE_ERRORS = Counter(
     "tidemark_scheduler_fire_errors_total",
-    "Fires that raised (store or catalog view away); retried until their grace ends",
+    "Fires of one schedule type that raised; retried with backoff until their grace ends",
+)
+BATCH_SPLITS = Counter(
+    "tidemark_scheduler_fire_batch_splits_total",
+    "Batches of fires that raised and were fired again one schedule type at a time",
+)
+GIVE_UP_ERRORS = Counter(
+    "tidemark_scheduler_give_up_errors_total",
+    "Fires past their grace that could not even be recorded missed (retried with backoff)",
 )
 
 Key = tuple[UUID, BackupType]
+GiveUp = Callable[[Key, datetime], Awaitable[tuple[datetime | None, bool]]]
+"""After a (schedule, type)'s own fire raised, given the time the timer would retry it:
+``(that time or an earlier one, False)`` while its fire time is within grace, else, once
+the fire time is recorded missed, ``(the next time to look at it, True)`` (None: never)."""
 Fire = Callable[[Sequence[Key]], Awaitable[dict[Key, datetime | None]]]
 """Fire what of each (schedule, type) is due now; by key, the next time to look at it
 (None: never)."""
@@ -78,6 +90,8 @@ class Timer:
         workers: int = 4,
         retry_seconds: float = 15.0,
         batch: int = 100,
+        give_up: GiveUp | None = None,
+        max_backoff_seconds: float | None = None,
     ) -> None:
         if workers < 1 or batch < 1:
             raise ValueError("workers and batch must be at least 1")
@@ -86,6 +100,11 @@ class Timer:
         self.clock = clock
         self._workers = workers
         self._retry = timedelta(seconds=retry_seconds)
+        self._max_backoff = timedelta(
+            seconds=max_backoff_seconds if max_backoff_seconds is not None else 8 * retry_seconds
+        )
+        self._give_up = give_up
+        self._failures: dict[Key, int] = {}  # consecutive failed fires of a key
         self._heap: list[tuple[datetime, int, UUID, BackupType]] = []
         # key -> (sequence of its one valid heap entry, wake time); others are stale.
         self._entries: dict[Key, tuple[int, datetime]] = {}
@@ -126,11 +145,17 @@ class Timer:
     def drop_groups(self, groups: Iterable[int]) -> int:
         """Forget the schedules of these partitions (revoked); how many were dropped."""
         gone = set(groups)
-        schedules = {s for s, g in self._groups.items() if g in gone}
+        return self.forget({s for s, g in self._groups.items() if g in gone})
+
+    def forget(self, schedule_ids: Iterable[UUID]) -> int:
+        """Stop timing these schedules (another instance times them now)."""
+        schedules = set(schedule_ids) & set(self._groups)
         for key in [k for k in self._entries if k[0] in schedules]:
             del self._entries[key]
         for key in [k for k in self._pending if k[0] in schedules]:
             del self._pending[key]
+        for key in [k for k in self._failures if k[0] in schedules]:
+            del self._failures[key]
         for schedule_id in schedules:
             del self._groups[schedule_id]
         HEAP_SIZE.set(len(self._entries))
@@ -193,22 +218,7 @@ class Timer:
             keys = [await self._queue.get()]
             while len(keys) < self._batch and not self._queue.empty():
                 keys.append(self._queue.get_nowait())
-            try:
-                upcoming = await self._fire(keys)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # The store or the catalog view is away: look again soon. The fire ends
-                # either way: fired, or recorded missed once its grace has passed.
-                FIRE_ERRORS.inc()
-                log.warning(
-                    "schedule_fire_failed",
-                    schedules=len(keys),
-                    error=repr(exc),
-                    retry_seconds=self._retry.total_seconds(),
-                )
-                later = self.clock.now() + self._retry
-                upcoming = dict.fromkeys(keys, later)
+            upcoming = await self._fire_batch(keys)
             for key in keys:
                 self._busy.discard(key)
                 if key[0] in self._groups:
@@ -217,6 +227,65 @@ class Timer:
                         at = _earlier(at, self._pending.pop(key))
                     self._put(key, at)
             self.wake()
+
+    async def _fire_batch(self, keys: list[Key]) -> dict[Key, datetime | None]:
+        """Fire ``keys`` together; when that raises, each on its own, so one schedule
+        whose fire keeps raising cannot hold back the healthy ones batched with it."""
+        try:
+            upcoming = await self._fire(keys)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if len(keys) == 1:
+                return {keys[0]: await self._failed(keys[0], exc)}
+            BATCH_SPLITS.inc()
+            log.warning("schedule_batch_failed", schedules=len(keys), error=repr(exc))
+            upcoming = {}
+            for key in keys:
+                try:
+                    upcoming.update(await self._fire([key]))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as one:
+                    upcoming[key] = await self._failed(key, one)
+                else:
+                    self._failures.pop(key, None)
+            return upcoming
+        for key in keys:
+            self._failures.pop(key, None)
+        return upcoming
+
+    async def _failed(self, key: Key, exc: Exception) -> datetime | None:
+        """When to look at a key whose fire raised: again after a backoff that doubles
+        with each consecutive failure (capped), or, once ``give_up`` says so (the fire's
+        grace has passed), at its next fire time."""
+        FIRE_ERRORS.inc()
+        attempts = self._failures.get(key, 0) + 1
+        self._failures[key] = attempts
+        backoff = min(self._retry * (1 << min(attempts - 1, 16)), self._max_backoff)
+        retry_at = self.clock.now() + backoff
+        log.warning(
+            "schedule_fire_failed",
+            schedule_id=str(key[0]),
+            type=key[1],
+            attempts=attempts,
+            error=repr(exc),
+            retry_seconds=backoff.total_seconds(),
+        )
+        if self._give_up is None:
+            return retry_at
+        try:
+            at, given_up = await self._give_up(key, retry_at)
+        except asyncio.CancelledError:
+            raise
+        except Exception as again:
+            # Nothing can be recorded either (the store is away): looked at again later.
+            GIVE_UP_ERRORS.inc()
+            log.warning("schedule_give_up_failed", schedule_id=str(key[0]), error=repr(again))
+            return retry_at
+        if given_up:
+            self._failures.pop(key, None)  # a new fire time starts afresh
+        return at
 
     # -- heap -------------------------------------------------------------------------
 
