@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import Tracking
 from tidemark_contracts import BACKUP_COMMANDS, SCHEDULE_EVENTS, event_message_id
 from tidemark_contracts.backup import DeleteBackup, RequestBackup
@@ -19,7 +20,7 @@ from tidemark_contracts.schedule import (
     ScheduleSettings,
 )
 from tidemark_scheduler.application import SchedulerApplication
-from tidemark_scheduler.domain import FireTargets
+from tidemark_scheduler.domain import EXPIRED_MEMORY, FireTargets, Schedule
 from tidemark_schedules import ids
 from tidemark_schedules.retention import BackupFacts, Deleted
 
@@ -187,3 +188,56 @@ def test_the_environment_index_keeps_moves_and_finds_by_partition_on_postgresql(
         assert set(app.scheduled_environments({2})) == {(legacy, 2)}
     finally:
         app.close()
+
+
+def test_expired_backups_are_remembered_for_a_bounded_time() -> None:
+    app = SchedulerApplication()
+    env = uuid.uuid4()
+    schedule_id = configured(app, env)
+    per_day, days = 20, 70
+    recent: list[BackupFacts] = []
+    for day in range(days):
+        decided = T0 + timedelta(days=day)
+        recent = [facts(decided - timedelta(days=30)) for _ in range(per_day)]
+        assert app.expire_backups(env, [Deleted(b, "daily: beyond 2") for b in recent], decided)
+        schedule = app.get_schedule(schedule_id)
+        assert schedule is not None
+        # Ids and decision times only, of the last EXPIRED_MEMORY (7 days and today).
+        assert len(schedule.expired) <= per_day * (EXPIRED_MEMORY.days + 1)
+    assert all(isinstance(at, datetime) for at in schedule.expired.values())
+    # The latest expiries are still recognised: expiring them again records nothing.
+    last = T0 + timedelta(days=days - 1, hours=1)
+    assert app.expire_backups(env, [Deleted(b, "daily: beyond 2") for b in recent], last) == 0
+    # A snapshot holds the bounded map (loading from it sees the same one).
+    app.take_snapshot(schedule_id)
+    snapshot = list(app.snapshots.get(schedule_id))[-1]  # type: ignore[union-attr]
+    assert len(snapshot.state["expired"]) <= per_day * (EXPIRED_MEMORY.days + 1)
+
+
+def test_a_snapshot_from_before_the_expiry_bound_still_loads() -> None:
+    app = SchedulerApplication()
+    env = uuid.uuid4()
+    schedule_id = configured(app, env)
+    old = facts(T0 - timedelta(days=3))
+    assert app.expire_backups(env, [Deleted(old, "daily: beyond 2")], T0) == 1
+    schedule = app.get_schedule(schedule_id)
+    assert schedule is not None
+    taken = Snapshot.take(schedule)
+    # As version 1 wrote it: no class version, expiries mapped to their rules.
+    state = {k: v for k, v in taken.state.items() if k != "class_version"}
+    state["expired"] = {str(old.backup_id): "daily: beyond 2"}
+    legacy = Snapshot(
+        originator_id=taken.originator_id,
+        originator_version=taken.originator_version,
+        timestamp=taken.timestamp,
+        topic=taken.topic,
+        state=state,
+    )
+    loaded = legacy.mutate(None)
+    assert isinstance(loaded, Schedule)
+    assert list(loaded.expired) == [str(old.backup_id)]
+    assert not loaded.expire(old.backup_id, "db", old.created_at, "daily: beyond 2", T0)
+    # Its decision time unknown, it is forgotten at the next expiry.
+    new = facts(T0 - timedelta(days=2))
+    assert loaded.expire(new.backup_id, "db", new.created_at, "daily: beyond 2", T0)
+    assert list(loaded.expired) == [str(new.backup_id)]

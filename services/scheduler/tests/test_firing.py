@@ -4,15 +4,23 @@ missed, and how configuration changes (PUTs, pauses, revisions) take effect."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from eventsourcing.persistence import Tracking
-from tidemark_scheduler.domain import OUTSIDE_GRACE, SUPERSEDED, Schedule
+from tidemark_scheduler.domain import (
+    MISSED_COUNT_CAP,
+    OUTSIDE_GRACE,
+    RECONFIGURED,
+    SUPERSEDED,
+    Schedule,
+    capped,
+)
 from tidemark_scheduler.timer import FIRE_ERRORS
-from tidemark_schedules import ids
+from tidemark_schedules import cron, ids
 
-from .conftest import GRACE, RETRY, FakeClock, HarnessFactory
+from .conftest import GRACE, RETRY, FakeClock, Harness, HarnessFactory
 
 
 def utc(*parts: int) -> datetime:
@@ -489,3 +497,130 @@ async def test_a_failing_schedule_does_not_hold_back_its_batch_and_ends_missed(
     assert harness.timer.next_wake(ids.schedule_id(failing), "db") == utc(2026, 1, 5, 13)
     for env in healthy:
         assert harness.missed(env) == []
+
+
+async def restart(down: Harness, clock: FakeClock, make_harness: HarnessFactory) -> Harness:
+    """A scheduler instance taking over ``down``'s store and loading every partition."""
+    up = make_harness(clock=clock, app=down.app, targets=down.targets, partitions=())
+    await up.ownership.assigned([0, 1, 2, 3, 4, 5])
+    await up.ownership.wait_loaded()
+    return up
+
+
+async def test_a_timing_put_during_downtime_records_the_old_times_missed(
+    make_harness: HarnessFactory,
+) -> None:
+    clock = FakeClock(utc(2026, 1, 5, 9, 30))
+    down = make_harness(clock=clock, running=False)
+    env = uuid.uuid4()
+    await down.configure(env, dbFrequency="hourly")
+    # Down from before 10:00; at 11:30 a PUT moves the cron to half past.
+    clock.set(utc(2026, 1, 5, 11, 30))
+    await down.configure(env, dbFrequency="custom", dbCron="30 * * * *")
+    clock.set(utc(2026, 1, 5, 12, 35))
+    up = await restart(down, clock, make_harness)
+    await up.run_until(utc(2026, 1, 5, 13, 31))
+    [missed] = up.missed(env)
+    assert (missed.first, missed.last, missed.count, missed.reason) == (
+        utc(2026, 1, 5, 10),
+        utc(2026, 1, 5, 11),
+        2,
+        RECONFIGURED,
+    )
+    assert missed.detected_at == utc(2026, 1, 5, 11, 30)
+    assert [(f.scheduled_for, f.late_seconds) for f in up.fired(env)] == [
+        (utc(2026, 1, 5, 12, 30), 300.0),
+        (utc(2026, 1, 5, 13, 30), 0.0),
+    ]
+
+
+async def test_a_pause_during_downtime_records_the_times_before_it_missed_not_during_it(
+    make_harness: HarnessFactory,
+) -> None:
+    clock = FakeClock(utc(2026, 1, 5, 9, 30))
+    down = make_harness(clock=clock, running=False)
+    env = uuid.uuid4()
+    await down.configure(env, dbFrequency="hourly")
+    clock.set(utc(2026, 1, 5, 11, 30))
+    await down.configure(env, dbFrequency="hourly", paused=True)
+    clock.set(utc(2026, 1, 5, 14, 10))
+    await down.configure(env, dbFrequency="hourly", paused=False)
+    up = await restart(down, clock, make_harness)
+    await up.run_until(utc(2026, 1, 5, 15, 1))
+    [missed] = up.missed(env)
+    assert (missed.first, missed.last, missed.count) == (
+        utc(2026, 1, 5, 10),
+        utc(2026, 1, 5, 11),
+        2,
+    )
+    assert [f.scheduled_for for f in up.fired(env)] == [utc(2026, 1, 5, 15)]
+
+
+async def test_a_zone_change_to_the_same_offset_never_fires_a_time_again(
+    make_harness: HarnessFactory,
+) -> None:
+    harness = make_harness(utc(2026, 1, 5, 12, 0, 30))
+    env = uuid.uuid4()
+    await harness.configure(env, timezone="Europe/Berlin", dbFrequency="custom", dbCron="0 2 * * *")
+    await harness.run_until(utc(2026, 1, 6, 0, 59, 50))
+    # The PUT is made just before 02:00 Berlin, and reaches the scheduler just after it fired.
+    command = harness.command(
+        env, timezone="Europe/Paris", dbFrequency="custom", dbCron="0 2 * * *"
+    )
+    await harness.run_until(utc(2026, 1, 6, 1, 0, 10))
+    await harness.deliver(command)
+    await harness.run_until(utc(2026, 1, 7, 1, 0, 10))
+    assert [f.scheduled_for for f in harness.fired(env)] == [
+        utc(2026, 1, 6, 1),
+        utc(2026, 1, 7, 1),
+    ]
+    assert harness.missed(env) == []
+
+
+async def test_catch_up_after_a_month_down_walks_a_bounded_number_of_fire_times(
+    make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(utc(2026, 1, 5, 11, 59, 30))
+    down = make_harness(clock=clock, running=False)
+    env = uuid.uuid4()
+    # Every minute of 01:xx UTC: 60 fire times a day; 30 days down is 1,800 of them, the
+    # last of which (01:59 today) is ~11 hours before the restart.
+    await down.configure(env, dbFrequency="custom", dbCron="* 1 * * *")
+    clock.set(utc(2026, 2, 4, 12, 40))
+    walked = 0
+    real = cron.fire_times
+
+    def counting(expr: str, zone: str, after: datetime, until: datetime) -> Iterator[datetime]:
+        nonlocal walked
+        for at in real(expr, zone, after, until):
+            walked += 1
+            yield at
+
+    monkeypatch.setattr(cron, "fire_times", counting)
+    up = await restart(down, clock, make_harness)
+    await up.settle()
+    [missed] = up.missed(env)
+    assert (missed.first, missed.last, missed.count, missed.reason) == (
+        utc(2026, 1, 6, 1),
+        utc(2026, 2, 4, 1, 59),
+        1_800,
+        OUTSIDE_GRACE,
+    )
+    assert up.fired(env) == []
+    schedule = up.app.get_schedule(ids.schedule_id(env))
+    assert schedule is not None
+    assert schedule.next_due["db"] == utc(2026, 2, 5, 1)
+
+    # Down for a year: 21,900 fire times; the count stops at the cap, the ends stay exact.
+    clock.set(utc(2027, 2, 4, 12, 40))
+    walked = 0
+    await up.settle()
+    assert walked < MISSED_COUNT_CAP + 200
+    latest = up.missed(env)[-1]
+    assert (latest.first, latest.last, latest.count) == (
+        utc(2026, 2, 5, 1),
+        utc(2027, 2, 4, 1, 59),
+        MISSED_COUNT_CAP,
+    )
+    assert latest.reason == capped(OUTSIDE_GRACE, MISSED_COUNT_CAP)
+    assert f"at least {MISSED_COUNT_CAP}" in latest.reason

@@ -103,9 +103,12 @@ class SchedulerApplication(EventStoreApplication):
 
     # -- commands ---------------------------------------------------------------------
 
-    def configure(self, command: ConfigureSchedule, tracking: Tracking) -> bool:
-        """Apply the command's revision, with ``tracking``; False when nothing new was
-        recorded (a redelivery, or a revision not newer than the schedule's)."""
+    def configure(
+        self, command: ConfigureSchedule, tracking: Tracking, now: datetime | None = None
+    ) -> bool:
+        """Apply the command's revision, with ``tracking``, at ``now`` (``Schedule.configure``);
+        False when nothing new was recorded (a redelivery, or a revision not newer than the
+        schedule's)."""
         schedule_id = ids.schedule_id(command.environment_id)
         for _ in range(MAX_CONFLICT_RETRIES):
             if self.has_processed(tracking):
@@ -131,6 +134,7 @@ class SchedulerApplication(EventStoreApplication):
                     requested_by=command.requested_by,
                     created_at=command.created_at,
                     updated_at=command.updated_at,
+                    now=now,
                 )
             if self.save_tracked(tracking, schedule):
                 return applied

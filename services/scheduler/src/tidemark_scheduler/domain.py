@@ -28,6 +28,27 @@ SUPERSEDED = (
     "grace window, fired"
 )
 OUTSIDE_GRACE = "the scheduler was not running within the grace window of these fire times"
+RECONFIGURED = (
+    "these fire times had not fired when the schedule's timing changed (the scheduler was not "
+    "running, or had not fired them yet); the changed schedule does not fire them"
+)
+
+# Catch-up after downtime counts the missed fire times by walking the cron, at most this
+# many (an every-minute cron down a week is ~10,000). Beyond it the count stops: the
+# ``Missed`` event's ``count`` is a lower bound and its reason says "at least"; ``first``
+# and ``last`` stay exact (the last is found walking back from the end, not from the start).
+MISSED_COUNT_CAP = 10_000
+# Backups retention expired are remembered (to not expire one twice) this long after the
+# decision; then forgotten. Deciding one again later only repeats a ``DeleteBackup``, which
+# the runner answers "already deleted"; by then the deletion has long been done and the
+# backups view no longer lists the backup as one to keep or expire.
+EXPIRED_MEMORY = timedelta(days=7)
+_FLOOR = datetime.min.replace(tzinfo=UTC)
+
+
+def capped(reason: str, count: int) -> str:
+    """``reason`` of a ``Missed`` whose count stopped at the cap."""
+    return f"{reason} (at least {count} fire times; counting stops at {MISSED_COUNT_CAP})"
 
 
 @dataclass(frozen=True)
@@ -49,10 +70,79 @@ class FireOutcome:
     fired_for: datetime | None = None
     backup_id: UUID | None = None
     late_seconds: float = 0.0
-    missed: tuple[datetime, ...] = ()
+    missed: MissedSpan | None = None
     next_due: datetime | None = None
     stale: bool = False
     changed: bool = False
+
+
+@dataclass(frozen=True)
+class MissedSpan:
+    """Consecutive fire times recorded missed: ``first`` to ``last``, ``count`` of them
+    (a lower bound when ``at_least``: the count stopped at ``MISSED_COUNT_CAP``)."""
+
+    first: datetime
+    last: datetime
+    count: int
+    at_least: bool = False
+
+
+def _span(expr: str, zone: str, first: datetime, before: datetime) -> MissedSpan:
+    """The fire times in [``first``, ``before``), ``first`` being one and before ``before``:
+    counted up to ``MISSED_COUNT_CAP``, the last found exactly either way."""
+    count, last = 1, first
+    for at in cron.fire_times(expr, zone, first, before):
+        if at >= before:
+            break
+        count, last = count + 1, at
+        if count >= MISSED_COUNT_CAP:
+            return MissedSpan(first, _last_before(expr, zone, last, before), count, True)
+    return MissedSpan(first, last, count)
+
+
+def _last_before(expr: str, zone: str, floor: datetime, before: datetime) -> datetime:
+    """The last fire time before ``before``, ``floor`` being one: windows back from
+    ``before`` doubling from a minute until one holds a fire time, so the walk covers few
+    fire times however long the downtime was."""
+    span = timedelta(minutes=1)
+    while True:
+        start = max(floor, before - span)
+        last = None
+        for at in cron.fire_times(expr, zone, start, before):
+            if at < before:
+                last = at
+        if last is not None:
+            return last
+        if start == floor:
+            return floor
+        span *= 2
+
+
+@dataclass(frozen=True)
+class _Due:
+    """What is due of one type at a time ``now``: the fire times that can only be missed
+    (before ``now - grace``), the ones within grace (at most ``grace`` of them at a minute
+    apart), and the first fire time after ``now``."""
+
+    old: MissedSpan | None
+    recent: tuple[datetime, ...]
+    after: datetime | None
+
+    @property
+    def latest(self) -> datetime | None:
+        if self.recent:
+            return self.recent[-1]
+        return self.old.last if self.old is not None else None
+
+    def missed(self, fires: bool) -> MissedSpan | None:
+        """The fire times missed when the latest fires (``fires``) or not."""
+        recent = self.recent[:-1] if fires else self.recent
+        if not recent:
+            return self.old
+        if self.old is None:
+            return MissedSpan(recent[0], recent[-1], len(recent))
+        old = self.old
+        return MissedSpan(old.first, recent[-1], old.count + len(recent), old.at_least)
 
 
 def _effective(settings: dict[str, Any], backup_type: BackupType) -> tuple[str | None, str, bool]:
@@ -84,6 +174,15 @@ class Schedule(Aggregate):
     the type does not fire (disabled, paused, frequency none). A revision of the settings
     is applied once; an older or equal one is ignored.
     """
+
+    # 2: ``expired`` maps ids to decision times (was: to rules), pruned.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A snapshot from before version 2: its expiries' decision times are unknown, so
+        they count as long ago (forgotten at the next expiry; see ``EXPIRED_MEMORY``)."""
+        state["expired"] = dict.fromkeys(state.get("expired", {}), _FLOOR)
 
     class Created(Aggregate.Created):
         environment_id: UUID
@@ -203,8 +302,9 @@ class Schedule(Aggregate):
         self.created_at = created_at
         self.updated_at = updated_at
         self.next_due = dict(next_due)
-        # Backups retention expired (id → rule): expiring one again records nothing.
-        self.expired: dict[str, str] = {}
+        # Backups retention expired (id → decided at), the last ``EXPIRED_MEMORY`` of them:
+        # expiring one again records nothing.
+        self.expired: dict[str, datetime] = {}
 
     @property
     def parsed_settings(self) -> ScheduleSettings:
@@ -221,22 +321,31 @@ class Schedule(Aggregate):
         requested_by: str,
         created_at: datetime,
         updated_at: datetime,
+        now: datetime | None = None,
     ) -> bool:
         """Apply revision ``revision``; False (no event) when it is not newer than the one
         held. A type whose cron, zone and active state are unchanged keeps its next due
-        time (misses during downtime stay visible); a changed or resumed type starts
-        after ``updated_at``: no catch-up of earlier times, no misses for paused time."""
+        time (misses during downtime stay visible). A changed, paused or resumed type
+        first settles its old timing: the old fire times up to ``updated_at`` (or ``now``,
+        the time the scheduler applies it, when earlier) that never fired are recorded as
+        one ``Missed``. It then starts after ``updated_at``, or after its last fired or
+        missed time when later (a zone change with the same offset never fires a time
+        again): no catch-up of earlier times, no misses for paused time."""
         if revision <= self.revision:
             return False
         data = settings.model_dump(mode="json")
+        settled_to = updated_at if now is None else min(updated_at, now)
         next_due: dict[str, datetime | None] = {}
         for backup_type in BACKUP_TYPES:
             current = self.next_due.get(backup_type)
             same = _effective(data, backup_type) == _effective(self.settings, backup_type)
             if same and current is not None:
                 next_due[backup_type] = current
-            else:
-                next_due[backup_type] = _first_due(data, backup_type, updated_at)
+                continue
+            if current is not None and current <= settled_to:
+                self._settle(backup_type, current, settled_to, now or updated_at)
+            start = max(updated_at, self.settled_through.get(backup_type, _FLOOR))
+            next_due[backup_type] = _first_due(data, backup_type, start)
         self._reconfigured(
             project_id=project_id,
             revision=revision,
@@ -247,6 +356,32 @@ class Schedule(Aggregate):
             next_due=next_due,
         )
         return True
+
+    def _settle(
+        self, backup_type: BackupType, first: datetime, until: datetime, detected_at: datetime
+    ) -> None:
+        """Record the fire times of the current timing in [``first``, ``until``] missed."""
+        expr, zone, _ = self._effective(backup_type)
+        assert expr is not None  # a type with a next due time has a cron
+        span = _span(expr, zone, first, until + timedelta(microseconds=1))
+        self._missed(
+            type=backup_type,
+            first=span.first,
+            last=span.last,
+            count=span.count,
+            reason=capped(RECONFIGURED, span.count) if span.at_least else RECONFIGURED,
+            detected_at=detected_at,
+            next_due=cron.next_fire(expr, zone, span.last),
+        )
+
+    @property
+    def settled_through(self) -> dict[str, datetime]:
+        """Per type, the latest fire time fired or recorded missed (snapshots taken before
+        it existed lack it: rebuilt empty, as it only keeps a later PUT from re-firing)."""
+        found: dict[str, datetime] | None = self.__dict__.get("_settled_through")
+        if found is None:
+            found = self.__dict__["_settled_through"] = {}
+        return found
 
     @event(Reconfigured)
     def _reconfigured(
@@ -269,26 +404,25 @@ class Schedule(Aggregate):
 
     # -- firing -----------------------------------------------------------------------
 
-    def due_times(self, backup_type: BackupType, now: datetime) -> list[datetime]:
-        """Every fire time of ``backup_type`` in [next due, ``now``], increasing."""
-        return self._due_and_next(backup_type, now)[0]
-
-    def _due_and_next(
-        self, backup_type: BackupType, now: datetime
-    ) -> tuple[list[datetime], datetime | None]:
-        """The fire times in [next due, ``now``] and the first after ``now``, from one
-        walk of the cron (building a cron iterator is most of a fire's CPU)."""
+    def _due(self, backup_type: BackupType, now: datetime, grace: timedelta) -> _Due:
+        """The fire times in [next due, ``now``] and the first after ``now``. Those before
+        ``now - grace`` can only be missed: counted (capped, ``_span``), not listed, and the
+        walk jumps past them, so catch-up after a long downtime costs little."""
         first = self.next_due.get(backup_type)
         if first is None or first > now:
-            return [], first
+            return _Due(None, (), first)
         expr, zone, _ = self._effective(backup_type)
         assert expr is not None  # a type with a next due time has a cron
-        times = [first]
-        for at in cron.fire_times(expr, zone, first, _FOREVER):
+        cutoff = now - grace
+        old = _span(expr, zone, first, cutoff) if first < cutoff else None
+        recent = [] if old is not None else [first]
+        after = None
+        for at in cron.fire_times(expr, zone, old.last if old else first, _FOREVER):
             if at > now:
-                return times, at
-            times.append(at)
-        return times, None  # unreachable for a cron that fires (cron_problem checks it)
+                after = at
+                break
+            recent.append(at)
+        return _Due(old, tuple(recent), after)
 
     def _effective(self, backup_type: BackupType) -> tuple[str | None, str, bool]:
         """``_effective`` of the current settings, parsed once per revision."""
@@ -306,10 +440,8 @@ class Schedule(Aggregate):
     ) -> datetime | None:
         """The fire time that would fire at ``now``: the latest due one, when within
         ``grace`` of ``now``; None when nothing would."""
-        times = self.due_times(backup_type, now)
-        if times and now - times[-1] <= grace:
-            return times[-1]
-        return None
+        due = self._due(backup_type, now, grace)
+        return due.recent[-1] if due.recent else None
 
     def fire(
         self,
@@ -332,13 +464,13 @@ class Schedule(Aggregate):
         """
         if self.next_due.get(backup_type) != due:
             return FireOutcome(next_due=self.next_due.get(backup_type), stale=True)
-        times, after_now = self._due_and_next(backup_type, now)
-        if not times:
+        found = self._due(backup_type, now, grace)
+        latest, after_now = found.latest, found.after
+        if latest is None:
             return FireOutcome(next_due=due)
-        latest = times[-1]
-        fires = request is not None and now - latest <= grace
-        missed = times[:-1] if fires else times
-        if missed:
+        fires = request is not None and bool(found.recent)  # the latest is within grace
+        missed = found.missed(fires)
+        if missed is not None:
             if fires:
                 reason = SUPERSEDED
             elif request is None and unavailable:
@@ -347,15 +479,15 @@ class Schedule(Aggregate):
                 reason = OUTSIDE_GRACE
             self._missed(
                 type=backup_type,
-                first=missed[0],
-                last=missed[-1],
-                count=len(missed),
-                reason=reason,
+                first=missed.first,
+                last=missed.last,
+                count=missed.count,
+                reason=capped(reason, missed.count) if missed.at_least else reason,
                 detected_at=now,
                 next_due=latest if fires else after_now,
             )
         if not fires:
-            return FireOutcome(missed=tuple(missed), next_due=after_now, changed=True)
+            return FireOutcome(missed=missed, next_due=after_now, changed=True)
         assert request is not None
         backup_id = ids.scheduled_backup_id(self.id, backup_type, latest)
         late = max((now - latest).total_seconds(), 0.0)
@@ -379,7 +511,7 @@ class Schedule(Aggregate):
             fired_for=latest,
             backup_id=backup_id,
             late_seconds=late,
-            missed=tuple(missed),
+            missed=missed,
             next_due=after_now,
             changed=True,
         )
@@ -396,6 +528,12 @@ class Schedule(Aggregate):
         next_due: datetime | None,
     ) -> None:
         self.next_due[type] = next_due
+        self._settled(type, last)
+
+    def _settled(self, backup_type: str, at: datetime) -> None:
+        through = self.settled_through
+        if backup_type not in through or through[backup_type] < at:
+            through[backup_type] = at
 
     @event(Fired)
     def _fired(
@@ -408,6 +546,7 @@ class Schedule(Aggregate):
         next_due: datetime | None,
     ) -> None:
         self.next_due[type] = next_due
+        self._settled(type, scheduled_for)
 
     @event(BackupRequestIssued)
     def _backup_request_issued(
@@ -451,7 +590,15 @@ class Schedule(Aggregate):
         rule: str,
         decided_at: datetime,
     ) -> None:
-        self.expired[str(backup_id)] = rule
+        self.expired[str(backup_id)] = decided_at
+        # Oldest first (decisions are recorded in about their time order): forget those
+        # decided more than EXPIRED_MEMORY before this one.
+        forget_before = decided_at - EXPIRED_MEMORY
+        while self.expired:
+            oldest = next(iter(self.expired))
+            if self.expired[oldest] >= forget_before:
+                break
+            del self.expired[oldest]
 
     @event(DeletionIssued)
     def _deletion_issued(self, backup_id: UUID, requested_at: datetime) -> None:

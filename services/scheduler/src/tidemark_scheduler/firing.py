@@ -208,14 +208,15 @@ class Firing:
     @staticmethod
     def _report(schedule_id: UUID, backup_type: BackupType, outcome: FireOutcome) -> None:
         if outcome.missed:
-            MISSES.labels(backup_type).inc(len(outcome.missed))
+            MISSES.labels(backup_type).inc(outcome.missed.count)
             log.warning(
                 "schedule_missed",
                 schedule_id=str(schedule_id),
                 type=backup_type,
-                first=outcome.missed[0].isoformat(),
-                last=outcome.missed[-1].isoformat(),
-                count=len(outcome.missed),
+                first=outcome.missed.first.isoformat(),
+                last=outcome.missed.last.isoformat(),
+                count=outcome.missed.count,
+                count_is_lower_bound=outcome.missed.at_least,
             )
         if outcome.fired_for is not None:
             FIRES.labels(backup_type).inc()

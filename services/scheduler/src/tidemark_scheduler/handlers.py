@@ -35,7 +35,7 @@ def make_handlers(
     after_configure: AfterConfigure | None = None,
 ) -> Mapping[type[Message], MessageHandler]:
     async def on_configure_schedule(command: ConfigureSchedule, delivery: Delivery) -> None:
-        applied = await asyncio.to_thread(app.configure, command, delivery.tracking)
+        applied = await asyncio.to_thread(app.configure, command, delivery.tracking, now())
         if applied:
             on_saved()
         # Also when nothing new was recorded: a crash may have come between the events and
