@@ -295,13 +295,9 @@ class Schedule(Aggregate):
     ) -> None:
         self.environment_id = environment_id
         self.organization_id = organization_id
-        self.project_id = project_id
-        self.revision = revision
-        self.settings = settings
-        self.requested_by = requested_by
-        self.created_at = created_at
-        self.updated_at = updated_at
-        self.next_due = dict(next_due)
+        self._take_revision(
+            project_id, revision, settings, requested_by, created_at, updated_at, next_due
+        )
         # Backups retention expired (id → decided at), the last ``EXPIRED_MEMORY`` of them:
         # expiring one again records nothing.
         self.expired: dict[str, datetime] = {}
@@ -394,6 +390,21 @@ class Schedule(Aggregate):
         updated_at: datetime,
         next_due: dict[str, datetime | None],
     ) -> None:
+        self._take_revision(
+            project_id, revision, settings, requested_by, created_at, updated_at, next_due
+        )
+
+    def _take_revision(
+        self,
+        project_id: UUID,
+        revision: int,
+        settings: dict[str, Any],
+        requested_by: str,
+        created_at: datetime,
+        updated_at: datetime,
+        next_due: dict[str, datetime | None],
+    ) -> None:
+        """The state one configuration sets, whether it created the schedule or not."""
         self.project_id = project_id
         self.revision = revision
         self.settings = settings
