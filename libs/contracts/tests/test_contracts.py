@@ -117,6 +117,9 @@ def test_the_committed_asyncapi_document_is_current() -> None:
         "catalog_events",
         "schedule_commands",
         "schedule_events",
+        "restore_commands",
+        "restore_events",
+        "restore_progress",
         "service_heartbeats",
     }
     for message in document["components"]["messages"].values():

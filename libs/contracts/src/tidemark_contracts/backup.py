@@ -226,6 +226,9 @@ class BackupCompleted(Message):
     # consistent, as PostgreSQL writes LSNs (``0/2000028``); the start of its PITR coverage.
     wal_start_lsn: str | None = None
     wal_end_lsn: str | None = None
+    # The timeline of the base backup's WAL (``START TIMELINE`` of its backup_label): the
+    # WAL archive's segments of that timeline continue it. Added compatibly (issue 9).
+    wal_timeline: int | None = None
 
 
 class BackupFailed(Message):

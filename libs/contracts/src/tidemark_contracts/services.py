@@ -15,6 +15,9 @@ from tidemark_contracts.topics import (
     BACKUP_EVENTS,
     BACKUP_PROGRESS,
     CATALOG_EVENTS,
+    RESTORE_COMMANDS,
+    RESTORE_EVENTS,
+    RESTORE_PROGRESS,
     SCHEDULE_COMMANDS,
     SCHEDULE_EVENTS,
     SERVICE_HEARTBEATS,
@@ -52,10 +55,24 @@ API_GATEWAY = ServiceDescription(
     "api-gateway",
     "The HTTP API: authenticates, validates, turns requests into commands (through its "
     "outbox), serves the read models it projects from domain events, and streams live "
-    "progress (SSE) from backup.progress.",
+    "progress (SSE) from backup.progress and restore.progress.",
     8000,
-    consumes=(BACKUP_EVENTS, BACKUP_PROGRESS, CATALOG_EVENTS, SCHEDULE_EVENTS, SERVICE_HEARTBEATS),
-    produces=(BACKUP_COMMANDS, CATALOG_EVENTS, SCHEDULE_COMMANDS, SERVICE_HEARTBEATS),
+    consumes=(
+        BACKUP_EVENTS,
+        BACKUP_PROGRESS,
+        CATALOG_EVENTS,
+        SCHEDULE_EVENTS,
+        RESTORE_EVENTS,
+        RESTORE_PROGRESS,
+        SERVICE_HEARTBEATS,
+    ),
+    produces=(
+        BACKUP_COMMANDS,
+        CATALOG_EVENTS,
+        SCHEDULE_COMMANDS,
+        RESTORE_COMMANDS,
+        SERVICE_HEARTBEATS,
+    ),
 )
 SCHEDULER = ServiceDescription(
     "scheduler",
@@ -67,16 +84,20 @@ SCHEDULER = ServiceDescription(
 )
 BACKUP_RUNNER = ServiceDescription(
     "backup-runner",
-    "Owns the Backup aggregate; runs pg_dump into every destination.",
+    "Owns the Backup aggregate and each environment's WAL archive; runs pg_dump, "
+    "pg_basebackup and pg_receivewal into every destination.",
     8102,
-    consumes=(BACKUP_COMMANDS, CATALOG_EVENTS),
+    consumes=(BACKUP_COMMANDS, CATALOG_EVENTS, SCHEDULE_EVENTS),
     produces=(BACKUP_EVENTS, BACKUP_PROGRESS, SERVICE_HEARTBEATS),
 )
 RESTORE_RUNNER = ServiceDescription(
     "restore-runner",
-    "Owns the Restore aggregate; restores backups into environments.",
+    "Owns the Restore aggregate; verifies artifacts, then restores dumps with pg_restore "
+    "and full backups with WAL replay to a point in time, never leaving a target "
+    "half-restored.",
     8103,
-    produces=(SERVICE_HEARTBEATS,),
+    consumes=(RESTORE_COMMANDS, BACKUP_EVENTS),
+    produces=(RESTORE_EVENTS, RESTORE_PROGRESS, SERVICE_HEARTBEATS),
 )
 ALERTS = ServiceDescription(
     "alerts",

@@ -25,6 +25,15 @@ from tidemark_contracts.catalog import (
     EnvironmentRegistered,
     ProjectRegistered,
 )
+from tidemark_contracts.restore import (
+    RequestRestore,
+    RestoreCompleted,
+    RestoreFailed,
+    RestoreMilestone,
+    RestoreProgress,
+    RestoreRequested,
+    RestoreStarted,
+)
 from tidemark_contracts.schedule import (
     BackupExpired,
     ConfigureSchedule,
@@ -33,6 +42,7 @@ from tidemark_contracts.schedule import (
     ScheduleMissed,
 )
 from tidemark_contracts.service import ServiceHeartbeat
+from tidemark_contracts.wal import WalArchivingStatusChanged, WalGapDetected, WalSegmentArchived
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,8 @@ BACKUP_COMMANDS = Topic(
 )
 BACKUP_EVENTS = Topic(
     "backup.events",
-    "Domain events of the Backup aggregate, relayed from the backup-runner's event store.",
+    "Domain events of the Backup and WalArchive aggregates, relayed from the backup-runner's "
+    "event store.",
     (
         BackupRequested,
         BackupStarted,
@@ -90,6 +101,9 @@ BACKUP_EVENTS = Topic(
         BackupDeleted,
         BackupCleanupFailed,
         BackupUploadFailed,
+        WalSegmentArchived,
+        WalGapDetected,
+        WalArchivingStatusChanged,
     ),
 )
 BACKUP_PROGRESS = Topic(
@@ -114,6 +128,22 @@ SCHEDULE_EVENTS = Topic(
     "configured, fired, missed fire times, and backups retention no longer keeps.",
     (ScheduleConfigured, ScheduleFired, ScheduleMissed, BackupExpired),
 )
+RESTORE_COMMANDS = Topic(
+    "restore.commands",
+    "Commands for the restore-runner, issued by the gateway; keyed by the target environment.",
+    (RequestRestore,),
+)
+RESTORE_EVENTS = Topic(
+    "restore.events",
+    "Domain events of the Restore aggregate, relayed from the restore-runner's event store; "
+    "keyed by the target environment.",
+    (RestoreRequested, RestoreStarted, RestoreMilestone, RestoreCompleted, RestoreFailed),
+)
+RESTORE_PROGRESS = Topic(
+    "restore.progress",
+    "Ephemeral progress ticks of running restores (not in any event store).",
+    (RestoreProgress,),
+)
 SERVICE_HEARTBEATS = Topic(
     "service.heartbeats",
     "Liveness of every service instance; the gateway's readiness reads it.",
@@ -129,6 +159,9 @@ ALL_TOPICS: tuple[Topic, ...] = (
     CATALOG_EVENTS,
     SCHEDULE_COMMANDS,
     SCHEDULE_EVENTS,
+    RESTORE_COMMANDS,
+    RESTORE_EVENTS,
+    RESTORE_PROGRESS,
     SERVICE_HEARTBEATS,
 )
 
