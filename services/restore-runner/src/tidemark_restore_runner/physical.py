@@ -85,6 +85,7 @@ RECOVERY_SETTINGS = (
 TARGET_NOT_REACHED = "recovery ended before configured recovery target was reached"
 STOP_SECONDS = 300.0
 START_SECONDS = 300.0
+LAUNCH_SECONDS = 60.0
 _POLL_SECONDS = 0.25
 
 Phase = Literal[
@@ -479,14 +480,21 @@ def _wait_out_of_recovery(
     """Poll (bounded) until the server is out of recovery; it stopping on its own (a
     FATAL) or the bound passing is the restore's failure. ``pg_ctl -w`` is no proof: it
     returns once read-only connections work, even before a FATAL."""
-    deadline = time.monotonic() + job.replay_timeout_seconds
+    started = time.monotonic()
+    deadline = started + job.replay_timeout_seconds
     reported = -1
+    # ``pg_ctl start -W`` returns before the postmaster wrote its pid file: a server not
+    # seen yet is starting, one seen and gone has stopped.
+    seen = False
     while True:
         state = server.query("SELECT pg_is_in_recovery()")
         if state == "f":
             return
-        if state is None and not server.running():
-            raise _Failed(_why_it_stopped(server, prefetch, log_offset))
+        if state is None:
+            if server.running():
+                seen = True
+            elif seen or time.monotonic() - started > LAUNCH_SECONDS:
+                raise _Failed(_why_it_stopped(server, prefetch, log_offset))
         if prefetch is not None:
             replayed = prefetch.used()
             if replayed != reported:
@@ -653,7 +661,7 @@ class _Prefetch:
                 self._segno += 1
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {str(exc)[:200]}"
-            log.exception("wal_prefetch_failed")
+            log.warning("wal_prefetch_failed", error=self.error)
             with contextlib.suppress(OSError):
                 (self.directory / "end").touch()
 
