@@ -203,6 +203,11 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
             pg_basebackup=find_tool("pg_basebackup", str(cluster.postgres.bin_dir)),
         )
         TIMES["take_full_backup"] = time.monotonic() - started
+        TIMES["artifact_mib"] = artifact.stat().st_size / 2**20
+        started = time.monotonic()
+        manifest = read_manifest(artifact)
+        TIMES["read_manifest"] = time.monotonic() - started
+        TIMES["restored_mib"] = manifest.bytes_under("pgdata") / 2**20
         assert result.wal_start_lsn
         # Whatever the test's site gets afterwards, a restore brings the backup's back.
         with psycopg.connect(superuser_url, autocommit=True) as admin:
@@ -520,6 +525,72 @@ def test_a_runner_killed_during_wal_replay_is_rolled_back_by_resume(history: His
     assert history.timeline() == timeline
     assert leftovers(history) == []
     assert resume_interrupted(history.spec) == "nothing"  # safe to run again
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "restarted"),
+    [
+        (["stopping", None], False),  # staged, nothing touched yet
+        (["laying_down", None], True),  # stopped, not swapped
+        (["starting", None], True),  # swapped, not started
+    ],
+)
+def test_a_runner_killed_before_replay_is_rolled_back_by_resume(
+    history: History, kill_at: list[Any], restarted: bool
+) -> None:
+    before = history.marks()
+    pid = history.postmaster_pid()
+    runner = run_restore(history, history.t2, delay=0.0, kill_at=kill_at)
+    runner.wait(timeout=300)
+    assert runner.returncode == -signal.SIGKILL, runner.stdout.read()  # type: ignore[union-attr]
+    data = history.cluster.postgres.data_dir
+    assert Path(str(data) + JOURNAL_SUFFIX).exists()
+
+    assert resume_interrupted(history.spec) == "rolled_back"
+
+    assert history.marks() == before
+    assert (history.postmaster_pid() != pid) is restarted
+    assert tree(history.site) == history.site_tree
+    assert leftovers(history) == []
+    assert resume_interrupted(history.spec) == "nothing"
+
+
+def test_a_rollback_that_fails_too_says_the_target_is_not_unchanged(history: History) -> None:
+    """A pg_ctl that stops but never starts: the restored cluster does not start, nor does
+    the old one put back; the error says so and the old data directory is in place."""
+    real = history.cluster.postgres.bin_dir
+    broken = history.cluster.postgres.base_dir / "broken-bin"
+    broken.mkdir()
+    try:
+        for tool in real.iterdir():
+            (broken / tool.name).symlink_to(tool)
+        (broken / "pg_ctl").unlink()
+        (broken / "pg_ctl").write_text(
+            f'#!/bin/sh\ncase " $* " in *" start "*) exit 1 ;; esac\nexec {real}/pg_ctl "$@"\n'
+        )
+        (broken / "pg_ctl").chmod(0o755)
+        before = history.marks()
+        spec = history.spec.model_copy(update={"bin_directory": str(broken)})
+
+        with pytest.raises(PhysicalRestoreError) as caught:
+            restore_full(history.job(cluster=spec), Recorded())
+
+        assert caught.value.target_unchanged is False
+        assert "the restored cluster did not start" in caught.value.reason
+        assert "rolling the target back failed too" in caught.value.reason
+        assert not history.cluster.postgres.data_dir.joinpath("postmaster.pid").exists()
+        # Once pg_ctl works again, resume finishes the rollback the journal still holds.
+        (broken / "pg_ctl").unlink()
+        (broken / "pg_ctl").symlink_to(real / "pg_ctl")
+
+        assert resume_interrupted(history.spec) == "rolled_back"
+
+        assert history.marks() == before
+        assert tree(history.site) == history.site_tree
+        assert leftovers(history) == []
+    finally:
+        shutil.rmtree(broken)
+        history.cluster.postgres.start()
 
 
 def test_a_runner_killed_after_promotion_is_completed_by_resume(history: History) -> None:

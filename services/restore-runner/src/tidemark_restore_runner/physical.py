@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from uuid import UUID
 
 from tidemark_contracts.catalog import ClusterSpec
@@ -88,9 +88,6 @@ START_SECONDS = 300.0
 LAUNCH_SECONDS = 60.0
 _POLL_SECONDS = 0.25
 
-Phase = Literal[
-    "verifying", "stopping", "laying_down", "replaying", "starting", "verifying_restore", "done"
-]
 Progress = Callable[[str, float | None, str | None], None]
 
 
@@ -777,8 +774,3 @@ def resume_interrupted(cluster: ClusterSpec) -> Literal["nothing", "rolled_back"
     interrupted = journal.phase
     _roll_back_or_raise(journal, f"the restore was interrupted during {interrupted}")
     return "rolled_back"
-
-
-def describe(journal: Journal) -> dict[str, Any]:
-    """The journal as a dict (for logs and tests)."""
-    return asdict(journal)
