@@ -538,6 +538,8 @@ class Receiver:
         names = await asyncio.to_thread(finished_segments, self.spool)
         recorded = False
         for name in names:
+            # A backlog (after an outage) takes a while: the lease is kept meanwhile.
+            await self._renew()
             last = self.archive.last_segment if self.archive else None
             if verdict(last, name) == "duplicate":
                 if name != last:
