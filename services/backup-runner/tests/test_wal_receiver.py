@@ -160,7 +160,9 @@ async def start(
     running: list[asyncio.Task[None]] = []
     (tmp_path / "destinations").mkdir()
 
-    def make(policy: WalPolicy = QUICK, spool: str = "state-a") -> WalArchiver:
+    def make(
+        policy: WalPolicy = QUICK, spool: str = "state-a", destination_root: str = "destinations"
+    ) -> WalArchiver:
         archiver = WalArchiver(
             app,
             tables,
@@ -172,7 +174,7 @@ async def start(
             pg_waldump=find_tool("pg_waldump"),
             credential_policy=CredentialPolicy(allow_operator_refs=True),
             vault=None,
-            destination_root=tmp_path / "destinations",
+            destination_root=tmp_path / destination_root,
         )
         task = asyncio.create_task(archiver.run())
         running.append(task)
@@ -424,3 +426,120 @@ async def test_switching_wal_off_stops_the_receiver_drops_the_slot_and_disables(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot_name(environment.id),)
         ).fetchall()
     assert slots == []
+
+
+FAILING = WalPolicy(
+    lease_seconds=6.0,
+    stall_seconds=600.0,
+    switch_seconds=1.0,
+    poll_seconds=0.3,
+    check_seconds=0.5,
+    startup_grace_seconds=0.5,
+    max_backoff_seconds=1.0,
+)
+
+
+def statuses(app: BackupRunnerApplication, env: Environment) -> list[tuple[str, str | None]]:
+    return [(e.status, e.reason) for e in events(app, env) if hasattr(e, "status")]
+
+
+async def test_a_destination_that_refuses_stalls_archiving_until_it_takes_the_segments(
+    app: BackupRunnerApplication,
+    environment: Environment,
+    source: SourceCluster,
+    start: Start,
+    tmp_path: Path,
+) -> None:
+    start(FAILING, destination_root="missing-root")
+    await asyncio.to_thread(write_and_switch, source)
+    await until(lambda: [s for s, _ in statuses(app, environment)][-1:] == ["stalled"], "stalled")
+    _, reason = statuses(app, environment)[-1]
+    assert reason is not None
+    assert "could not be stored" in reason
+    assert "destination root is unavailable" in reason
+    assert str(tmp_path) not in reason  # never a path of the runner's machine
+    assert archived(app, environment) == []
+    # The segments wait in the spool; once the destination takes them, none is missing.
+    (tmp_path / "missing-root").mkdir()
+    await until(lambda: len(archived(app, environment)) >= 1, what="the waiting segments")
+    await until(lambda: statuses(app, environment)[-1][0] == "active", what="active again")
+    await asyncio.to_thread(write_and_switch, source)
+    count = len(archived(app, environment))
+    await until(lambda: len(archived(app, environment)) > count, what="a further segment")
+    assert contiguous([e.segment for e in archived(app, environment)])
+
+
+async def test_a_receiver_that_cannot_connect_is_stalled_saying_why_without_the_secret(
+    app: BackupRunnerApplication,
+    environment: Environment,
+    start: Start,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, "not-the-password")
+    start(FAILING)
+
+    await until(lambda: [s for s, _ in statuses(app, environment)][-1:] == ["stalled"], "stalled")
+    reason = statuses(app, environment)[-1][1]
+    assert reason is not None
+    assert "keeps failing (3 times)" in reason
+    assert "not-the-password" not in reason
+    assert [s for s, _ in statuses(app, environment)] == ["stalled"]
+
+
+async def test_a_receiver_whose_lease_was_taken_over_stops_receiving(
+    app: BackupRunnerApplication,
+    environment: Environment,
+    source: SourceCluster,
+    start: Start,
+    database_url: str,
+    schema: str,
+) -> None:
+    archiver = start()
+    await asyncio.to_thread(write_and_switch, source)
+    await until(lambda: len(archived(app, environment)) >= 1, what="a first segment")
+    process = archiver.receivers[environment.id].process
+    assert process is not None
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET owner = %s, generation = generation + 1, "
+                "lease_expires_at = now() + interval '1 hour' WHERE environment_id = %s"
+            ).format(sql.Identifier(schema, "wal_receivers")),
+            (uuid.uuid4(), environment.id),
+        )
+    await until(lambda: process.returncode is not None, what="the receiver to stop")
+    await until(lambda: environment.id not in archiver.receivers, what="the receiver to end")
+    count = len(events(app, environment))
+    await asyncio.to_thread(write_and_switch, source)
+    await asyncio.sleep(3)
+    assert receivers(source) == []
+    assert len(events(app, environment)) == count  # nothing written without the lease
+
+
+async def test_without_the_switch_privilege_it_says_so_once_and_archives_full_segments(
+    app: BackupRunnerApplication,
+    environment: Environment,
+    source: SourceCluster,
+    start: Start,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    admin = source.postgres.start()
+    grant = sql.SQL("{} EXECUTE ON FUNCTION pg_switch_wal() {} shop")
+    with psycopg.connect(admin, dbname="shop", autocommit=True) as conn:
+        conn.execute(grant.format(sql.SQL("REVOKE"), sql.SQL("FROM")))
+    try:
+        start()
+        await until(lambda: statuses(app, environment)[-1:] == [("active", "receiving WAL")], "on")
+        with psycopg.connect(source.database_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO t (v) VALUES ('open segment')")
+        await asyncio.sleep(4)  # several forced switches would have happened by now
+        assert archived(app, environment) == []
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("SELECT pg_switch_wal()")  # the segment fills up (here: by hand)
+        await until(lambda: len(archived(app, environment)) >= 1, what="the full segment")
+        logged = capsys.readouterr().out
+        assert logged.count("wal_switch_not_permitted") == 1
+        assert statuses(app, environment)[-1][0] == "active"
+    finally:
+        with psycopg.connect(admin, dbname="shop", autocommit=True) as conn:
+            conn.execute(grant.format(sql.SQL("GRANT"), sql.SQL("TO")))
