@@ -21,6 +21,7 @@ from tidemark_devstack.paths import free_port
 from tidemark_devstack.stack import Stack
 
 E2E_LEASE_SECONDS = 3.0
+E2E_WAL_STALL_SECONDS = 10.0
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +47,14 @@ def stack(
             "TIDEMARK_BACKUP_RUNNER_CLEANUP_MAX_ATTEMPTS": "3",
             "TIDEMARK_BACKUP_RUNNER_CLEANUP_FIRST_DELAY_SECONDS": "0.2",
             "TIDEMARK_BACKUP_RUNNER_CLEANUP_MAX_DELAY_SECONDS": "1",
+            # WAL archiving in seconds: segments switched after 2 s, stalled after 10 s,
+            # receivers taken over 3 s after their runner died; spools of this stack only.
+            "TIDEMARK_BACKUP_RUNNER_STATE_DIR": str(tmp_path_factory.mktemp("runner-state")),
+            "TIDEMARK_BACKUP_RUNNER_WAL_SWITCH_SECONDS": "2",
+            "TIDEMARK_BACKUP_RUNNER_WAL_STALL_SECONDS": str(E2E_WAL_STALL_SECONDS),
+            "TIDEMARK_BACKUP_RUNNER_WAL_LEASE_SECONDS": str(E2E_LEASE_SECONDS),
+            "TIDEMARK_BACKUP_RUNNER_WAL_POLL_SECONDS": "0.5",
+            "TIDEMARK_BACKUP_RUNNER_WAL_CHECK_SECONDS": "0.5",
         },
     )
     services.start()

@@ -194,7 +194,13 @@ def test_a_full_backups_wal_range_is_relayed_on_its_completion() -> None:
     backup.start(T0, None)
     backup.record_upload(backup.destinations[0]["destination_id"], "e/b.full.tar.zst", 10, T0)
     backup.complete(
-        10, "sha256:" + "0" * 64, "zstd", T0, wal_start_lsn="0/2000028", wal_end_lsn="0/2000100"
+        10,
+        "sha256:" + "0" * 64,
+        "zstd",
+        T0,
+        wal_start_lsn="0/2000028",
+        wal_end_lsn="0/2000100",
+        wal_timeline=3,
     )
     app.save(backup)
     completed = relayed(app)[-1]
@@ -203,6 +209,7 @@ def test_a_full_backups_wal_range_is_relayed_on_its_completion() -> None:
         "0/2000028",
         "0/2000100",
     )
+    assert completed.payload["walTimeline"] == 3
     stored = app.get_backup(command.backup_id)
     assert (stored.wal_start_lsn, stored.wal_end_lsn) == ("0/2000028", "0/2000100")
 
@@ -222,7 +229,7 @@ def test_a_completion_stored_before_wal_ranges_existed_still_loads_and_relays_no
         if isinstance(event, Backup.Completed):
             # The state as the runner wrote it before the attributes existed.
             state = app.mapper.transcoder.decode(stored.state)
-            del state["wal_start_lsn"], state["wal_end_lsn"]
+            del state["wal_start_lsn"], state["wal_end_lsn"], state["wal_timeline"]
             stored = replace(stored, state=app.mapper.transcoder.encode(state))
         stored_events.append(stored)
     app.recorder.insert_events(stored_events)
@@ -231,3 +238,4 @@ def test_a_completion_stored_before_wal_ranges_existed_still_loads_and_relays_no
     assert (loaded.wal_start_lsn, loaded.wal_end_lsn) == (None, None)
     completed = relayed(app)[-1]
     assert completed.payload["walStartLsn"] is None
+    assert completed.payload["walTimeline"] is None

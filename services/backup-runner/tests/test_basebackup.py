@@ -241,6 +241,10 @@ def test_the_archive_holds_pgdata_then_files_then_the_manifest_of_every_file(
     wal_ranges = json.loads(regular["pgdata/backup_manifest"] or b"")["WAL-Ranges"]
     assert result.wal_start_lsn == wal_ranges[0]["Start-LSN"] == manifest["walStartLsn"]
     assert result.wal_end_lsn == wal_ranges[-1]["End-LSN"] == manifest["walEndLsn"]
+    # backup_label's START TIMELINE: what PITR from this base replays.
+    label = regular["pgdata/backup_label"] or b""
+    assert f"START TIMELINE: {result.wal_timeline}\n".encode() in label
+    assert result.wal_timeline == 1
     assert progress
     assert progress[-1] >= sum(len(d or b"") for d in regular.values())
 
@@ -417,6 +421,7 @@ async def test_a_full_backup_through_the_executor_records_its_wal_range_and_key(
     assert backup.status == "completed", backup.error
     assert backup.wal_start_lsn
     assert backup.wal_end_lsn
+    assert backup.wal_timeline == 1
     key = artifact_key(backup)
     assert key == f"{command.environment_id}/{command.backup_id}.full.tar.zst"
     assert backup.uploads[str(command.destinations[0].destination_id)]["location"] == key

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tidemark_devstack.postgres import LocalPostgres, create_database_at
@@ -52,7 +53,16 @@ def start_source_cluster(
         # The server runs as the postgres user when we are root: it must reach its home.
         base_dir.chmod(0o755)
     postgres = LocalPostgres(base_dir)
-    url = create_database_at(postgres.start(), database, password, replication=True)
+    admin_url = postgres.start()
+    url = create_database_at(admin_url, database, password, replication=True)
+    # Functions' privileges are per database: granted in the environment's own.
+    with psycopg.connect(admin_url, dbname=database, autocommit=True) as conn:
+        # The WAL receiver forces a segment switch when the open one holds old WAL.
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION pg_switch_wal() TO {}").format(
+                sql.Identifier(database)
+            )
+        )
     if schema_sql:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(schema_sql)

@@ -25,6 +25,8 @@ from tidemark_contracts.backup import (
 from tidemark_platform.database import Connection
 from tidemark_platform.projection import OutOfOrder
 
+from tidemark_api_gateway import wal
+
 Row = dict[str, Any]
 
 COLUMNS = (
@@ -46,6 +48,7 @@ COLUMNS = (
     "destinations",
     "wal_start_lsn",
     "wal_end_lsn",
+    "wal_timeline",
 )
 
 
@@ -176,7 +179,11 @@ def _after_deletion_event(
 
 def _record_wal_range(row: Row, event: BackupCompleted) -> None:
     """A ``full`` backup's WAL range (null for ``db`` backups and older events)."""
-    row.update(wal_start_lsn=event.wal_start_lsn, wal_end_lsn=event.wal_end_lsn)
+    row.update(
+        wal_start_lsn=event.wal_start_lsn,
+        wal_end_lsn=event.wal_end_lsn,
+        wal_timeline=event.wal_timeline,
+    )
 
 
 def _destination_failed(destinations: list[dict[str, Any]], event: BackupUploadFailed) -> list[Any]:
@@ -202,7 +209,7 @@ class BackupsView:
 
     name = "gateway-backups"
     topic: Topic = BACKUP_EVENTS
-    tables: tuple[str, ...] = ("backups", "backup_counts")
+    tables: tuple[str, ...] = ("backups", "backup_counts", *wal.TABLES)
 
     def ddl(self, schema: str) -> str:
         return f"""
@@ -227,13 +234,15 @@ CREATE TABLE IF NOT EXISTS {schema}.backups (
     wal_start_lsn text,
     wal_end_lsn text
 );
+ALTER TABLE {schema}.backups ADD COLUMN IF NOT EXISTS wal_timeline integer;
 -- Versions are the platform's (projection_versions) since the projection moved there.
 ALTER TABLE {schema}.backups DROP COLUMN IF EXISTS version;
 CREATE INDEX IF NOT EXISTS backups_by_environment
     ON {schema}.backups (environment_id, created_at DESC, id);
 CREATE INDEX IF NOT EXISTS backups_by_project
     ON {schema}.backups (organization_id, project_id, created_at DESC, id);
-{self.paging_ddl(schema)}"""
+{self.paging_ddl(schema)}
+{wal.ddl(schema)}"""
 
     def paging_ddl(self, schema: str) -> str:
         """What makes the list endpoints index-backed: an index per filter, in the lists'
@@ -269,6 +278,10 @@ GROUP BY {", ".join(COUNT_KEY)};
     async def apply(
         self, conn: Connection, schema: str, envelope: Envelope, message: Message
     ) -> None:
+        if isinstance(message, wal.WAL_MESSAGES):
+            # The environment's WAL archive, not a backup: its own tables.
+            await wal.apply(conn, schema, envelope, message)
+            return
         cursor = await conn.execute(
             f"SELECT * FROM {schema}.backups WHERE id = %s FOR UPDATE", (envelope.aggregate_id,)
         )

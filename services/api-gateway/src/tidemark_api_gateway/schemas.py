@@ -692,3 +692,38 @@ class RetentionPreviewOut(ResponseBody):
     keep: list[KeptBackupOut]
     delete: list[DeletedBackupOut]
     summary: RetentionSummaryOut
+
+
+class PitrWindowOut(ResponseBody):
+    start: UtcDatetime
+    end: UtcDatetime
+
+
+class PitrOut(ResponseBody):
+    """An environment's point-in-time recovery coverage (API.md)."""
+
+    wal_enabled: bool
+    wal_archiving_status: Annotated[
+        Literal["active", "stalled", "disabled"],
+        Field(
+            description="`disabled` while the schedule has WAL off (or there is no schedule), "
+            "and until the backup-runner has started archiving"
+        ),
+    ]
+    coverage_start: Annotated[
+        UtcDatetime | None,
+        Field(description="start of the window reaching the latest time; null when none"),
+    ]
+    coverage_end: UtcDatetime | None
+    last_archived_at: UtcDatetime | None
+    lag_seconds: Annotated[
+        float | None, Field(description="now minus lastArchivedAt; null when never archived")
+    ]
+    wal_retention_days: int | None
+    windows: Annotated[
+        list[PitrWindowOut],
+        Field(
+            description="every reachable window, oldest first (a gap in the archived WAL, or "
+            "a timeline change, splits them); the last one is coverageStart…coverageEnd"
+        ),
+    ]

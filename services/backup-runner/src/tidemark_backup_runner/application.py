@@ -24,9 +24,16 @@ from tidemark_contracts.backup import (
     DestinationRef,
     RequestBackup,
 )
+from tidemark_contracts.wal import (
+    WalArchivingStatusChanged,
+    WalGapDetected,
+    WalSegmentArchived,
+    WalSegmentCopy,
+)
 from tidemark_platform.eventstore import EventStoreApplication
 
 from tidemark_backup_runner.domain import Backup, BackupError
+from tidemark_backup_runner.walarchive import WalArchive
 from tidemark_backup_runner.work import LogChange
 
 PRODUCER = "backup-runner"
@@ -152,7 +159,19 @@ class BackupRunnerApplication(EventStoreApplication):
         """The public contract message for a stored domain event."""
         backup_id: UUID = event.originator_id
         message: Message
-        if isinstance(event, Backup.Requested):
+        if isinstance(event, WalArchive.Opened):
+            self._remember_scope(
+                backup_id, Scope(event.organization_id, event.environment_id, None)
+            )
+        if isinstance(
+            event,
+            WalArchive.Opened
+            | WalArchive.StatusChanged
+            | WalArchive.SegmentArchived
+            | WalArchive.GapDetected,
+        ):
+            message = self._wal_message(event, self._scope(backup_id))
+        elif isinstance(event, Backup.Requested):
             self._remember_scope(
                 backup_id,
                 Scope(event.organization_id, event.environment_id, event.correlation_id),
@@ -194,6 +213,44 @@ class BackupRunnerApplication(EventStoreApplication):
             correlation_id=scope.correlation_id,
             causation_id=backup_id,
             occurred_at=occurred_at,
+        )
+
+    @staticmethod
+    def _wal_message(event: Any, scope: Scope) -> Message:
+        """The contract of a WalArchive event, field by field."""
+        if isinstance(event, WalArchive.Opened | WalArchive.StatusChanged):
+            return WalArchivingStatusChanged(
+                environment_id=scope.environment_id,
+                organization_id=scope.organization_id,
+                status=event.status,
+                reason=event.reason,
+                wal_retention_days=event.wal_retention_days,
+                changed_at=event.changed_at,
+            )
+        if isinstance(event, WalArchive.GapDetected):
+            return WalGapDetected(
+                environment_id=scope.environment_id,
+                after_segment=event.after_segment,
+                resumed_at=event.resumed_at,
+                reason=event.reason,
+                detected_at=event.detected_at,
+            )
+        return WalSegmentArchived(
+            environment_id=scope.environment_id,
+            timeline=event.timeline,
+            segment=event.segment,
+            start_lsn=event.start_lsn,
+            end_lsn=event.end_lsn,
+            size_bytes=event.size_bytes,
+            checksum=event.checksum,
+            compression=event.compression,
+            first_record_at=event.first_record_at,
+            last_record_at=event.last_record_at,
+            copies=[
+                WalSegmentCopy(destination_id=UUID(c["destination_id"]), location=c["location"])
+                for c in event.copies
+            ],
+            archived_at=event.archived_at,
         )
 
     @staticmethod

@@ -427,6 +427,8 @@ class _Repacker:
         self.wal_start_lsn: str | None = None
         self.wal_end_lsn: str | None = None
         self.timeline: int | None = None
+        # backup_label's START TIMELINE: the timeline PITR from this base replays.
+        self.start_timeline: int | None = None
         self.saw_manifest = False
 
     def _count(self, size: int) -> None:
@@ -568,6 +570,7 @@ class _Repacker:
             start, timeline = _lsn_of_label(body)
             self.wal_start_lsn = self.wal_start_lsn or start
             self.timeline = self.timeline or timeline
+            self.start_timeline = self.start_timeline or timeline
             return
         self.saw_manifest = True
         try:
@@ -730,4 +733,5 @@ def take_full_backup(
         raw_bytes=result.raw_bytes,
         wal_start_lsn=repacker.wal_start_lsn,
         wal_end_lsn=repacker.wal_end_lsn,
+        wal_timeline=repacker.start_timeline,
     )

@@ -74,6 +74,7 @@ class Backup(Aggregate):
         # ``full`` backups' WAL range; events stored before it existed read as None.
         wal_start_lsn: str | None = None
         wal_end_lsn: str | None = None
+        wal_timeline: int | None = None
 
     class Failed(Aggregate.Event):
         error: str
@@ -142,6 +143,7 @@ class Backup(Aggregate):
         self.error: str | None = None
         self.wal_start_lsn: str | None = None
         self.wal_end_lsn: str | None = None
+        self.wal_timeline: int | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -220,6 +222,7 @@ class Backup(Aggregate):
         *,
         wal_start_lsn: str | None = None,
         wal_end_lsn: str | None = None,
+        wal_timeline: int | None = None,
     ) -> None:
         """The artifact is stored: in every destination, or in some with the others'
         failures recorded (at least one holds a verified copy)."""
@@ -244,6 +247,7 @@ class Backup(Aggregate):
             duration_ms=duration_ms,
             wal_start_lsn=wal_start_lsn,
             wal_end_lsn=wal_end_lsn,
+            wal_timeline=wal_timeline,
         )
 
     @event(Completed)
@@ -256,6 +260,7 @@ class Backup(Aggregate):
         duration_ms: int,
         wal_start_lsn: str | None = None,
         wal_end_lsn: str | None = None,
+        wal_timeline: int | None = None,
     ) -> None:
         self.status = "completed"
         self.size_bytes = size_bytes
@@ -263,6 +268,7 @@ class Backup(Aggregate):
         self.completed_at = completed_at
         self.wal_start_lsn = wal_start_lsn
         self.wal_end_lsn = wal_end_lsn
+        self.wal_timeline = wal_timeline
 
     def fail(self, error: str, failed_at: datetime) -> None:
         if self.is_terminal:

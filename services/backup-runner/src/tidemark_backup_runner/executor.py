@@ -495,6 +495,7 @@ class BackupExecutor:
                 "rawBytes": result.raw_bytes,
                 "walStartLsn": result.wal_start_lsn,
                 "walEndLsn": result.wal_end_lsn,
+                "walTimeline": result.wal_timeline,
             }
             # From here on the dump is done for good: whatever happens to this attempt, a
             # later one finds it sealed and records it instead of dumping again. Each
@@ -537,7 +538,7 @@ class BackupExecutor:
             outcomes,
             result.size_bytes,
             result.checksum,
-            wal_range=(result.wal_start_lsn, result.wal_end_lsn),
+            wal_range=(result.wal_start_lsn, result.wal_end_lsn, result.wal_timeline),
         )
         if backup.status != "completed":
             return
@@ -658,7 +659,7 @@ class BackupExecutor:
         outcomes: list[Outcome],
         size_bytes: int,
         checksum: str,
-        wal_range: tuple[str | None, str | None] = (None, None),
+        wal_range: tuple[str | None, str | None, int | None] = (None, None, None),
     ) -> None:
         """Record each destination's outcome and the backup's: completed when at least one
         destination holds a verified copy, else failed (retried while the store is away;
@@ -680,6 +681,7 @@ class BackupExecutor:
                 now,
                 wal_start_lsn=wal_range[0],
                 wal_end_lsn=wal_range[1],
+                wal_timeline=wal_range[2],
             )
             await self._end(backup, lease, "completed", None)
         else:
@@ -832,12 +834,15 @@ class BackupExecutor:
             log.debug("progress_not_published", error=repr(exc))
 
 
-def _wal_range_of(manifest: Any) -> tuple[str | None, str | None]:
-    """The WAL range a sealed full backup's proof recorded (none for a dump)."""
+def _wal_range_of(manifest: Any) -> tuple[str | None, str | None, int | None]:
+    """The WAL range (and start timeline) a sealed full backup's proof recorded (none for
+    a dump; no timeline in proofs sealed before it was kept)."""
     start, end = manifest.get("walStartLsn"), manifest.get("walEndLsn")
+    timeline = manifest.get("walTimeline")
     return (
         start if isinstance(start, str) else None,
         end if isinstance(end, str) else None,
+        timeline if isinstance(timeline, int) and not isinstance(timeline, bool) else None,
     )
 
 

@@ -8,9 +8,11 @@ from litestar import Litestar
 from tidemark_contracts import BACKUP_PROGRESS, Envelope
 from tidemark_contracts.backup import BackupProgress
 from tidemark_contracts.services import BACKUP_RUNNER
+from tidemark_platform.database import connection_pool
 from tidemark_platform.kafka import make_broker
 from tidemark_platform.leadership import Leadership
 from tidemark_platform.notification_log import NotificationLogSource
+from tidemark_platform.projection import ProjectionRunner
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
 from tidemark_platform.vault import SecretVault
 
@@ -23,6 +25,8 @@ from tidemark_backup_runner.pgtools import find_tool
 from tidemark_backup_runner.registry import Registrations
 from tidemark_backup_runner.secrets import CredentialPolicy
 from tidemark_backup_runner.settings import Settings
+from tidemark_backup_runner.walsupervisor import WalArchiver, WalPolicy
+from tidemark_backup_runner.walview import WalSchedulesView, WalTables
 from tidemark_backup_runner.work import WorkTable
 
 SERVICE = BACKUP_RUNNER.name
@@ -114,13 +118,54 @@ def create_app(settings: Settings) -> Litestar:
         registrations=registrations,
     )
     register_handlers(broker, app, executor, relay.wake, service=SERVICE, deleter=deleter)
+    # WAL archiving: the schedules' WAL settings kept beside the catalog view (joined with
+    # it), receivers supervised by walsupervisor.py.
+    wal_pool = connection_pool(settings.database_url, min_size=1, max_size=2)
+    wal_schedules = ProjectionRunner(wal_pool, catalog.schema, WalSchedulesView())
+    wal_schedules.subscribe(broker, f"{SERVICE}-wal-schedules", service=SERVICE)
+    wal_tables = WalTables(settings.database_url, SCHEMA, catalog.schema)
+    archiver = WalArchiver(
+        app,
+        wal_tables,
+        relay.wake,
+        owner=runtime.instance_id,
+        policy=WalPolicy(
+            lease_seconds=settings.wal_lease_seconds,
+            stall_seconds=settings.wal_stall_seconds,
+            switch_seconds=settings.wal_switch_seconds,
+            poll_seconds=settings.wal_poll_seconds,
+            check_seconds=settings.wal_check_seconds,
+        ),
+        spool_root=settings.state_dir / "wal",
+        # The runner's own tools, never the environment's cluster.binDirectory (a tenant's
+        # setting must not choose a binary the runner executes).
+        pg_receivewal=find_tool("pg_receivewal", settings.pg_bin_dir),
+        pg_waldump=find_tool("pg_waldump", settings.pg_bin_dir),
+        credential_policy=credential_policy,
+        vault=vault,
+        destination_root=settings.destination_root,
+        zstd_level=settings.zstd_level,
+    )
+
+    async def open_wal_view() -> None:
+        await wal_pool.open(wait=True, timeout=30)
+        async with wal_pool.connection() as conn:
+            await wal_schedules.migrate(conn)
+
+    runtime.on_shutdown(wal_pool.close)
+
+    runtime.add_background(archiver.run)
     runtime.add_background(executor.run)
     runtime.add_background(deleter.run)
     runtime.on_shutdown(deletions.close)
     runtime.on_shutdown(app.close)
     runtime.on_shutdown(work.close)
     runtime.on_shutdown(vault.close)
-    return build_service_app(runtime, on_startup=[work.open, vault.open, deletions.open])
+    runtime.on_shutdown(wal_tables.close)
+    return build_service_app(
+        runtime,
+        on_startup=[work.open, vault.open, deletions.open, wal_tables.open, open_wal_view],
+    )
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ class DumpResult:
     # A full backup's WAL range (``basebackup``); None for a dump.
     wal_start_lsn: str | None = None
     wal_end_lsn: str | None = None
+    wal_timeline: int | None = None
 
 
 def find_tool(name: str, bin_dir: str | None = None) -> str:

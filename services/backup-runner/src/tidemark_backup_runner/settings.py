@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from pydantic import Field
@@ -58,3 +59,21 @@ class Settings(ServiceSettings, SecretSettings):
     cleanup_max_attempts: int = Field(default=5, ge=1)
     cleanup_first_delay_seconds: float = Field(default=5.0, ge=0)
     cleanup_max_delay_seconds: float = Field(default=300.0, ge=0)
+    # WAL archiving (walsupervisor.py): spools of the receivers this instance runs live
+    # under <state_dir>/wal/<environment id>.
+    state_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "tidemark-backup-runner"
+    )
+    wal_stall_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="no segment archived for this long while the database writes WAL: stalled",
+    )
+    wal_switch_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="force a segment switch when the open segment holds WAL this old",
+    )
+    wal_lease_seconds: float = Field(default=30.0, gt=0)
+    wal_poll_seconds: float = Field(default=2.0, gt=0)
+    wal_check_seconds: float = Field(default=5.0, gt=0)

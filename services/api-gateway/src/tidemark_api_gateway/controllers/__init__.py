@@ -3,6 +3,7 @@
 from tidemark_api_gateway.controllers.backups import BackupController
 from tidemark_api_gateway.controllers.destinations import DestinationController
 from tidemark_api_gateway.controllers.environments import EnvironmentController
+from tidemark_api_gateway.controllers.pitr import PitrController
 from tidemark_api_gateway.controllers.progress import ProgressController
 from tidemark_api_gateway.controllers.projects import ProjectController
 from tidemark_api_gateway.controllers.schedules import ScheduleController
@@ -14,6 +15,7 @@ CONTROLLERS = [
     DestinationController,
     SecretController,
     ScheduleController,
+    PitrController,
     BackupController,
     ProgressController,
 ]
