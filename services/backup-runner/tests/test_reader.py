@@ -135,8 +135,6 @@ def test_an_s3_read_with_wrong_keys_fails_without_echoing_them(
 
 
 def test_an_s3_reader_without_credentials_is_refused(s3_endpoint: S3Endpoint, bucket: str) -> None:
-    reader = reader_for(
-        s3_destination(s3_endpoint, bucket), ORG, local_root=None, credentials=None
-    )
+    reader = reader_for(s3_destination(s3_endpoint, bucket), ORG, local_root=None, credentials=None)
     with pytest.raises(StorageFailed, match="resolves no credentials"):
         list(reader.read(KEY))

@@ -140,7 +140,9 @@ def reader_for(
     label = f"destination {destination.name!r}"
     if isinstance(config, LocalDestinationConfig):
         if local_root is None:
-            raise StorageFailed(f"{label}: this runner has no destination root for local destinations")
+            raise StorageFailed(
+                f"{label}: this runner has no destination root for local destinations"
+            )
         return LocalArtifactReader(local_root, organization_id, config, label)
     if isinstance(config, S3DestinationConfig):
         return S3ArtifactReader(config, credentials or _no_credentials, label)
