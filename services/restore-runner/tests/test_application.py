@@ -120,7 +120,8 @@ def test_unusable_target_settings_fail_the_restore_at_once_with_the_reason() -> 
     assert app.request_restore(cmd, Tracking("restore.commands:0", 1))
     restore = app.get_restore(cmd.restore_id)
     assert restore.status == "failed"
-    assert restore.error is not None and "database.dbname" in restore.error
+    assert restore.error is not None
+    assert "database.dbname" in restore.error
     assert restore.target_unchanged is True
 
 
@@ -212,4 +213,5 @@ def test_scratch_databases_fit_postgresql_identifiers() -> None:
     assert scratch_database("shop", restore_id, "tmr") == "shop_tmr_12345678"
     assert scratch_database("shop", restore_id, "tmo") == "shop_tmo_12345678"
     long = scratch_database("x" * 63, restore_id, "tmr")
-    assert len(long.encode()) == 63 and long.endswith("_tmr_12345678")
+    assert len(long.encode()) == 63
+    assert long.endswith("_tmr_12345678")

@@ -19,20 +19,24 @@ def test_two_restores_into_one_target_never_run_at_once(work: WorkTable) -> None
     work.ensure(elsewhere, uuid.uuid4())
     a, b = uuid.uuid4(), uuid.uuid4()
     claim = work.claim(a, POLICY)
-    assert claim is not None and claim.restore_id == first
+    assert claim is not None
+    assert claim.restore_id == first
     other = work.claim(b, POLICY)
-    assert other is not None and other.restore_id == elsewhere
+    assert other is not None
+    assert other.restore_id == elsewhere
     assert work.claim(b, POLICY) is None, "the second restore of the target waits"
     work.finish(claim.lease)
     after = work.claim(b, POLICY)
-    assert after is not None and after.restore_id == second
+    assert after is not None
+    assert after.restore_id == second
 
 
 def test_an_expired_lease_is_taken_over_with_the_phase_it_reached(work: WorkTable) -> None:
     restore = uuid.uuid4()
     work.ensure(restore, uuid.uuid4())
     first = work.claim(uuid.uuid4(), POLICY)
-    assert first is not None and first.previous_owner is None
+    assert first is not None
+    assert first.previous_owner is None
     work.note_phase(first.lease, "restoring")
     assert work.claim(uuid.uuid4(), POLICY) is None, "held while the lease runs"
     time.sleep(0.7)
@@ -41,7 +45,9 @@ def test_an_expired_lease_is_taken_over_with_the_phase_it_reached(work: WorkTabl
     assert taken is not None
     assert taken.previous_owner == first.lease.owner
     assert taken.previous_phase == "restoring"
-    assert taken.step == "run" and taken.lease.attempt == 2
+    assert taken.step == "run"
+    assert taken.lease.attempt == 2
     time.sleep(0.7)
     last = work.claim(uuid.uuid4(), POLICY)
-    assert last is not None and last.step == "give_up", "attempts are bounded"
+    assert last is not None
+    assert last.step == "give_up", "attempts are bounded"
