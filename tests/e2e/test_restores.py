@@ -336,3 +336,24 @@ def test_the_restore_progress_stream_shows_running_ticks_and_ends_completed(
     assert any(
         d["phase"] in ("waiting_for_safety_backup", "downloading", "restoring") for d in running
     )
+
+
+def test_a_failed_safety_backup_fails_the_restore_before_the_target_is_touched(
+    api: Api, source_database: str, target_database: str
+) -> None:
+    api.destination()
+    source = api.environment(source_database)
+    # The target's password is wrong: its safety backup (pg_dump) fails.
+    target = api.environment(target_database, password_ref=api.secret("wrong", "not-it-9"))
+    backup = completed_backup(api, source)
+    before = table_fingerprints(target_database)
+    accepted = request_restore(
+        api, backup["id"], targetType="other", targetEnvironmentId=target["id"]
+    )
+    assert accepted.status_code == 202, accepted.text
+    restore = wait_restore(api, accepted.json()["id"])
+    assert restore["status"] == "failed"
+    assert restore["error"].startswith("the safety backup of the target failed")
+    assert restore["error"].endswith("the target was not touched")
+    assert api.wait_for(restore["safetyBackupId"])["status"] == "failed"
+    assert table_fingerprints(target_database) == before
