@@ -6,6 +6,7 @@ from tidemark_api_gateway.controllers.environments import EnvironmentController
 from tidemark_api_gateway.controllers.pitr import PitrController
 from tidemark_api_gateway.controllers.progress import ProgressController
 from tidemark_api_gateway.controllers.projects import ProjectController
+from tidemark_api_gateway.controllers.restores import RestoreController
 from tidemark_api_gateway.controllers.schedules import ScheduleController
 from tidemark_api_gateway.controllers.secrets import SecretController
 
@@ -18,6 +19,7 @@ CONTROLLERS = [
     PitrController,
     BackupController,
     ProgressController,
+    RestoreController,
 ]
 
 __all__ = ["CONTROLLERS"]
