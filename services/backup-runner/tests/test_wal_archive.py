@@ -23,6 +23,7 @@ from tidemark_backup_runner.walarchive import (
 from tidemark_backup_runner.walsegments import (
     clear_spool,
     compress,
+    drop_unfilled_partials,
     finished_segments,
     has_wal,
     parse_record_times,
@@ -277,3 +278,24 @@ def test_a_segment_is_stored_as_one_zstd_frame_checksummed_as_stored(tmp_path: P
     assert checksum == "sha256:" + hashlib.sha256(data).hexdigest()
     env = uuid.uuid4()
     assert segment_key(env, path.name) == f"{env}/wal/{path.name}.zst"
+
+
+def test_a_partial_cut_short_while_padding_is_dropped_and_a_full_one_kept(tmp_path: Path) -> None:
+    # A runner killed while pg_receivewal padded a new segment leaves a .partial of an odd
+    # size, beside which pg_receivewal refuses to start ("should be 0 or 16777216").
+    short = tmp_path / f"{segment_name(1, 3)}.partial"
+    short.write_bytes(b"\0" * 7659520)
+    full = tmp_path / f"{segment_name(1, 4)}.partial"
+    with open(full, "wb") as handle:
+        handle.truncate(SEGMENT_SIZE)
+    empty = tmp_path / f"{segment_name(1, 5)}.partial"
+    empty.write_bytes(b"")
+    other = tmp_path / "notes.partial"
+    other.write_bytes(b"x")
+
+    assert drop_unfilled_partials(tmp_path) == [short.name]
+
+    assert not short.exists()
+    assert full.exists()
+    assert empty.exists()
+    assert other.exists()

@@ -62,6 +62,28 @@ def has_wal(spool: Path) -> bool:
     return any(SEGMENT_FILE.match(name.removesuffix(".partial")) for name in os.listdir(spool))
 
 
+def drop_unfilled_partials(spool: Path) -> list[str]:
+    """Remove ``.partial`` files cut short while pg_receivewal was still padding them.
+
+    pg_receivewal fills a new segment file with zeros to its full 16 MB before it writes
+    any WAL into it, and refuses to start again beside a ``.partial`` of any other size
+    ("should be 0 or 16777216"). A runner killed during that padding leaves exactly such a
+    file, which therefore holds no WAL: removing it loses nothing, and the receiver
+    resumes from the segment before it."""
+    dropped = []
+    for entry in os.scandir(spool):
+        name = entry.name
+        if (
+            name.endswith(".partial")
+            and SEGMENT_FILE.match(name.removesuffix(".partial"))
+            and entry.is_file(follow_symlinks=False)
+            and entry.stat(follow_symlinks=False).st_size not in (0, SEGMENT_SIZE)
+        ):
+            (spool / name).unlink(missing_ok=True)
+            dropped.append(name)
+    return dropped
+
+
 def write_marker(spool: Path, segment: str) -> None:
     """``segment``'s file as a sparse 16 MB marker (its data is archived already)."""
     path = spool / segment

@@ -56,6 +56,7 @@ from tidemark_backup_runner.walarchive import WalArchive, verdict
 from tidemark_backup_runner.walsegments import (
     archive_file,
     clear_spool,
+    drop_unfilled_partials,
     finished_segments,
     has_wal,
     write_marker,
@@ -347,6 +348,9 @@ class Receiver:
         """The slot exists and nobody else streams from it; the spool resumes after the
         last archived segment (or from the slot, after the server lost that WAL)."""
         await asyncio.to_thread(self.spool.mkdir, parents=True, exist_ok=True)
+        dropped = await asyncio.to_thread(drop_unfilled_partials, self.spool)
+        if dropped:
+            log.info("wal_unfilled_partial_dropped", segments=dropped)
         await asyncio.to_thread(self._take_slot, password)
         archive = self.archive
         if (
