@@ -303,7 +303,7 @@ def archive_wal(
             while written < wal_mb * 2**20:
                 conn.execute(
                     "INSERT INTO wal_load SELECT g, repeat(md5(g::text), 4) "
-                    "FROM generate_series(%s, %s) AS g",
+                    "FROM generate_series(%s::bigint, %s::bigint) AS g",
                     (batch * 20000, batch * 20000 + 19999),
                 )
                 batch += 1
