@@ -239,6 +239,10 @@ class WalArchive:
     checksums: dict[str, str]
     target: datetime
     volume_bytes: int
+    # Reads a stored segment's bytes by its name: the storage package's reader over the
+    # local destination when it exists (see ``wal_reader``), else the file itself.
+    read: Callable[[str], bytes] | None = None
+    read_by: str = "the bench's file read"
 
     def fetch_segment(self, name: str, into: Path) -> bool:
         """Agreement 2's WAL source over this local archive: read the stored copy, check its
@@ -246,12 +250,35 @@ class WalArchive:
         stored = self.zst_dir / f"{name}.zst"
         if name not in self.checksums or not stored.exists():
             return False
-        data = stored.read_bytes()
+        data = self.read(name) if self.read is not None else stored.read_bytes()
         if f"sha256:{hashlib.sha256(data).hexdigest()}" != self.checksums[name]:
             raise RuntimeError(f"WAL segment {name}: checksum mismatch")
         with open(into, "wb") as out:
             out.write(zstandard.ZstdDecompressor().decompress(data))
         return True
+
+
+def wal_reader(
+    destinations: Path, org_id: uuid.UUID, destination: dict[str, Any], environment_id: str
+) -> tuple[Callable[[str], bytes], str] | None:
+    """The restore-runner's way of reading a stored segment (``reader_for`` of the
+    backup-runner's storage package, agreement 1) at ``<environment>/wal/<segment>.zst``
+    of the local destination; None while that reader does not exist."""
+    try:
+        from tidemark_backup_runner.storage import reader_for
+    except ImportError:
+        return None
+    from tidemark_contracts.backup import DestinationTarget
+
+    target = DestinationTarget.of(
+        destination["id"], destination["name"], destination["type"], destination["config"]
+    )
+    reader = reader_for(target, org_id, local_root=destinations, credentials=None)
+
+    def read(name: str) -> bytes:
+        return b"".join(reader.read(f"{environment_id}/wal/{name}.zst"))
+
+    return read, "storage.reader_for over the local destination"
 
 
 def reserve_slot(cluster: Cluster) -> None:
@@ -265,14 +292,14 @@ def reserve_slot(cluster: Cluster) -> None:
 
 
 def archive_wal(
-    cluster: Cluster, db: Database, pg_bin: Path, wal_mb: int, work: Path
+    cluster: Cluster, db: Database, pg_bin: Path, wal_mb: int, work: Path, zst_dir: Path
 ) -> WalArchive:
     """Write ``wal_mb`` of WAL into the bench database (received by pg_receivewal on the
     slot), then a marker row, the target time, a row after it; switch the segment, wait
     for it, stop the receiver, drop the slot, store each segment as zstd."""
-    raw_dir, zst_dir = work / "wal-raw", work / "wal-zst"
+    raw_dir = work / "wal-raw"
     raw_dir.mkdir()
-    zst_dir.mkdir()
+    zst_dir.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["PGPASSWORD"] = db.password
     receiver = subprocess.Popen(
@@ -380,6 +407,7 @@ class Api:
     source_env: str
     target_env: str
     poll: float
+    destination: dict[str, Any]
 
     def backup(self, type: str) -> dict[str, Any]:
         response = self.client.post(
@@ -469,7 +497,7 @@ def register(
         client.post(envs, json={"name": "target", "database": {**database, "dbname": TARGET_DB}}),
         201,
     )
-    expect(
+    destination = expect(
         client.post(
             "/api/v1/destinations",
             json={
@@ -481,7 +509,7 @@ def register(
         ),
         201,
     )
-    return Api(client, source["id"], target["id"], poll)
+    return Api(client, source["id"], target["id"], poll, destination)
 
 
 def physical_module() -> Any:
@@ -745,7 +773,12 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
             raise BenchError("the full artifact does not match its checksum")
         note(f"full artifact: {mib(full_backup['sizeBytes'])}")
         if "pitr" in physical:
-            wal = archive_wal(cluster, db, pg_bin, args.wal_mb, work)
+            # Stored where the archive keeps it: <environment>/wal/<segment>.zst.
+            zst_dir = artifacts / api.source_env / "wal"
+            wal = archive_wal(cluster, db, pg_bin, args.wal_mb, work, zst_dir)
+            reader = wal_reader(destinations, org_id, api.destination, api.source_env)
+            if reader is not None:
+                wal.read, wal.read_by = reader
             note(
                 f"WAL archived: {len(wal.checksums)} segments ({mib(wal.volume_bytes)}), "
                 f"target {wal.target.isoformat()}"
@@ -891,7 +924,8 @@ def report(
         "pitr": (
             "tidemark_pitr_vs_postgres_recovery",
             (f"wal {mib(wal.volume_bytes)} in {len(wal.checksums)} segments" if wal else "wal -")
-            + ", measured: restore_full(pitr_target) call to promoted and verified",
+            + ", measured: restore_full(pitr_target) call to promoted and verified, "
+            + (f"segments read by {wal.read_by}" if wal else ""),
             "target: none (reported)",
         ),
     }
