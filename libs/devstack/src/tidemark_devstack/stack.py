@@ -22,7 +22,8 @@ ServiceSpec = ServiceDescription  # what the stack starts: a service as the regi
 
 # Services told where local destinations live: the runner writes there, the gateway
 # looks there when a destination is registered.
-USES_DESTINATION_ROOT = ("api-gateway", "backup-runner")
+USES_DESTINATION_ROOT = ("api-gateway", "backup-runner", "restore-runner")
+USES_FILES_ROOT = ("backup-runner", "restore-runner")
 
 InstanceKey = tuple[str, int]
 """A service's name and instance number (0, 1, ...): one running process."""
@@ -101,7 +102,7 @@ class Stack:
             env["TIDEMARK_API_GATEWAY_JWT_SECRET"] = self.jwt_secret
         if self.destination_root is not None and spec.name in USES_DESTINATION_ROOT:
             env[f"{spec.settings_prefix}DESTINATION_ROOT"] = str(self.destination_root)
-        if self.files_root is not None and spec.name == "backup-runner":
+        if self.files_root is not None and spec.name in USES_FILES_ROOT:
             env[f"{spec.settings_prefix}FILES_ROOT"] = str(self.files_root)
         return env
 

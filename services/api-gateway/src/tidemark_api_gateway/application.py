@@ -649,7 +649,7 @@ class Gateway:
         self._wake_relays()
         return True
 
-    async def request_backup(
+    def backup_request(
         self,
         *,
         organization_id: uuid.UUID,
@@ -659,8 +659,10 @@ class Gateway:
         backup_type: BackupType,
         label: str | None,
         correlation_id: uuid.UUID | None,
-    ) -> uuid.UUID:
-        """Issue a ``RequestBackup``; the pending row and the command commit together."""
+    ) -> tuple[RequestBackup, Envelope, Envelope]:
+        """A ``RequestBackup`` of ``environment``: the command, its envelope, and the
+        ``BackupRequested`` its pending row is built from (by the projection's own rule,
+        unversioned, so the runner's real event still applies)."""
         command = RequestBackup(
             backup_id=uuid.uuid4(),
             organization_id=organization_id,
@@ -685,8 +687,6 @@ class Gateway:
             aggregate_id=command.backup_id,
             correlation_id=correlation_id or command.backup_id,
         )
-        # The pending row is what the runner's BackupRequested will say: built by the
-        # projection's own rule from that event, unversioned, so the real one still applies.
         pending = Envelope.wrap(
             BackupRequested(
                 backup_id=command.backup_id,
@@ -708,20 +708,49 @@ class Gateway:
             environment_id=command.environment_id,
             aggregate_id=command.backup_id,
         )
+        return command, envelope, pending
+
+    async def enqueue_backup(
+        self, conn: Any, command: RequestBackup, envelope: Envelope, pending: Envelope
+    ) -> None:
+        """The pending row and the command, in the caller's transaction."""
+        # Shared with remove_destination's lock: no backup into a destination that is
+        # being removed (DestinationGone, when the removal committed first).
+        locked = await (
+            await conn.execute(
+                f"SELECT id FROM {self.catalog_view.schema}.destinations "
+                "WHERE organization_id = %s AND id = ANY(%s) FOR SHARE",
+                (command.organization_id, [d.destination_id for d in command.destinations]),
+            )
+        ).fetchall()
+        if len(locked) < len({d.destination_id for d in command.destinations}):
+            raise DestinationGone
+        await self.backups_view.apply_now(pending, conn)
+        await enqueue(conn, BACKUP_COMMANDS, envelope)
+
+    async def request_backup(
+        self,
+        *,
+        organization_id: uuid.UUID,
+        requested_by: str,
+        environment: DictRow,
+        destinations: Sequence[DictRow],
+        backup_type: BackupType,
+        label: str | None,
+        correlation_id: uuid.UUID | None,
+    ) -> uuid.UUID:
+        """Issue a ``RequestBackup``; the pending row and the command commit together."""
+        command, envelope, pending = self.backup_request(
+            organization_id=organization_id,
+            requested_by=requested_by,
+            environment=environment,
+            destinations=destinations,
+            backup_type=backup_type,
+            label=label,
+            correlation_id=correlation_id,
+        )
         async with self.backups_view.pool.connection() as conn, conn.transaction():
-            # Shared with remove_destination's lock: no backup into a destination that is
-            # being removed (DestinationGone, when the removal committed first).
-            locked = await (
-                await conn.execute(
-                    f"SELECT id FROM {self.catalog_view.schema}.destinations "
-                    "WHERE organization_id = %s AND id = ANY(%s) FOR SHARE",
-                    (organization_id, [d.destination_id for d in command.destinations]),
-                )
-            ).fetchall()
-            if len(locked) < len({d.destination_id for d in command.destinations}):
-                raise DestinationGone
-            await self.backups_view.apply_now(pending, conn)
-            await enqueue(conn, BACKUP_COMMANDS, envelope)
+            await self.enqueue_backup(conn, command, envelope, pending)
         self._wake_relays()
         return command.backup_id
 

@@ -9,6 +9,7 @@ from typing import Any
 from litestar import Litestar, Request, Router
 from litestar.di import Provide
 from litestar.plugins.pydantic import PydanticPlugin
+from tidemark_contracts.topics import RESTORE_PROGRESS
 from tidemark_platform.catalog import CatalogView
 from tidemark_platform.database import connection_pool
 from tidemark_platform.kafka import make_broker
@@ -25,7 +26,7 @@ from tidemark_api_gateway.heartbeats import ServiceRegistry, subscribe_heartbeat
 from tidemark_api_gateway.openapi import openapi_config
 from tidemark_api_gateway.outbox import OutboxSource
 from tidemark_api_gateway.problems import EXCEPTION_HANDLERS
-from tidemark_api_gateway.progress import ProgressHub, progress_tail
+from tidemark_api_gateway.progress import ProgressHub, RestoreProgressHub, progress_tail
 from tidemark_api_gateway.projection import BackupsView
 from tidemark_api_gateway.readmodel import SCHEMA, migrate
 from tidemark_api_gateway.requests import (
@@ -33,6 +34,8 @@ from tidemark_api_gateway.requests import (
     answer_and_log,
     request_context_middleware,
 )
+from tidemark_api_gateway.restores import Restores
+from tidemark_api_gateway.restores_view import RestoresView
 from tidemark_api_gateway.schedules import SchedulesView
 from tidemark_api_gateway.settings import GatewaySettings
 
@@ -40,6 +43,7 @@ SERVICE = "api-gateway"
 PROJECTION_GROUP = "gateway-projection"
 CATALOG_GROUP = "gateway-catalog"
 SCHEDULES_GROUP = "gateway-schedules"
+RESTORES_GROUP = "gateway-restores"
 CATALOG_RELAY = "gateway-catalog"
 
 
@@ -85,6 +89,8 @@ def documentation_app() -> Litestar:
             "pool": unavailable("pool"),
             "gateway": unavailable("gateway"),
             "progress": unavailable("progress"),
+            "restores": unavailable("restores"),
+            "restore_progress": unavailable("restore_progress"),
         }
     )
     return Litestar(route_handlers=[api], **api_options())
@@ -98,6 +104,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
     catalog_view = ProjectionRunner(pool, SCHEMA, CatalogView())
     backups_view = ProjectionRunner(pool, SCHEMA, BackupsView())
     schedules_view = ProjectionRunner(pool, SCHEMA, SchedulesView())
+    restores_view = ProjectionRunner(pool, SCHEMA, RestoresView())
 
     outbox = OutboxSource(pool, settings.database_url)
     catalog_leadership = Leadership(
@@ -131,6 +138,8 @@ def create_app(settings: GatewaySettings) -> Litestar:
     backups_view.subscribe(broker, PROJECTION_GROUP, service=SERVICE)
     catalog_view.subscribe(broker, CATALOG_GROUP, service=SERVICE)
     schedules_view.subscribe(broker, SCHEDULES_GROUP, service=SERVICE)
+    restores_view.subscribe(broker, RESTORES_GROUP, service=SERVICE)
+    restores = Restores(gateway, restores_view, pool)
     subscribe_heartbeats(broker, registry)
     runtime.add_check("services", registry.all_reported)
     # One groupless tail of backup.progress per instance, fanned out to its SSE streams.
@@ -144,6 +153,21 @@ def create_app(settings: GatewaySettings) -> Litestar:
     )
     runtime.add_background(progress.run, needs_kafka=True)
     runtime.add_check("progress", progress.is_ready)
+    # The same for restore.progress (restores' streams).
+    restore_progress = RestoreProgressHub(
+        progress_tail(
+            settings.kafka_bootstrap_servers,
+            f"{SERVICE}-restores-{runtime.instance_id}",
+            RESTORE_PROGRESS.name,
+        ),
+        queue_size=settings.sse_client_queue,
+        heartbeat_seconds=settings.sse_heartbeat_seconds,
+        state_poll_seconds=settings.sse_state_poll_seconds,
+        terminal_wait_seconds=settings.sse_terminal_wait_seconds,
+        max_catchup_offsets=settings.sse_max_catchup_offsets,
+    )
+    runtime.add_background(restore_progress.run, needs_kafka=True)
+    runtime.add_check("restore-progress", restore_progress.is_ready)
     runtime.on_shutdown(outbox.close)
     runtime.on_shutdown(pool.close)
     runtime.on_shutdown(catalog_leadership.close)
@@ -153,13 +177,15 @@ def create_app(settings: GatewaySettings) -> Litestar:
         await asyncio.to_thread(vault.open)
         await pool.open(wait=True, timeout=30)
         async with pool.connection() as conn:
-            await migrate(conn, catalog_view, backups_view, schedules_view)
+            await migrate(conn, catalog_view, backups_view, schedules_view, restores_view)
 
     api = api_router(
         {
             "pool": Provide(lambda: pool, sync_to_thread=False),
             "gateway": Provide(lambda: gateway, sync_to_thread=False),
             "progress": Provide(lambda: progress, sync_to_thread=False),
+            "restores": Provide(lambda: restores, sync_to_thread=False),
+            "restore_progress": Provide(lambda: restore_progress, sync_to_thread=False),
         }
     )
     return build_service_app(

@@ -61,6 +61,8 @@ from litestar.response import ServerSentEventMessage
 from prometheus_client import Counter, Gauge
 from tidemark_contracts import BACKUP_PROGRESS, Envelope, utc_now
 from tidemark_contracts.backup import BackupProgress
+from tidemark_contracts.restore import RestoreProgress
+from tidemark_contracts.topics import RESTORE_PROGRESS
 from tidemark_platform.logging import get_logger
 from tidemark_platform.tail import TailRecord, TopicTail
 
@@ -78,6 +80,26 @@ TERMINAL_POLL_SECONDS = 0.2
 
 # The backup as GET /backups/{id} answers it (JSON, camelCase), or None.
 ReadState = Callable[[], Awaitable[dict[str, Any] | None]]
+AnyProgress = BackupProgress | RestoreProgress
+
+
+@dataclass(frozen=True)
+class ProgressKind:
+    """What a hub follows: backups' progress, or restores' (same stream rules, one code
+    path): its topic, its tick's class, and the attribute and JSON key naming the subject."""
+
+    topic: str
+    tick: type[BackupProgress] | type[RestoreProgress]
+    id_attribute: str
+    id_key: str
+
+    def subject(self, progress: AnyProgress) -> uuid.UUID:
+        subject: uuid.UUID = getattr(progress, self.id_attribute)
+        return subject
+
+
+BACKUPS = ProgressKind(BACKUP_PROGRESS.name, BackupProgress, "backup_id", "backupId")
+RESTORES = ProgressKind(RESTORE_PROGRESS.name, RestoreProgress, "restore_id", "restoreId")
 
 
 class EncodedEvent(ServerSentEventMessage):
@@ -114,9 +136,14 @@ class Tick:
     """A progress tick as a stream delivers it: its id, and when Kafka took it."""
 
     event_id: int
-    progress: BackupProgress
+    progress: AnyProgress
     published_ms: int
+    kind: ProgressKind = BACKUPS
     encoded: list[EncodedEvent] = field(default_factory=list, compare=False)
+
+    @property
+    def subject(self) -> uuid.UUID:
+        return self.kind.subject(self.progress)
 
     def as_event(self) -> EncodedEvent:
         """The tick as a ``progress`` event, encoded on first use."""
@@ -126,25 +153,25 @@ class Tick:
                     ServerSentEventMessage(
                         id=self.event_id,
                         event="progress",
-                        data=_json(progress_data(self.progress)),
+                        data=_json(progress_data(self.progress, self.kind)),
                     )
                 )
             )
         return self.encoded[0]
 
     @classmethod
-    def of(cls, record: TailRecord) -> Tick | None:
-        """The tick in ``record``, or None when it is not a decodable ``BackupProgress``."""
+    def of(cls, record: TailRecord, kind: ProgressKind = BACKUPS) -> Tick | None:
+        """The tick in ``record``, or None when it is not a decodable tick of ``kind``."""
         if record.value is None:
             return None
         try:
             envelope = Envelope.from_bytes(record.value)
-            if envelope.message_type != BackupProgress.message_type:
+            if envelope.message_type != kind.tick.message_type:
                 return None
-            progress = BackupProgress.model_validate(envelope.payload)
+            progress = kind.tick.model_validate(envelope.payload)
         except ValueError:
             return None
-        return cls(record.offset + 1, progress, record.timestamp_ms)
+        return cls(record.offset + 1, progress, record.timestamp_ms, kind)
 
 
 @dataclass(eq=False)
@@ -179,9 +206,9 @@ class Subscription:
         self.wake.set()
 
 
-def progress_data(tick: BackupProgress) -> dict[str, Any]:
+def progress_data(tick: AnyProgress, kind: ProgressKind = BACKUPS) -> dict[str, Any]:
     return {
-        "backupId": str(tick.backup_id),
+        kind.id_key: str(kind.subject(tick)),
         "status": tick.status,
         "phase": tick.phase,
         "percent": tick.percent,
@@ -192,11 +219,11 @@ def progress_data(tick: BackupProgress) -> dict[str, Any]:
     }
 
 
-def state_data(state: dict[str, Any]) -> dict[str, Any]:
+def state_data(state: dict[str, Any], kind: ProgressKind = BACKUPS) -> dict[str, Any]:
     """The current state as a ``progress`` event's data (the read model keeps no finer
     progress than the status, which is also its phase)."""
     return {
-        "backupId": state["id"],
+        kind.id_key: state["id"],
         "status": state["status"],
         "phase": state["status"],
         "percent": None,
@@ -232,8 +259,10 @@ class ProgressHub:
         state_poll_seconds: float = 2.0,
         terminal_wait_seconds: float = 10.0,
         max_catchup_offsets: int = 10_000,
+        kind: ProgressKind = BACKUPS,
     ) -> None:
         self.tail = tail
+        self.kind = kind
         self.queue_size = queue_size
         self.heartbeat_seconds = heartbeat_seconds
         self.state_poll_seconds = state_poll_seconds
@@ -267,10 +296,10 @@ class ProgressHub:
 
     def dispatch(self, records: list[TailRecord]) -> None:
         for record in records:
-            tick = Tick.of(record)
+            tick = Tick.of(record, self.kind)
             if tick is None:
                 continue
-            for subscription in self._subscriptions.get(tick.progress.backup_id, ()):
+            for subscription in self._subscriptions.get(tick.subject, ()):
                 subscription.offer(tick)
 
     def _subscribe(self, subscription: Subscription, read_state: ReadState) -> None:
@@ -400,8 +429,8 @@ class ProgressHub:
                 except Exception as exc:
                     log.warning("sse_catch_up_failed", backup_id=str(backup_id), error=repr(exc))
                 else:
-                    ticks = [Tick.of(r) for r in records]
-                    missed = [t for t in ticks if t and t.progress.backup_id == backup_id]
+                    ticks = [Tick.of(r, self.kind) for r in records]
+                    missed = [t for t in ticks if t and t.subject == backup_id]
         if missed is None:
             # A new stream, or a resumed one that cannot catch up: the current state first.
             state = await read_state()
@@ -411,7 +440,7 @@ class ProgressHub:
                 yield terminal_event(state, live_from)
                 return
             yield ServerSentEventMessage(
-                id=live_from, event="progress", data=_json(state_data(state))
+                id=live_from, event="progress", data=_json(state_data(state, self.kind))
             )
         else:
             assert last_event_id is not None
@@ -493,7 +522,7 @@ class ProgressHub:
                     return
             now = time.monotonic()
             if now >= deadline:
-                log.info("sse_terminal_not_projected", backup_id=str(tick.progress.backup_id))
+                log.info("sse_terminal_not_projected", subject=str(tick.subject))
                 yield ServerSentEventMessage(comment="final state not projected yet", data=None)
                 return
             ping_at = self._ping_due_at(subscription)
@@ -503,5 +532,14 @@ class ProgressHub:
             await asyncio.sleep(min(TERMINAL_POLL_SECONDS, ping_at - now, deadline - now))
 
 
-def progress_tail(bootstrap_servers: str, client_id: str) -> TopicTail:
-    return TopicTail(bootstrap_servers, BACKUP_PROGRESS.name, client_id=client_id)
+class RestoreProgressHub(ProgressHub):
+    """The hub of ``restore.progress``: restores' streams (``/backups/{id}/restore/progress``)."""
+
+    def __init__(self, tail: TopicTail, **options: Any) -> None:
+        super().__init__(tail, kind=RESTORES, **options)
+
+
+def progress_tail(
+    bootstrap_servers: str, client_id: str, topic: str = BACKUP_PROGRESS.name
+) -> TopicTail:
+    return TopicTail(bootstrap_servers, topic, client_id=client_id)

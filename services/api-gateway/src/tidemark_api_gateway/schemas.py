@@ -692,3 +692,58 @@ class RetentionPreviewOut(ResponseBody):
     keep: list[KeptBackupOut]
     delete: list[DeletedBackupOut]
     summary: RetentionSummaryOut
+
+
+class CreateRestore(RequestBody):
+    target_type: Annotated[
+        Literal["same", "other", "new"],
+        Field(
+            description="`same`: the backup's own environment; `other`: "
+            "`targetEnvironmentId` of the caller's organization; `new`: 422 (disabled until "
+            "environment provisioning exists)"
+        ),
+    ]
+    target_environment_id: uuid.UUID | None = None
+    new_environment_name: Annotated[str, Field(max_length=200)] | None = None
+    pitr_timestamp: Annotated[
+        UtcDatetime | None,
+        Field(
+            description="restore to this time (with a zone); valid only inside the backup "
+            "environment's PITR coverage (422 otherwise, with the coverage in `detail`); "
+            "the restore then uses the newest `full` backup before it plus archived WAL"
+        ),
+    ] = None
+    backup_id: Annotated[
+        uuid.UUID | None,
+        Field(description="the source document's repetition of the path's id; must equal it"),
+    ] = None
+    create_safety_backup: Annotated[
+        BOOLEAN,
+        Field(
+            description="first take a backup of the target (`safetyBackupId`), so the "
+            "restore can itself be undone; needs a destination for it (the target's "
+            "schedule's, else the organization's defaults, else 422)"
+        ),
+    ] = True
+
+
+class RestoreOut(ResponseBody):
+    id: uuid.UUID
+    backup_id: uuid.UUID
+    base_backup_id: Annotated[
+        uuid.UUID,
+        Field(description="the backup laid down: `backupId`, or the PITR base `full` backup"),
+    ]
+    restore_type: BackupType
+    source_environment_id: uuid.UUID
+    target_environment_id: uuid.UUID
+    target_type: Literal["same", "other", "new"]
+    pitr_timestamp: UtcDatetime | None
+    safety_backup_id: uuid.UUID | None
+    status: Literal["pending", "running", "completed", "failed"]
+    requested_by: str
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    completed_at: UtcDatetime | None
+    duration_ms: int | None
+    error: str | None

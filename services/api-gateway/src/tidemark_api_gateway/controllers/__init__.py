@@ -5,6 +5,7 @@ from tidemark_api_gateway.controllers.destinations import DestinationController
 from tidemark_api_gateway.controllers.environments import EnvironmentController
 from tidemark_api_gateway.controllers.progress import ProgressController
 from tidemark_api_gateway.controllers.projects import ProjectController
+from tidemark_api_gateway.controllers.restores import RestoreController
 from tidemark_api_gateway.controllers.schedules import ScheduleController
 from tidemark_api_gateway.controllers.secrets import SecretController
 
@@ -16,6 +17,7 @@ CONTROLLERS = [
     ScheduleController,
     BackupController,
     ProgressController,
+    RestoreController,
 ]
 
 __all__ = ["CONTROLLERS"]

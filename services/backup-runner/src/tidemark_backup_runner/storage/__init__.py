@@ -15,9 +15,15 @@ from tidemark_contracts.backup import (
 
 from tidemark_backup_runner.storage.local import DestinationRefused, LocalArtifactWriter
 from tidemark_backup_runner.storage.proof import SealedCopy
+from tidemark_backup_runner.storage.reader import (
+    ArtifactReader,
+    LocalArtifactReader,
+    S3ArtifactReader,
+)
 from tidemark_backup_runner.storage.s3 import DEFAULT_PART_SIZE, S3ArtifactWriter, StorageFailed
 
 __all__ = [
+    "ArtifactReader",
     "ArtifactSink",
     "ArtifactWriter",
     "DestinationRefused",
@@ -26,6 +32,7 @@ __all__ = [
     "SealedCopy",
     "StorageFailed",
     "UnsupportedDestination",
+    "reader_for",
     "writer_for",
 ]
 
@@ -114,6 +121,31 @@ def writer_for(
             label=f"destination {destination.name!r}",
             part_size=s3_part_size,
         )
+    raise UnsupportedDestination(
+        f"destination {destination.name!r}: type {destination.type!r} is not supported yet"
+    )
+
+
+def reader_for(
+    destination: DestinationTarget,
+    organization_id: UUID,
+    *,
+    local_root: Path | None,
+    credentials: Callable[[str | None], str | None] | None,
+) -> ArtifactReader:
+    """A reader of artifacts stored in ``destination`` (of ``organization_id``), under the
+    same rules as ``writer_for``: a local destination only below ``local_root``, an s3 one
+    only with the organization's credentials."""
+    config = destination.config
+    label = f"destination {destination.name!r}"
+    if isinstance(config, LocalDestinationConfig):
+        if local_root is None:
+            raise StorageFailed(
+                f"{label}: this runner has no destination root for local destinations"
+            )
+        return LocalArtifactReader(local_root, organization_id, config, label)
+    if isinstance(config, S3DestinationConfig):
+        return S3ArtifactReader(config, credentials or _no_credentials, label)
     raise UnsupportedDestination(
         f"destination {destination.name!r}: type {destination.type!r} is not supported yet"
     )
