@@ -239,18 +239,20 @@ class WalArchive:
     checksums: dict[str, str]
     target: datetime
     volume_bytes: int
-    # Reads a stored segment's bytes by its name: the storage package's reader over the
-    # local destination when it exists (see ``wal_reader``), else the file itself.
-    read: Callable[[str], bytes] | None = None
-    read_by: str = "the bench's file read"
+    # The restore-runner's fetch_segment over this archive when it exists (see
+    # ``runner_fetcher``), else the bench's own (``fetch_segment``).
+    fetcher: Callable[[str, Path], bool] | None = None
+    fetched_by: str = "the bench's fetch_segment (file read, sha256, zstd)"
 
     def fetch_segment(self, name: str, into: Path) -> bool:
         """Agreement 2's WAL source over this local archive: read the stored copy, check its
         sha256, decompress into ``into``; False when the archive has no such segment."""
+        if self.fetcher is not None:
+            return self.fetcher(name, into)
         stored = self.zst_dir / f"{name}.zst"
         if name not in self.checksums or not stored.exists():
             return False
-        data = self.read(name) if self.read is not None else stored.read_bytes()
+        data = stored.read_bytes()
         if f"sha256:{hashlib.sha256(data).hexdigest()}" != self.checksums[name]:
             raise RuntimeError(f"WAL segment {name}: checksum mismatch")
         with open(into, "wb") as out:
@@ -258,14 +260,18 @@ class WalArchive:
         return True
 
 
-def wal_reader(
-    destinations: Path, org_id: uuid.UUID, destination: dict[str, Any], environment_id: str
-) -> tuple[Callable[[str], bytes], str] | None:
-    """The restore-runner's way of reading a stored segment (``reader_for`` of the
-    backup-runner's storage package, agreement 1) at ``<environment>/wal/<segment>.zst``
-    of the local destination; None while that reader does not exist."""
+def runner_fetcher(
+    destinations: Path,
+    org_id: uuid.UUID,
+    destination: dict[str, Any],
+    environment_id: str,
+    wal: WalArchive,
+) -> Callable[[str, Path], bool] | None:
+    """The restore-runner's own ``fetch_segment`` (``artifacts.segment_fetcher``: reader_for
+    over the destination, SHA-256 against the archive's record, zstd) over this archive's
+    segments as the WAL view records them; None while that code does not exist."""
     try:
-        from tidemark_backup_runner.storage import reader_for
+        from tidemark_restore_runner.artifacts import segment_fetcher
     except ImportError:
         return None
     from tidemark_contracts.backup import DestinationTarget
@@ -273,12 +279,22 @@ def wal_reader(
     target = DestinationTarget.of(
         destination["id"], destination["name"], destination["type"], destination["config"]
     )
-    reader = reader_for(target, org_id, local_root=destinations, credentials=None)
-
-    def read(name: str) -> bytes:
-        return b"".join(reader.read(f"{environment_id}/wal/{name}.zst"))
-
-    return read, "storage.reader_for over the local destination"
+    segments = {
+        name: {
+            "checksum": checksum,
+            "copies": [
+                {"destinationId": destination["id"], "location": f"{environment_id}/wal/{name}.zst"}
+            ],
+        }
+        for name, checksum in wal.checksums.items()
+    }
+    return segment_fetcher(
+        segments,
+        {str(destination["id"]): target},
+        org_id,
+        local_root=destinations,
+        credentials=None,
+    )
 
 
 def reserve_slot(cluster: Cluster) -> None:
@@ -741,6 +757,8 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
             "TIDEMARK_BACKUP_RUNNER_PG_BIN_DIR": str(pg_bin),
             "TIDEMARK_RESTORE_RUNNER_PG_BIN_DIR": str(pg_bin),
             "TIDEMARK_RESTORE_RUNNER_DESTINATION_ROOT": str(destinations),
+            # Its downloads on the filesystem the baseline reads the artifact from.
+            "TIDEMARK_RESTORE_RUNNER_SCRATCH_DIR": str(work / "runner-scratch"),
         },
     )
     note(f"starting Tidemark (logs in {stack.log_dir}) ...")
@@ -776,9 +794,10 @@ def bench(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
             # Stored where the archive keeps it: <environment>/wal/<segment>.zst.
             zst_dir = artifacts / api.source_env / "wal"
             wal = archive_wal(cluster, db, pg_bin, args.wal_mb, work, zst_dir)
-            reader = wal_reader(destinations, org_id, api.destination, api.source_env)
-            if reader is not None:
-                wal.read, wal.read_by = reader
+            fetcher = runner_fetcher(destinations, org_id, api.destination, api.source_env, wal)
+            if fetcher is not None:
+                wal.fetcher = fetcher
+                wal.fetched_by = "the restore-runner's artifacts.segment_fetcher"
             note(
                 f"WAL archived: {len(wal.checksums)} segments ({mib(wal.volume_bytes)}), "
                 f"target {wal.target.isoformat()}"
@@ -925,7 +944,7 @@ def report(
             "tidemark_pitr_vs_postgres_recovery",
             (f"wal {mib(wal.volume_bytes)} in {len(wal.checksums)} segments" if wal else "wal -")
             + ", measured: restore_full(pitr_target) call to promoted and verified, "
-            + (f"segments read by {wal.read_by}" if wal else ""),
+            + (f"WAL fetched by {wal.fetched_by}" if wal else ""),
             "target: none (reported)",
         ),
     }
