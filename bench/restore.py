@@ -587,7 +587,8 @@ def tidemark_physical(
 
 
 def plain_db_restore(db: Database, pg_bin: Path, artifact: Path, n: int) -> Run:
-    """CREATE DATABASE, then ``zstd -d | pg_restore --exit-on-error --no-owner`` into it,
+    """CREATE DATABASE, then ``zstd -d | pg_restore --exit-on-error --no-owner
+    --no-privileges`` into it,
     as the same role Tidemark uses; the database is dropped afterwards (not timed)."""
     name = f"tidemark_bench_plain_{n}"
     target = dataclasses.replace(db, dbname=name)
@@ -595,6 +596,7 @@ def plain_db_restore(db: Database, pg_bin: Path, artifact: Path, n: int) -> Run:
         str(pg_bin / "pg_restore"),
         "--exit-on-error",
         "--no-owner",
+        "--no-privileges",  # as the restore-runner runs it
         *target.pg_dump_args(),
     ]
     pipeline = f"zstd -d -q -c {shlex.quote(str(artifact))} | {shlex.join(restore)}"
