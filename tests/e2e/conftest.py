@@ -46,6 +46,11 @@ def stack(
             "TIDEMARK_BACKUP_RUNNER_CLEANUP_MAX_ATTEMPTS": "3",
             "TIDEMARK_BACKUP_RUNNER_CLEANUP_FIRST_DELAY_SECONDS": "0.2",
             "TIDEMARK_BACKUP_RUNNER_CLEANUP_MAX_DELAY_SECONDS": "1",
+            # The restore-runner's leases as short: a killed runner's restore is taken
+            # over (and recovered) within seconds.
+            "TIDEMARK_RESTORE_RUNNER_LEASE_SECONDS": str(E2E_LEASE_SECONDS),
+            "TIDEMARK_RESTORE_RUNNER_WORK_POLL_SECONDS": "0.5",
+            "TIDEMARK_RESTORE_RUNNER_PROGRESS_INTERVAL_SECONDS": "0.2",
         },
     )
     services.start()

@@ -39,6 +39,7 @@ BUSY = ("pending", "running")
 @dataclass(frozen=True)
 class RestoreRequest:
     backup_id: uuid.UUID
+    body_backup_id: uuid.UUID | None
     target_type: RestoreTargetType
     target_environment_id: uuid.UUID | None
     pitr_timestamp: datetime | None
@@ -62,6 +63,8 @@ class Restores:
         backup = await queries.backup(self.pool, organization_id, body.backup_id)
         if backup is None:
             raise not_found("backup")
+        if body.body_backup_id is not None and body.body_backup_id != body.backup_id:
+            raise invalid("backupId", "must equal the backup id of the path")
         if body.target_type == "new":
             raise invalid("targetType", "'new' is disabled until environment provisioning exists")
         target_id = await self._target_id(backup, body)

@@ -185,7 +185,19 @@ PHASES = (
     "replaying",
     "done",
 )
-TOUCHING = frozenset({"restoring", "swapping", "swapped", "replaying"})
+TOUCHING = frozenset(
+    {
+        "restoring",
+        "swapping",
+        "swapped",
+        "replaying",
+        # The physical restore's own steps once it stops the target (physical.py).
+        "stopping",
+        "laying_down",
+        "starting",
+        "verifying_restore",
+    }
+)
 Takeover = Literal["run", "recover"]
 
 

@@ -44,7 +44,7 @@ from tidemark_restore_runner.artifacts import (
     download_verified,
     segment_fetcher,
 )
-from tidemark_restore_runner.domain import Restore, stopped_reason, takeover
+from tidemark_restore_runner.domain import TOUCHING, Restore, stopped_reason, takeover
 from tidemark_restore_runner.view import BackupsReader
 from tidemark_restore_runner.work import Claim, Lease, LeaseLost, WorkTable
 
@@ -452,7 +452,16 @@ class RestoreExecutor:
         await self._phase(restore, lease, "restoring")
         loop = asyncio.get_running_loop()
 
+        noted = ["restoring"]
+
         def progress(phase: str, percent: float | None, message: str | None) -> None:
+            # On the restore's thread: where the target stands now is noted before the
+            # step runs, so a runner taking over knows to recover rather than rerun.
+            if phase in TOUCHING and phase != noted[0]:
+                self.work.note_phase(lease, phase)
+                noted[0] = phase
+            if phase == "done":
+                return  # the final tick is ours, once the outcome is recorded
             loop.call_soon_threadsafe(
                 self._progress, restore, "running", phase, 0, None, message, percent
             )

@@ -75,6 +75,9 @@ WAL_SUFFIX = ".tidemark-wal"
 SERVER_LOG_SUFFIX = ".tidemark-server.log"
 # Segments fetched ahead of replay (16 MB each on the data directory's filesystem).
 FETCH_AHEAD = 8
+# restore_command gives up on a segment when the runner's heartbeat is this old (the
+# runner was killed); /proc is no proof of life (hidepid hides root's processes).
+HEARTBEAT_STALE_SECONDS = 20
 SEGMENT_BYTES = 16 * 1024 * 1024
 RECOVERY_SETTINGS = (
     "restore_command",
@@ -563,8 +566,11 @@ while :; do
   fi
   [ -f "$dir/$1.missing" ] && exit 1
   [ -f "$dir/end" ] && exit 1
-  # The runner is gone (killed): no segment will come; recovery ends here.
-  [ -d /proc/{runner} ] || exit 1
+  # The runner is gone (killed; it touches "alive" every second while it fetches): no
+  # segment will come, recovery ends here.
+  now=$(date +%s)
+  alive=$(stat -c %Y "$dir/alive" 2>/dev/null || echo 0)
+  [ $((now - alive)) -gt {stale} ] && exit 1
   sleep 0.1
 done
 """
@@ -595,6 +601,7 @@ class _Prefetch:
         self._fetched: list[str] = []
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="wal-prefetch")
+        self._heart = threading.Thread(target=self._heartbeat, daemon=True, name="wal-alive")
 
     def _chown(self, path: Path) -> None:
         if os.geteuid() == 0:
@@ -609,7 +616,7 @@ class _Prefetch:
             _RESTORE_SCRIPT.format(
                 directory=shlex.quote(str(self.directory)),
                 delay=f"{max(delay_seconds, 0.0):.3f}",
-                runner=os.getpid(),
+                stale=HEARTBEAT_STALE_SECONDS,
             )
         )
         os.chmod(script, 0o500)
@@ -617,7 +624,19 @@ class _Prefetch:
         return script
 
     def start(self) -> None:
+        self._beat()
+        self._heart.start()
         self._thread.start()
+
+    def _beat(self) -> None:
+        alive = self.directory / "alive"
+        alive.touch()
+        self._chown(alive)
+
+    def _heartbeat(self) -> None:
+        while not self._stopped.wait(1.0):
+            with contextlib.suppress(OSError):
+                os.utime(self.directory / "alive")
 
     def stop(self) -> None:
         self._stopped.set()
@@ -625,6 +644,8 @@ class _Prefetch:
             (self.directory / "end").touch()
         if self._thread.is_alive():
             self._thread.join(timeout=60)
+        if self._heart.is_alive():
+            self._heart.join(timeout=5)
 
     def used(self) -> int:
         try:

@@ -15,7 +15,7 @@ from tidemark_api_gateway import queries
 from tidemark_api_gateway.auth import Principal
 from tidemark_api_gateway.controllers.common import Limit, Offset, answers, location, page_of
 from tidemark_api_gateway.controllers.progress import LAST_EVENT_ID, _answers, parse_last_event_id
-from tidemark_api_gateway.problems import Problem, invalid, not_found
+from tidemark_api_gateway.problems import Problem, not_found
 from tidemark_api_gateway.progress import RestoreProgressHub
 from tidemark_api_gateway.readmodel import SCHEMA, Pool
 from tidemark_api_gateway.requests import RequestContext
@@ -56,13 +56,12 @@ class RestoreController(Controller):
         restores: Restores,
         pool: Pool,
     ) -> Response[RestoreOut]:
-        if data.backup_id is not None and data.backup_id != backup_id:
-            raise invalid("backupId", "must equal the backup id of the path")
         restore_id = await restores.request(
             principal.organization_id,
             principal.subject,
             RestoreRequest(
                 backup_id=backup_id,
+                body_backup_id=data.backup_id,
                 target_type=data.target_type,
                 target_environment_id=data.target_environment_id,
                 pitr_timestamp=data.pitr_timestamp,
