@@ -14,7 +14,7 @@ PYTEST_STATUS_FILE ?=
 STATE_DIR ?= $(or $(TIDEMARK_STATE_DIR),$(CURDIR)/.state)
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap sync run test lint format schemas bench bench-backup bench-relay bench-read-api bench-sse bench-retention \
+.PHONY: help bootstrap sync run test lint format schemas bench bench-backup bench-relay bench-read-api bench-sse bench-retention bench-restore \
 	kafka-start kafka-stop postgres-start postgres-stop clean-state dlq-list dlq-redrive \
 	rotate-secret-keys
 
@@ -24,12 +24,13 @@ help:
 	@echo "make lint           ruff check, ruff format --check, mypy"
 	@echo "make format         apply ruff's fixes and formatting"
 	@echo "make schemas        write the message contracts' JSON Schemas, AsyncAPI, README's services"
-	@echo "make bench          run every benchmark (bench-backup, bench-relay, bench-read-api, bench-sse, bench-retention)"
+	@echo "make bench          run every benchmark (bench-backup, bench-relay, bench-read-api, bench-sse, bench-retention, bench-restore)"
 	@echo "make bench-backup   measure the backup overhead against pg_dump | zstd"
 	@echo "make bench-relay    relay and projection rates against plain aiokafka"
 	@echo "make bench-read-api a page of backups over 100,000 against GET /health"
 	@echo "make bench-sse      2,000 SSE clients on one gateway: delivery delay, completeness, RSS"
 	@echo "make bench-retention a retention preview over 10,000 backups against loading them"
+	@echo "make bench-restore  db, full and PITR restores against pg_restore, untar + start, PostgreSQL recovery"
 	@echo "make sync           install the locked dependencies into .venv"
 	@echo "make kafka-start | kafka-stop | postgres-start | postgres-stop"
 	@echo "make dlq-list [TOPIC=t]       list parked (dead-letter) messages as JSON lines"
@@ -71,7 +72,7 @@ schemas: sync
 	$(UV_RUN) python -m tidemark_contracts.asyncapi
 	$(UV_RUN) python -m tidemark_devstack.readme
 
-bench: bench-backup bench-relay bench-read-api bench-sse bench-retention
+bench: bench-backup bench-relay bench-read-api bench-sse bench-retention bench-restore
 
 bench-backup: sync
 	$(UV_RUN) python bench/backup_overhead.py
@@ -87,6 +88,9 @@ bench-sse: sync
 
 bench-retention: sync
 	$(UV_RUN) python bench/retention.py
+
+bench-restore: sync
+	$(UV_RUN) python bench/restore.py
 
 rotate-secret-keys: sync
 	$(UV_RUN) python -m tidemark_platform.vault rotate
