@@ -123,6 +123,7 @@ def test_operational_endpoints_need_no_token(anonymous: httpx.Client) -> None:
         "kafka": True,
         "services": True,
         "progress": True,
+        "restore-progress": True,
         "relay:gateway-outbox": True,
         "relay:gateway-catalog": True,
     }

@@ -161,9 +161,12 @@ def swap(target: DatabaseTarget, password: str, restore_id: UUID) -> None:
                 )
             )
             try:
+                # Client sessions only: an autovacuum worker (a superuser process the
+                # target's role may not signal) is told to leave by the rename itself.
                 conn.execute(
                     "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                    "WHERE datname = ANY(%s) AND pid <> pg_backend_pid()",
+                    "WHERE datname = ANY(%s) AND pid <> pg_backend_pid() "
+                    "AND backend_type = 'client backend'",
                     ([target.dbname, new],),
                 )
                 with conn.transaction():
