@@ -118,10 +118,8 @@ def test_a_restore_to_a_time_between_two_commits_yields_exactly_the_rows_up_to_i
 
     def covered() -> dict[str, Any] | None:
         body = pitr()
-        if body["coverageStart"] and body["coverageEnd"]:
-            if parse(body["coverageStart"]) <= target <= parse(body["coverageEnd"]):
-                return body
-        return None
+        start, end = body["coverageStart"], body["coverageEnd"]
+        return body if start and end and parse(start) <= target <= parse(end) else None
 
     coverage = wait_until("the coverage to reach past t2", covered, timeout=120)
     assert parse(coverage["coverageStart"]) >= parse(base["completedAt"]) - timedelta(seconds=1)
