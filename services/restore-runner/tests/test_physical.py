@@ -6,6 +6,7 @@ The archive checks that need no server run on the filesystem alone (unit)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,7 +41,10 @@ from tidemark_devstack.source_cluster import (
 from tidemark_restore_runner.full_archive import ArchiveError, extract_verified, read_manifest
 from tidemark_restore_runner.physical import (
     JOURNAL_SUFFIX,
+    LOCK_SUFFIX,
     OLD_SUFFIX,
+    RESTORED_SUFFIX,
+    ClusterBusy,
     PhysicalRestore,
     PhysicalRestoreError,
     restore_full,
@@ -271,7 +276,7 @@ def leftovers(history: History) -> list[str]:
         p.name
         for p in data.parent.iterdir()
         if p.name.startswith(data.name + ".tidemark-")
-        and not p.name.endswith(".tidemark-server.log")
+        and not p.name.endswith((".tidemark-server.log", LOCK_SUFFIX, RESTORED_SUFFIX))
     ) + sorted(p.name for p in history.site.parent.iterdir() if "tidemark" in p.name)
 
 
@@ -355,8 +360,9 @@ def test_a_restore_without_a_target_time_has_the_backups_rows_and_files(
     assert history.marks() == [0, 1, 2, 3]
     recorded = Recorded()
 
+    job = history.job()
     started = time.monotonic()
-    restore_full(history.job(), recorded)
+    restore_full(job, recorded)
     TIMES["restore_without_pitr"] = time.monotonic() - started
     TIMES.update({f"no_pitr_reached_{k}": v for k, v in recorded.at.items()})
 
@@ -369,10 +375,14 @@ def test_a_restore_without_a_target_time_has_the_backups_rows_and_files(
         "laying_down",
         "starting",
         "verifying_restore",
+        "swapped",
         "done",
     ]
     assert leftovers(history) == []
     assert resume_interrupted(history.spec) == "nothing"
+    # A takeover of this very restore after its journal was discarded: it completed.
+    assert resume_interrupted(history.spec, job.restore_id) == "completed"
+    assert resume_interrupted(history.spec, uuid.uuid4()) == "nothing"
 
 
 def test_a_restore_to_a_time_between_t2_and_t3_has_exactly_the_rows_up_to_t2(
@@ -735,3 +745,36 @@ def test_an_unsafe_or_mismatched_archive_is_refused(
 
     assert not (tmp_path / "etc").exists()
     assert not (tmp_path / "evil").exists()
+
+
+def test_a_second_process_never_works_on_a_cluster_another_one_holds(tmp_path: Path) -> None:
+    # A runner whose lease was taken over may still run its restore thread: while it holds
+    # the cluster, a new restore is refused before anything (ClusterBusy, retried later),
+    # and resume_interrupted waits for it instead of rolling back under its feet.
+    data = tmp_path / "data"
+    data.mkdir()
+    spec = ClusterSpec(data_directory=str(data), bin_directory="/nonexistent", port=1)
+    job = PhysicalRestore(
+        restore_id=uuid.uuid4(),
+        cluster=spec,
+        artifact=tmp_path / "artifact",
+        files_directory=None,
+        pitr_target=None,
+        fetch_segment=None,
+        work_dir=tmp_path / "work",
+    )
+    held = os.open(tmp_path / f"data{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    resumed: list[str] = []
+    waiter = threading.Thread(target=lambda: resumed.append(resume_interrupted(spec)))
+    try:
+        with pytest.raises(ClusterBusy, match="still working on this cluster"):
+            restore_full(job, Recorded())
+        waiter.start()
+        time.sleep(0.5)
+        assert resumed == []  # waiting for the holder
+    finally:
+        os.close(held)  # the holder ends
+    waiter.join(timeout=10)
+    assert resumed == ["nothing"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", f"data{LOCK_SUFFIX}"]

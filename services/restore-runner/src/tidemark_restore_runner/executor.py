@@ -232,17 +232,33 @@ class RestoreExecutor:
         source = RestoreSource.model_validate(restore.source)
         cluster_data = restore.target.get("cluster")
         cluster = ClusterSpec.model_validate(cluster_data) if cluster_data else None
-        if claim.previous_owner is not None and takeover(claim.previous_phase) == "recover":
-            await self._recover(
-                restore, lease, target, cluster, claim.previous_phase or "restoring"
-            )
-            return
+        recovering = (
+            claim.previous_owner is not None and takeover(claim.previous_phase) == "recover"
+        )
         if claim.step == "give_up":
+            # Also when recovering keeps failing (the target's server down, a rollback that
+            # does not finish): a bounded number of tries, then the restore ends saying so.
+            if recovering:
+                await self._fail(
+                    restore,
+                    lease,
+                    f"gave up recovering the target after {lease.attempt - 1} attempts "
+                    f"(the restore-runner stopped during {claim.previous_phase}): "
+                    f"{claim.last_error or 'the runner holding it stopped'}; the target may "
+                    "be partly restored",
+                    target_unchanged=False,
+                )
+                return
             await self._fail(
                 restore,
                 lease,
                 f"gave up after {lease.attempt - 1} attempts: "
                 f"{claim.last_error or 'the runner holding it stopped'}",
+            )
+            return
+        if recovering:
+            await self._recover(
+                restore, lease, target, cluster, claim.previous_phase or "restoring"
             )
             return
         restore.start(utc_now(), lease.attempt)
@@ -458,7 +474,10 @@ class RestoreExecutor:
             # On the restore's thread: where the target stands now is noted before the
             # step runs, so a runner taking over knows to recover rather than rerun.
             if phase in TOUCHING and phase != noted[0]:
-                self.work.note_phase(lease, phase)
+                try:
+                    self.work.note_phase(lease, phase)
+                except Exception as exc:  # the restore goes on; a takeover recovers
+                    log.warning("restore_phase_not_noted", phase=phase, error=repr(exc))
                 noted[0] = phase
             if phase == "done":
                 return  # the final tick is ours, once the outcome is recorded
@@ -468,6 +487,8 @@ class RestoreExecutor:
 
         try:
             await asyncio.to_thread(physical.restore_full, job, progress)
+        except physical.ClusterBusy:
+            raise  # an earlier holder's thread still runs: this attempt ends, a later one retries
         except physical.PhysicalRestoreError as exc:
             await self._fail(restore, lease, exc.reason, target_unchanged=exc.target_unchanged)
             return
@@ -495,8 +516,14 @@ class RestoreExecutor:
             from tidemark_restore_runner import physical
 
             assert cluster is not None
-            result = await asyncio.to_thread(physical.resume_interrupted, cluster)
-            replaced = result == "completed"
+            try:
+                result = await asyncio.to_thread(physical.resume_interrupted, cluster, restore.id)
+            except physical.PhysicalRestoreError as exc:
+                await self._fail(restore, lease, exc.reason, target_unchanged=exc.target_unchanged)
+                return
+            # "swapped" was noted once the restored cluster was verified: its journal may
+            # be gone already, and the target holds the restore.
+            replaced = result == "completed" or phase == "swapped"
         log.info("restore_recovered", restore_id=str(restore.id), replaced=replaced, phase=phase)
         if replaced:
             restore.pass_milestone("target_replaced", utc_now(), "finished after a takeover")

@@ -37,13 +37,14 @@ The server's log, from the restore on, is ``<dataDirectory>.tidemark-server.log`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import shlex
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +74,13 @@ OLD_SUFFIX = ".tidemark-old"
 STAGING_SUFFIX = ".tidemark-new"
 WAL_SUFFIX = ".tidemark-wal"
 SERVER_LOG_SUFFIX = ".tidemark-server.log"
+# Held (flock) by whichever process restores or resumes the cluster: a runner whose lease
+# was taken over may still have a restore thread running, and two processes must never
+# rename, remove or start the same data directory at once.
+LOCK_SUFFIX = ".tidemark-restore.lock"
+# The id of the last restore that completed into the cluster, written before its journal is
+# discarded: a takeover after that moment still knows the target holds that restore.
+RESTORED_SUFFIX = ".tidemark-restored"
 # Segments fetched ahead of replay (16 MB each on the data directory's filesystem).
 FETCH_AHEAD = 8
 # restore_command gives up on a segment when the runner's heartbeat is this old (the
@@ -117,6 +125,45 @@ class PhysicalRestoreError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.target_unchanged = target_unchanged
+
+
+class ClusterBusy(PhysicalRestoreError):
+    """Another process holds the cluster's restore lock: try again later (nothing done)."""
+
+
+@contextlib.contextmanager
+def _exclusive(data: Path, *, wait: bool) -> Iterator[None]:
+    """The cluster's restore lock for the duration (the lock file stays; the lock dies
+    with the process that holds it)."""
+    fd = os.open(_beside(data, LOCK_SUFFIX), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ClusterBusy(
+                "another restore-runner process is still working on this cluster"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _record_restored(data: Path, restore_id: str) -> None:
+    path = _beside(data, RESTORED_SUFFIX)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w") as handle:
+        handle.write(restore_id)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _sync_directory(path.parent)
+
+
+def _restored_id(data: Path) -> str | None:
+    try:
+        return _beside(data, RESTORED_SUFFIX).read_text().strip()
+    except FileNotFoundError:
+        return None
 
 
 class _Failed(Exception):
@@ -276,8 +323,14 @@ def _stage(job: PhysicalRestore, journal: Journal, manifest: Manifest, owner: Ow
 def restore_full(job: PhysicalRestore, progress: Progress) -> None:
     """Lay ``job.artifact`` down as ``job.cluster`` (and its files directory), replayed to
     ``job.pitr_target`` when given; raises ``PhysicalRestoreError`` saying why, with
-    ``target_unchanged`` true when the target is as it was (blocking)."""
+    ``target_unchanged`` true when the target is as it was (blocking). ``ClusterBusy``
+    when another process is restoring or resuming the cluster."""
     data = Path(job.cluster.data_directory)
+    with _exclusive(data, wait=False):
+        _restore_full(job, progress, data)
+
+
+def _restore_full(job: PhysicalRestore, progress: Progress, data: Path) -> None:
     earlier = Journal.load(data)
     if earlier is not None and earlier.phase == "verified":
         _complete(earlier)  # a restore that succeeded but was not cleaned up
@@ -444,6 +497,9 @@ def _replace_and_start(
     _verify(job, journal, server, manifest, log_offset)
     journal.save("verified")
     progress("verifying_restore", 100.0, "the restored cluster is promoted and verified")
+    # From here the target holds the restored cluster even if this process dies before the
+    # journal is discarded: the caller notes it (its takeover then completes, never fails).
+    progress("swapped", 100.0, "the restored cluster replaced the target's")
 
 
 def _size(path: Path) -> int:
@@ -729,6 +785,7 @@ def _discard_staging(journal: Journal) -> None:
 
 def _complete(journal: Journal) -> None:
     """The restored cluster is verified: discard what the old one left (idempotent)."""
+    _record_restored(journal.data, journal.restore_id)
     remove_tree(journal.old)
     if journal.files_old is not None and journal.files_had_old:
         remove_tree(journal.files_old)
@@ -771,13 +828,28 @@ def _roll_back(journal: Journal) -> None:
     journal.remove()
 
 
-def resume_interrupted(cluster: ClusterSpec) -> Literal["nothing", "rolled_back", "completed"]:
+def resume_interrupted(
+    cluster: ClusterSpec, restore_id: UUID | None = None
+) -> Literal["nothing", "rolled_back", "completed"]:
     """Finish a restore into ``cluster`` that a killed runner left unfinished: complete
     when the journal recorded the restored cluster verified, else roll back. Idempotent;
-    raises ``PhysicalRestoreError`` (target_unchanged false) when the rollback fails."""
+    raises ``PhysicalRestoreError`` (target_unchanged false) when the rollback fails.
+
+    Waits while another process holds the cluster (a runner whose lease was taken over,
+    its restore thread still running). With ``restore_id``, a restore of that id that
+    completed and discarded its journal already is "completed", not "nothing"."""
     data = Path(cluster.data_directory)
+    with _exclusive(data, wait=True):
+        return _resume_interrupted(data, restore_id)
+
+
+def _resume_interrupted(
+    data: Path, restore_id: UUID | None
+) -> Literal["nothing", "rolled_back", "completed"]:
     journal = Journal.load(data)
     if journal is None:
+        if restore_id is not None and _restored_id(data) == str(restore_id):
+            return "completed"
         return "nothing"
     if journal.phase == "verified":
         server = journal.server()
