@@ -60,6 +60,8 @@ def stack(
             "TIDEMARK_RESTORE_RUNNER_LEASE_SECONDS": str(E2E_LEASE_SECONDS),
             "TIDEMARK_RESTORE_RUNNER_WORK_POLL_SECONDS": "0.5",
             "TIDEMARK_RESTORE_RUNNER_PROGRESS_INTERVAL_SECONDS": "0.2",
+            # Replay slowed a little, so a kill during it can be aimed (test_pitr).
+            "TIDEMARK_RESTORE_RUNNER_REPLAY_SEGMENT_DELAY_SECONDS": "0.5",
         },
     )
     services.start()

@@ -89,6 +89,7 @@ class RestoreExecutor:
         vault: SecretVault | None = None,
         destination_root: Path | None = None,
         files_root: Path | None = None,
+        replay_segment_delay: float = 0.0,
     ) -> None:
         self.app = app
         self.work = work
@@ -107,6 +108,7 @@ class RestoreExecutor:
         self._vault = vault
         self._destination_root = destination_root
         self._files_root = files_root
+        self._replay_segment_delay = replay_segment_delay
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._publishing: set[asyncio.Task[None]] = set()
@@ -464,6 +466,7 @@ class RestoreExecutor:
             pitr_target=restore.pitr_timestamp,
             fetch_segment=fetch,
             work_dir=work_dir / "physical",
+            segment_delay_seconds=self._replay_segment_delay,
         )
         await self._phase(restore, lease, "restoring")
         loop = asyncio.get_running_loop()

@@ -86,6 +86,7 @@ def create_app(settings: Settings) -> Litestar:
         vault=vault,
         destination_root=settings.destination_root,
         files_root=settings.files_root,
+        replay_segment_delay=settings.replay_segment_delay_seconds,
     )
     register_handlers(broker, app, executor, relay.wake, service=SERVICE)
     runtime.add_background(executor.run)

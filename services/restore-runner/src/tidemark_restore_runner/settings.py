@@ -30,6 +30,14 @@ class Settings(ServiceSettings, SecretSettings):
         default_factory=lambda: Path(tempfile.gettempdir()) / "tidemark-restores"
     )
     pg_bin_dir: str | None = None
+    replay_segment_delay_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=60,
+        description="a pause before each archived WAL segment is handed to a replaying "
+        "server: throttles a point-in-time restore's I/O on a busy host (the end-to-end "
+        "tests use it to catch a replay in the act)",
+    )
     credential_env_prefix: str = Field(default="TIDEMARK_SECRET_", min_length=1)
     credential_file_root: Path | None = None
     # Local destinations under <root>/<organization id>/<path> (as the backup-runner's).
