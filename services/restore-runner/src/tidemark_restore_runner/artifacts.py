@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 import zstandard
+from tidemark_backup_runner.secrets import SecretError
 from tidemark_backup_runner.storage import StorageFailed, UnsupportedDestination, reader_for
 from tidemark_contracts.backup import DestinationTarget
 from tidemark_contracts.restore import ArtifactCopy
@@ -50,6 +51,9 @@ def download_verified(
                     on_progress(done)
         except (StorageFailed, UnsupportedDestination) as exc:
             reasons.append(str(exc))
+            continue
+        except SecretError as exc:  # an s3 destination's keys (the message names no value)
+            reasons.append(f"{name}: {exc}")
             continue
         except OSError as exc:
             reasons.append(f"{name}: the runner's scratch space failed ({exc.strerror})")
