@@ -13,10 +13,10 @@ import pytest
 import zstandard
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.walarchive import (
+    RESET_REASON,
     ArchivedCopy,
     SegmentFacts,
     WalArchive,
-    RESET_REASON,
     WalArchiveError,
     gap_reason,
     verdict,

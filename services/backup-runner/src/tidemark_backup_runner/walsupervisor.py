@@ -355,8 +355,10 @@ class Receiver:
             log.info("wal_unfilled_partial_dropped", segments=dropped)
         created = await asyncio.to_thread(self._take_slot, password)
         archive = self.archive
-        if archive is not None and archive.last_segment is not None and (
-            created or self._history_lost
+        if (
+            archive is not None
+            and archive.last_segment is not None
+            and (created or self._history_lost)
         ):
             # A new slot (the cluster was restored, or the slot dropped) or a server that
             # does not know the spool's position: the WAL it streams now cannot continue

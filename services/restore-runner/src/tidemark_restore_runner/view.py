@@ -123,3 +123,12 @@ class BackupsReader:
                 (environment_id,),
             )
             return [dict(r) for r in await cursor.fetchall()]
+
+    async def has_segment(self, environment_id: UUID, segment: str) -> bool:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT 1 FROM {self.schema}.wal_segments "
+                "WHERE environment_id = %s AND segment = %s",
+                (environment_id, segment),
+            )
+            return await cursor.fetchone() is not None
