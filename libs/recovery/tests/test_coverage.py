@@ -97,3 +97,44 @@ def test_the_newest_base_before_the_target_is_chosen() -> None:
     plan = plan_restore(at(3), [older, newer], segments)
     assert plan is not None
     assert plan.base == older
+
+
+def archived(segno: int, last: float, archived_at: float) -> ArchivedSegment:
+    return ArchivedSegment(segment_name(1, segno), at(last), archived_at=at(archived_at))
+
+
+def test_a_reset_of_the_archive_cuts_the_coverage_and_no_window_mixes_histories() -> None:
+    # History 1: base at segment 3, segments 3..6 archived before the reset at minute 10.
+    # The cluster was restored (LSN rewound): history 2 archives 5..8 again, on the same
+    # timeline, after the reset, and its own base at segment 5 completed at minute 12.
+    old_base, new_base = base(3, completed=1), base(5, completed=12)
+    segments = [
+        archived(3, 1, 1.5),
+        archived(4, 3, 3.5),
+        archived(5, 12.5, 13),  # overwritten by history 2 (the read model keeps the newest)
+        archived(6, 14, 14.5),
+        archived(7, 16, 16.5),
+    ]
+    gaps = [at(10)]
+    windows = coverage_windows([old_base, new_base], segments, gaps)
+    assert [(w.start, w.end, w.epoch) for w in windows] == [
+        (at(1), at(3), 0),
+        (at(12), at(16), 1),
+    ]
+    assert windows[1].bases == (new_base,)
+    # Without the gap, one "unbroken" run would span both histories from the old base.
+    assert coverage_windows([old_base, new_base], segments)[0].start == at(1)
+    assert plan_restore(at(5), [old_base, new_base], segments, gaps) is None
+    plan = plan_restore(at(15), [old_base, new_base], segments, gaps)
+    assert plan is not None
+    assert plan.base == new_base
+    assert plan.segments == tuple(segment_name(1, n) for n in (5, 6, 7))
+    old = plan_restore(at(2), [old_base, new_base], segments, gaps)
+    assert old is not None
+    assert old.segments == tuple(segment_name(1, n) for n in (3, 4))
+
+
+def test_a_base_completed_before_a_reset_does_not_start_a_window_after_it() -> None:
+    segments = [archived(3, 6, 6.5), archived(4, 8, 8.5)]
+    assert coverage_windows([base(3, completed=2)], segments, [at(5)]) == []
+    assert len(coverage_windows([base(3, completed=2)], segments)) == 1

@@ -8,10 +8,12 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from eventsourcing.persistence import Tracking
-from tidemark_api_gateway.pitr import Coverage, pitr_plan, windows
+from psycopg.types.json import Jsonb
+from tidemark_api_gateway.pitr import Coverage, pitr_plan, wal_destinations, windows
 from tidemark_api_gateway.projection import BackupsView
 from tidemark_api_gateway.readmodel import SCHEMA, migrate
 from tidemark_contracts import Envelope, Message
@@ -56,7 +58,16 @@ async def view(pool: Pool) -> ProjectionRunner:
     backups = ProjectionRunner(pool, SCHEMA, BackupsView())
     async with pool.connection() as conn:
         await migrate(conn, ProjectionRunner(pool, SCHEMA, CatalogView()), backups)
+        await register(conn, DEST)
     return backups
+
+
+async def register(conn: Any, destination: uuid.UUID, org: uuid.UUID | None = None) -> None:
+    await conn.execute(
+        f"INSERT INTO {SCHEMA}.destinations (id, organization_id, name, type, config, "
+        "is_default, created_at) VALUES (%s, %s, %s, 'local', %s, false, now())",
+        (destination, org or uuid.uuid4(), f"d-{destination.hex[:8]}", Jsonb({"path": "p"})),
+    )
 
 
 class Env:
@@ -132,7 +143,15 @@ class Env:
             )
         )
 
-    async def segment(self, segno: int, last: datetime | None, timeline: int = 1) -> None:
+    async def segment(
+        self,
+        segno: int,
+        last: datetime | None,
+        timeline: int = 1,
+        *,
+        archived_at: datetime = T0,
+        destination: uuid.UUID = DEST,
+    ) -> None:
         name = segment_name(timeline, segno)
         await self.wal(
             WalSegmentArchived(
@@ -145,8 +164,10 @@ class Env:
                 checksum=CHECKSUM,
                 first_record_at=last,
                 last_record_at=last,
-                copies=[WalSegmentCopy(destination_id=DEST, location=f"{self.id}/wal/{name}.zst")],
-                archived_at=T0,
+                copies=[
+                    WalSegmentCopy(destination_id=destination, location=f"{self.id}/wal/{name}.zst")
+                ],
+                archived_at=archived_at,
             )
         )
 
@@ -271,3 +292,73 @@ async def test_the_archives_status_and_last_segment_follow_its_events_once(
             )
         ).fetchone()
     assert row == {"status": "stalled", "last_segment": segment_name(1, 3), "last_archived_at": T0}
+
+
+async def test_a_reset_archive_never_spans_two_histories(
+    pool: Pool, view: ProjectionRunner
+) -> None:
+    # History 1: base at 3, segments 3..5. The environment is restored (LSN rewound): the
+    # receiver records a reset at minute 10 and archives 4..6 again as history 2, whose
+    # base (at 4) completed at minute 11.
+    env = Env(view)
+    await env.full_backup(at(0), end_segno=3)
+    for segno, minute in ((3, 1), (4, 2), (5, 3)):
+        await env.segment(segno, at(minute), archived_at=at(minute + 0.1))
+    await env.wal(
+        WalGapDetected(
+            environment_id=env.id,
+            after_segment=segment_name(1, 5),
+            resumed_at=None,
+            reason="the replication slot was gone",
+            detected_at=at(10),
+        )
+    )
+    await env.full_backup(at(11), end_segno=4)
+    for segno, minute in ((4, 11.5), (5, 12), (6, 13)):
+        await env.segment(segno, at(minute), archived_at=at(minute + 0.1))
+    async with pool.connection() as conn:
+        found = await windows(conn, env.id)
+        between = await pitr_plan(conn, env.id, at(8))
+        old = await pitr_plan(conn, env.id, at(0.5))
+        new = await pitr_plan(conn, env.id, at(12.5))
+        row = await (
+            await conn.execute(
+                f"SELECT last_record_at FROM {SCHEMA}.wal_segments "
+                "WHERE environment_id = %s AND segment = %s",
+                (env.id, segment_name(1, 5)),
+            )
+        ).fetchone()
+    # The row of a name archived again follows the new history.
+    assert row == {"last_record_at": at(12)}
+    assert [(w.start, w.end) for w in found] == [(at(0), at(1)), (at(11), at(13))]
+    assert between == Coverage(at(11), at(13))
+    assert isinstance(old, RestorePlan)
+    assert old.segments == (segment_name(1, 3),)
+    assert isinstance(new, RestorePlan)
+    assert new.base.completed_at == at(11)
+    assert new.segments == tuple(segment_name(1, n) for n in (4, 5, 6))
+
+
+async def test_only_segments_in_a_registered_destination_count(
+    pool: Pool, view: ProjectionRunner
+) -> None:
+    env = Env(view)
+    other = uuid.uuid4()
+    async with pool.connection() as conn:
+        await register(conn, other, env.org)
+    removed = uuid.uuid4()  # its copies are out of reach
+    await env.full_backup(at(0), end_segno=3)
+    await env.segment(3, at(1), destination=other)
+    await env.segment(4, at(2))
+    await env.segment(5, at(3), destination=removed)
+    await env.segment(6, at(4))
+    async with pool.connection() as conn:
+        found = await windows(conn, env.id)
+        plan = await pitr_plan(conn, env.id, at(1.5))
+        holders = await wal_destinations(
+            conn, env.org, env.id, [segment_name(1, 3), segment_name(1, 4)]
+        )
+    assert [(w.start, w.end) for w in found] == [(at(0), at(2))]
+    assert isinstance(plan, RestorePlan)
+    # Only the organization's own registered destinations are named.
+    assert [d["id"] for d in holders] == [other]

@@ -13,6 +13,7 @@ import pytest
 import zstandard
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.walarchive import (
+    RESET_REASON,
     ArchivedCopy,
     SegmentFacts,
     WalArchive,
@@ -128,6 +129,41 @@ def test_a_segment_streamed_again_records_nothing() -> None:
     archive.collect_events()
     assert not archive.archive(facts(3), T0)
     assert not archive.archive(facts(2), T0)
+    assert archive.collect_events() == []
+
+
+def test_after_a_reset_the_next_segment_starts_a_new_history_whatever_its_name() -> None:
+    # A restored cluster (no slot, LSN rewound on the same timeline) streams segments
+    # that were archived before: they are the new history, not duplicates.
+    app = BackupRunnerApplication()
+    archive = opened()
+    archive.archive(facts(3), T0)
+    archive.archive(facts(4), T0)
+    app.save(archive)
+    assert archive.reset(RESET_REASON, T0)
+    assert archive.last_segment is None
+    assert archive.archive(facts(4), T0)
+    assert archive.archive(facts(5), T0)
+    pending = archive.collect_events()
+    app.save(*pending)
+    gap, *segments = pending
+    assert isinstance(gap, WalArchive.GapDetected)
+    assert (gap.after_segment, gap.resumed_at, gap.reason) == (
+        segment_name(1, 4),
+        None,
+        RESET_REASON,
+    )
+    assert [type(e).__name__ for e in segments] == ["SegmentArchived", "SegmentArchived"]
+    assert archive.last_segment == segment_name(1, 5)
+    # The state is the same after a reload from the events.
+    reloaded: WalArchive = app.repository.get(archive.id)
+    assert reloaded.last_segment == segment_name(1, 5)
+
+
+def test_a_reset_of_an_empty_archive_records_nothing() -> None:
+    archive = opened()
+    archive.collect_events()
+    assert not archive.reset(RESET_REASON, T0)
     assert archive.collect_events() == []
 
 

@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from tidemark_backup_runner.application import BackupRunnerApplication
 from tidemark_backup_runner.pgtools import find_tool
 from tidemark_backup_runner.secrets import CredentialPolicy
-from tidemark_backup_runner.walarchive import WalArchive
+from tidemark_backup_runner.walarchive import RESET_REASON, WalArchive
 from tidemark_backup_runner.walsupervisor import WalArchiver, WalPolicy, slot_name
 from tidemark_backup_runner.walview import WalSchedulesView, WalTables
 from tidemark_contracts.backup import DatabaseTarget
@@ -329,7 +329,7 @@ async def test_another_instance_with_an_empty_spool_resumes_after_the_last_archi
     assert len(receivers(source)) == 1
 
 
-async def test_wal_the_server_removed_meanwhile_is_recorded_as_a_gap(
+async def test_a_slot_that_was_gone_resets_the_archive_and_streams_from_the_new_slot(
     app: BackupRunnerApplication,
     environment: Environment,
     source: SourceCluster,
@@ -358,11 +358,20 @@ async def test_wal_the_server_removed_meanwhile_is_recorded_as_a_gap(
         ),
         what="the gap",
     )
+    # A new slot (as after a restore, whose cluster has none and may be on another
+    # history): the archive is reset, not continued from the spool's old head.
     assert gap.after_segment == last
-    assert "already removed" in gap.reason
+    assert gap.resumed_at is None
+    assert gap.reason == RESET_REASON
+    await until(
+        lambda: [e.segment for e in archived(app, environment)][-1] != last,
+        what="a segment after the reset",
+    )
     after = [e.segment for e in archived(app, environment)]
-    assert after[after.index(last) + 1] == gap.resumed_at
-    assert parse_segment_name(gap.resumed_at)[1] > parse_segment_name(last)[1] + 1
+    assert parse_segment_name(after[after.index(last) + 1])[1] > parse_segment_name(last)[1] + 1
+    kinds = [type(e).__name__ for e in events(app, environment)]
+    assert kinds.index("GapDetected") < len(kinds) - 1
+    assert len([k for k in kinds if k == "GapDetected"]) == 1
 
 
 async def test_a_receiver_that_stops_receiving_is_stalled_and_restarted(

@@ -11,6 +11,7 @@ from pydantic import Field
 from tidemark_contracts.backup import BackupType, DatabaseTarget, DestinationTarget
 from tidemark_contracts.base import Message, UtcDatetime, WireModel
 from tidemark_contracts.catalog import ClusterSpec
+from tidemark_contracts.wal import SEGMENT_NAME_PATTERN
 
 RestoreTargetType = Literal["same", "other", "new"]
 RestoreStatus = Literal["pending", "running", "completed", "failed"]
@@ -38,6 +39,11 @@ class RestoreSource(WireModel):
     wal_end_lsn: str | None = None
     wal_timeline: int | None = None
     copies: list[ArtifactCopy] = Field(min_length=1)
+    # Point-in-time restores: the registered destinations holding the planned WAL
+    # segments (fetched from these and the copies' destinations), and the plan's last
+    # segment (the runner waits until its own view of the archive holds it).
+    wal_destinations: list[DestinationTarget] = Field(default_factory=list)
+    wal_until_segment: str | None = Field(default=None, pattern=SEGMENT_NAME_PATTERN)
 
 
 class RestoreTarget(WireModel):

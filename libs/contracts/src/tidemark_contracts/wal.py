@@ -58,7 +58,10 @@ class WalSegmentArchived(Message):
 class WalGapDetected(Message):
     """Event: the archive is missing WAL between ``afterSegment`` (the last segment stored
     before the gap, None when unknown) and ``resumedAt`` (the first segment stored after
-    it). Coverage never spans a gap."""
+    it). Coverage never spans a gap. Without ``resumedAt`` it is a reset: the receiver
+    had to start a new replication slot (the cluster was restored, or the slot dropped),
+    so the WAL archived after ``detectedAt`` is a new history, whose segments may reuse
+    (and overwrite) names archived before."""
 
     message_type: ClassVar[str] = "wal.WalGapDetected"
     version: Literal[1] = 1

@@ -14,11 +14,19 @@ first commit or abort record after T. So T is reachable exactly when
 
 Hence a window per unbroken run of archived segments: from the completion of the oldest
 base backup whose WAL continues into the run, to the latest record time in the run.
+
+A reset of the archive (``gaps``: the times the receiver had to start a new replication
+slot while the archive already held WAL, e.g. after the cluster was restored) starts a new
+history: WAL after it may reuse the names (and overwrite the files) of segments before it,
+on the same timeline. So the archive is cut into epochs at those times: a segment belongs
+to the epoch it was archived in, a base backup to the one it completed in, and a run (hence
+a window) never mixes epochs.
 """
 
 from __future__ import annotations
 
 import uuid
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +52,7 @@ class ArchivedSegment:
     segment: str
     last_record_at: datetime | None
     first_record_at: datetime | None = None
+    archived_at: datetime | None = None  # needed only when the archive was ever reset
 
     @property
     def timeline(self) -> int:
@@ -65,6 +74,7 @@ class Window:
     first_segment: str
     last_segment: str
     bases: tuple[BaseBackup, ...]
+    epoch: int = 0  # how many archive resets came before the window's WAL
 
     def contains(self, at: datetime) -> bool:
         return self.start <= at <= self.end
@@ -80,35 +90,49 @@ class RestorePlan:
     segments: tuple[str, ...]
 
 
-def _runs(segments: Iterable[ArchivedSegment]) -> list[list[ArchivedSegment]]:
-    """Unbroken runs of segments per timeline (consecutive numbers), each in order."""
-    unique: dict[tuple[int, int], ArchivedSegment] = {}
+def _epoch(at: datetime | None, resets: Sequence[datetime]) -> int:
+    """How many resets came strictly before ``at`` (None: before any reset)."""
+    return 0 if at is None else bisect_left(resets, at)
+
+
+def _runs(
+    segments: Iterable[ArchivedSegment], resets: Sequence[datetime]
+) -> list[tuple[int, list[ArchivedSegment]]]:
+    """Unbroken runs of segments per epoch and timeline (consecutive numbers), each in
+    order, with its epoch."""
+    unique: dict[tuple[int, int, int], ArchivedSegment] = {}
     for segment in segments:
-        unique.setdefault((segment.timeline, segment.segno), segment)
-    runs: list[list[ArchivedSegment]] = []
+        key = (_epoch(segment.archived_at, resets), segment.timeline, segment.segno)
+        unique.setdefault(key, segment)
+    runs: list[tuple[int, list[ArchivedSegment]]] = []
+    previous: tuple[int, int, int] | None = None
     for key in sorted(unique):
-        segment = unique[key]
-        last = runs[-1][-1] if runs else None
-        if last is not None and last.timeline == key[0] and last.segno + 1 == key[1]:
-            runs[-1].append(segment)
+        if previous is not None and previous[:2] == key[:2] and previous[2] + 1 == key[2]:
+            runs[-1][1].append(unique[key])
         else:
-            runs.append([segment])
+            runs.append((key[0], [unique[key]]))
+        previous = key
     return runs
 
 
 def coverage_windows(
-    bases: Iterable[BaseBackup], segments: Iterable[ArchivedSegment]
+    bases: Iterable[BaseBackup],
+    segments: Iterable[ArchivedSegment],
+    gaps: Iterable[datetime] = (),
 ) -> list[Window]:
-    """Every window a restore can reach, oldest first (see the module's rule)."""
+    """Every window a restore can reach, oldest first (see the module's rule). ``gaps``:
+    the times the archive was reset (a new history began)."""
     bases = list(bases)
+    resets = sorted(gaps)
     windows: list[Window] = []
-    for run in _runs(segments):
+    for epoch, run in _runs(segments, resets):
         timeline, first, last = run[0].timeline, run[0].segno, run[-1].segno
         usable = sorted(
             (
                 b
                 for b in bases
                 if b.timeline == timeline
+                and _epoch(b.completed_at, resets) == epoch
                 and first <= segment_number(parse_lsn(b.wal_end_lsn)) <= last
             ),
             key=lambda b: b.completed_at,
@@ -132,6 +156,7 @@ def coverage_windows(
                 first_segment=run[0].segment,
                 last_segment=run[-1].segment,
                 bases=tuple(b for b in usable if b.completed_at <= end),
+                epoch=epoch,
             )
         )
     return sorted(windows, key=lambda w: (w.end, w.start))
@@ -143,12 +168,17 @@ def current_window(windows: Sequence[Window]) -> Window | None:
 
 
 def plan_restore(
-    target: datetime, bases: Iterable[BaseBackup], segments: Iterable[ArchivedSegment]
+    target: datetime,
+    bases: Iterable[BaseBackup],
+    segments: Iterable[ArchivedSegment],
+    gaps: Iterable[datetime] = (),
 ) -> RestorePlan | None:
     """The newest base completed at or before ``target`` whose window contains it, and the
-    segments to replay; None when no window contains ``target``."""
+    segments to replay; None when no window contains ``target``. ``gaps``: as for
+    ``coverage_windows``."""
     segments = list(segments)
-    for window in reversed(coverage_windows(bases, segments)):
+    resets = sorted(gaps)
+    for window in reversed(coverage_windows(bases, segments, resets)):
         if not window.contains(target):
             continue
         candidates = [b for b in window.bases if b.completed_at <= target]
@@ -161,7 +191,9 @@ def plan_restore(
             {
                 s.segment
                 for s in segments
-                if s.timeline == window.timeline and begin <= s.segno <= last
+                if s.timeline == window.timeline
+                and begin <= s.segno <= last
+                and _epoch(s.archived_at, resets) == window.epoch
             }
         )
         return RestorePlan(target=target, base=base, segments=tuple(wanted))

@@ -5,9 +5,11 @@ itself is ``tidemark_recovery.coverage``'s; this module only reads its inputs.""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from psycopg.rows import DictRow
 from tidemark_platform.database import Connection
 from tidemark_recovery.coverage import (
     ArchivedSegment,
@@ -55,9 +57,15 @@ async def bases(conn: Conn, environment_id: uuid.UUID) -> list[BaseBackup]:
 
 
 async def segments(conn: Conn, environment_id: uuid.UUID) -> list[ArchivedSegment]:
+    """The environment's archived segments that a restore can fetch: at least one copy is
+    in a destination its organization still has registered (a removed destination's
+    copies are out of reach)."""
     cursor = await conn.execute(
-        f"SELECT segment, first_record_at, last_record_at FROM {SCHEMA}.wal_segments "
-        "WHERE environment_id = %s ORDER BY timeline, segno",
+        f"SELECT s.segment, s.first_record_at, s.last_record_at, s.archived_at "
+        f"FROM {SCHEMA}.wal_segments s WHERE s.environment_id = %s AND EXISTS (SELECT 1 FROM "
+        "jsonb_array_elements(s.copies) c "
+        f"JOIN {SCHEMA}.destinations d ON d.id::text = c->>'destinationId') "
+        "ORDER BY s.timeline, s.segno",
         (environment_id,),
     )
     return [
@@ -65,13 +73,45 @@ async def segments(conn: Conn, environment_id: uuid.UUID) -> list[ArchivedSegmen
             segment=row["segment"],
             last_record_at=row["last_record_at"],
             first_record_at=row["first_record_at"],
+            archived_at=row["archived_at"],
         )
         for row in await cursor.fetchall()
     ]
 
 
+async def resets(conn: Conn, environment_id: uuid.UUID) -> list[datetime]:
+    """When the environment's archive was reset (a gap with no ``resumedAt``: a new slot,
+    e.g. after a restore): no coverage spans one."""
+    cursor = await conn.execute(
+        f"SELECT detected_at FROM {SCHEMA}.wal_gaps "
+        "WHERE environment_id = %s AND resumed_at IS NULL ORDER BY detected_at",
+        (environment_id,),
+    )
+    return [row["detected_at"] for row in await cursor.fetchall()]
+
+
+async def wal_destinations(
+    conn: Conn, organization_id: uuid.UUID, environment_id: uuid.UUID, names: Sequence[str]
+) -> list[DictRow]:
+    """The organization's registered destinations that hold a copy of one of the
+    segments ``names`` (what a restore replaying them fetches from)."""
+    cursor = await conn.execute(
+        f"SELECT DISTINCT d.* FROM {SCHEMA}.wal_segments s "
+        "CROSS JOIN LATERAL jsonb_array_elements(s.copies) c "
+        f"JOIN {SCHEMA}.destinations d ON d.id::text = c->>'destinationId' "
+        "WHERE d.organization_id = %s AND s.environment_id = %s AND s.segment = ANY(%s) "
+        "ORDER BY d.id",
+        (organization_id, environment_id, list(names)),
+    )
+    return await cursor.fetchall()
+
+
 async def windows(conn: Conn, environment_id: uuid.UUID) -> list[Window]:
-    return coverage_windows(await bases(conn, environment_id), await segments(conn, environment_id))
+    return coverage_windows(
+        await bases(conn, environment_id),
+        await segments(conn, environment_id),
+        await resets(conn, environment_id),
+    )
 
 
 def coverage_of(found: list[Window]) -> Coverage:
@@ -85,7 +125,8 @@ async def pitr_plan(conn: Conn, environment_id: uuid.UUID, at: datetime) -> Rest
     422's detail). The caller has checked the environment is the organization's."""
     base_list = await bases(conn, environment_id)
     segment_list = await segments(conn, environment_id)
-    plan = plan_restore(at, base_list, segment_list)
+    gaps = await resets(conn, environment_id)
+    plan = plan_restore(at, base_list, segment_list, gaps)
     if plan is not None:
         return plan
-    return coverage_of(coverage_windows(base_list, segment_list))
+    return coverage_of(coverage_windows(base_list, segment_list, gaps))

@@ -77,8 +77,14 @@ class Restores:
                 f"the backup is {backup['status']}: only a completed backup can be restored",
             )
         base = backup
+        wal_destinations: list[DestinationTarget] = []
+        wal_until: str | None = None
         if body.pitr_timestamp is not None:
-            base = await self._pitr_base(organization_id, backup, body.pitr_timestamp)
+            base, plan = await self._pitr_base(organization_id, backup, body.pitr_timestamp)
+            wal_destinations = await self._wal_destinations(
+                organization_id, backup["environment_id"], plan
+            )
+            wal_until = plan.segments[-1] if plan.segments else None
         if base["type"] == "full" and target["cluster"] is None:
             raise invalid(
                 "targetEnvironmentId",
@@ -122,6 +128,8 @@ class Restores:
                 wal_end_lsn=base.get("wal_end_lsn"),
                 wal_timeline=base.get("wal_timeline"),
                 copies=copies,
+                wal_destinations=wal_destinations,
+                wal_until_segment=wal_until,
             ),
             target=RestoreTarget(
                 environment_id=target_id,
@@ -156,7 +164,7 @@ class Restores:
 
     async def _pitr_base(
         self, organization_id: uuid.UUID, backup: DictRow, at: datetime
-    ) -> DictRow:
+    ) -> tuple[DictRow, RestorePlan]:
         async with self.pool.connection() as conn:
             plan = await pitr.pitr_plan(conn, backup["environment_id"], at)
         if not isinstance(plan, RestorePlan):
@@ -171,7 +179,17 @@ class Restores:
         base = await queries.backup(self.pool, organization_id, plan.base.backup_id)
         if base is None or base["status"] != "completed":
             raise Problem(409, "the base backup of that point in time changed meanwhile; retry")
-        return base
+        return base, plan
+
+    async def _wal_destinations(
+        self, organization_id: uuid.UUID, environment_id: uuid.UUID, plan: RestorePlan
+    ) -> list[DestinationTarget]:
+        """The registered destinations that hold the plan's segments: the runner fetches
+        WAL from these (besides the base's), since segments are stored wherever the
+        schedule's destinations were when they were archived."""
+        async with self.pool.connection() as conn:
+            rows = await pitr.wal_destinations(conn, organization_id, environment_id, plan.segments)
+        return [DestinationTarget.of(r["id"], r["name"], r["type"], r["config"]) for r in rows]
 
     async def _copies(self, organization_id: uuid.UUID, backup: DictRow) -> list[ArtifactCopy]:
         stored = [

@@ -76,7 +76,14 @@ async def apply(conn: Connection, schema: str, envelope: Envelope, message: Mess
             f"INSERT INTO {schema}.wal_segments (environment_id, segment, timeline, segno, "
             "start_lsn, end_lsn, first_record_at, last_record_at, checksum, size_bytes, copies, "
             "archived_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (environment_id, segment) DO NOTHING",
+            # A later archiving of the same name is a new history's segment (after a
+            # reset; the stored file was overwritten): the row follows it.
+            "ON CONFLICT (environment_id, segment) DO UPDATE SET start_lsn = excluded.start_lsn, "
+            "end_lsn = excluded.end_lsn, first_record_at = excluded.first_record_at, "
+            "last_record_at = excluded.last_record_at, checksum = excluded.checksum, "
+            "size_bytes = excluded.size_bytes, copies = excluded.copies, "
+            "archived_at = excluded.archived_at "
+            "WHERE wal_segments.archived_at < excluded.archived_at",
             (
                 message.environment_id,
                 message.segment,

@@ -4,7 +4,10 @@ One aggregate per environment (id ``wal_archive_id(env)``), written only by the 
 instance that holds the environment's receiver lease (its saves are fenced by it). It
 knows the last archived segment, so a segment that does not follow it is a gap (recorded
 before the segment) and one at or before it is a duplicate (a receiver that streamed
-again what was archived: nothing is recorded).
+again what was archived: nothing is recorded). A reset (the receiver had to start a new
+replication slot: the cluster was restored, or the slot dropped) is a gap with no
+``resumed_at``: what follows is a new history, so the next segment is taken whatever its
+name (it may even reuse one archived before).
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from tidemark_recovery.wal import (
 )
 
 SegmentVerdict = Literal["next", "first", "gap", "duplicate"]
+
+RESET_REASON = (
+    "the replication slot was gone (the cluster was restored or the slot dropped); "
+    "WAL before this point cannot be continued"
+)
 
 
 @dataclass(frozen=True)
@@ -240,7 +248,19 @@ class WalArchive(Aggregate):
         reason: str,
         detected_at: datetime,
     ) -> None:
-        pass
+        if resumed_at is None:  # a reset: what follows is a new history
+            self.last_segment = None
+
+    def reset(self, reason: str, at: datetime) -> bool:
+        """Start a new history: a gap after the last archived segment, and the next
+        segment is accepted whatever its name; False when nothing was archived (nothing
+        to cut)."""
+        if self.last_segment is None:
+            return False
+        self._gap_detected(
+            after_segment=self.last_segment, resumed_at=None, reason=reason, detected_at=at
+        )
+        return True
 
     @property
     def archived_end_lsn(self) -> int | None:

@@ -52,7 +52,7 @@ from tidemark_backup_runner.secrets import (
     resolve_secret,
     resolver_for,
 )
-from tidemark_backup_runner.walarchive import WalArchive, verdict
+from tidemark_backup_runner.walarchive import RESET_REASON, WalArchive, verdict
 from tidemark_backup_runner.walsegments import (
     archive_file,
     clear_spool,
@@ -83,6 +83,7 @@ RECEIVERS = Gauge("tidemark_wal_receivers", "Environments whose receiver this in
 
 APPLICATION_NAME = "pg_receivewal"  # what pg_stat_replication shows for our receivers
 SERVER_GONE = "has already been removed"
+NOT_IN_HISTORY = "is not in this server's history"
 PR_SET_PDEATHSIG = 1
 
 
@@ -260,6 +261,7 @@ class Receiver:
         self.process: asyncio.subprocess.Process | None = None
         self.stderr: deque[bytes] = deque(maxlen=20)
         self.gap_hint: str | None = None
+        self._history_lost = False  # pg_receivewal found the spool not in the server's history
         self._renewed = time.monotonic()
         self._wake = asyncio.Event()
         self._switch_denied = False
@@ -351,8 +353,22 @@ class Receiver:
         dropped = await asyncio.to_thread(drop_unfilled_partials, self.spool)
         if dropped:
             log.info("wal_unfilled_partial_dropped", segments=dropped)
-        await asyncio.to_thread(self._take_slot, password)
+        created = await asyncio.to_thread(self._take_slot, password)
         archive = self.archive
+        if (
+            archive is not None
+            and archive.last_segment is not None
+            and (created or self._history_lost)
+        ):
+            # A new slot (the cluster was restored, or the slot dropped) or a server that
+            # does not know the spool's position: the WAL it streams now cannot continue
+            # the archive. Recorded as a reset, and started from the slot.
+            await asyncio.to_thread(clear_spool, self.spool)
+            archive.reset(RESET_REASON, utc_now())
+            await self._save(archive)
+            self.gap_hint = None
+            log.warning("wal_archive_reset", environment_id=str(self.env), reason=RESET_REASON)
+        self._history_lost = False
         if (
             self.gap_hint is None  # not after the server lost that WAL: then from the slot
             and archive is not None
@@ -361,7 +377,8 @@ class Receiver:
         ):
             await asyncio.to_thread(write_marker, self.spool, archive.last_segment)
 
-    def _take_slot(self, password: str) -> None:
+    def _take_slot(self, password: str) -> bool:
+        """True when the slot had to be created."""
         with connect(self.target.database, password, statement_timeout_ms=15_000) as conn:
             conn.autocommit = True
             # A receiver left behind (its runner vanished, or lost the lease) would move
@@ -373,11 +390,12 @@ class Receiver:
             )
             # Reserving WAL from the moment of creation (pg_receivewal's --create-slot
             # reserves nothing until the first stream).
-            conn.execute(
+            cursor = conn.execute(
                 "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
                 "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
                 (self.slot, self.slot),
             )
+            return cursor.fetchone() is not None
 
     def _drop_slot(self, password: str) -> None:
         with connect(self.target.database, password, statement_timeout_ms=15_000) as conn:
@@ -479,6 +497,9 @@ class Receiver:
                 # from the slot; the first segment then records the gap.
                 await asyncio.to_thread(clear_spool, self.spool)
                 self.gap_hint = "the server had already removed that WAL when the receiver resumed"
+            elif NOT_IN_HISTORY.encode() in text:
+                # The server is on another history than the spool (restored): a reset.
+                self._history_lost = True
             detail = summarize_stderr(text, "pg_receivewal") if text.strip() else ""
             return f"pg_receivewal exited with {self.process.returncode}" + (
                 f": {detail}" if detail else ""

@@ -3,8 +3,10 @@ checksum) and, for a point-in-time restore, archived WAL segments. Blocking."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -13,7 +15,7 @@ import zstandard
 from tidemark_backup_runner.secrets import SecretError
 from tidemark_backup_runner.storage import StorageFailed, UnsupportedDestination, reader_for
 from tidemark_contracts.backup import DestinationTarget
-from tidemark_contracts.restore import ArtifactCopy
+from tidemark_contracts.restore import ArtifactCopy, RestoreSource
 
 Resolve = Callable[[str | None], str | None]
 
@@ -106,3 +108,28 @@ def segment_fetcher(
         return False
 
     return fetch
+
+
+def wal_sources(source: RestoreSource) -> dict[str, DestinationTarget]:
+    """Where a point-in-time restore may fetch WAL from, by destination id: the base's
+    destinations and those the gateway found holding the planned segments (a segment is
+    stored wherever the schedule's destinations were when it was archived)."""
+    found = {str(c.destination.destination_id): c.destination for c in source.copies}
+    for destination in source.wal_destinations:
+        found.setdefault(str(destination.destination_id), destination)
+    return found
+
+
+async def wait_for_segment(
+    holds: Callable[[], Awaitable[bool]], *, seconds: float, poll: float = 1.0
+) -> bool:
+    """Wait until ``holds()`` (the runner's view has the plan's last segment), at most
+    ``seconds``; False when it never did."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if await holds():
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(poll, left))

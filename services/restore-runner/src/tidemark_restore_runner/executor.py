@@ -30,7 +30,7 @@ from tidemark_backup_runner.secrets import (
     resolver_for,
 )
 from tidemark_contracts import utc_now
-from tidemark_contracts.backup import DatabaseTarget, DestinationTarget
+from tidemark_contracts.backup import DatabaseTarget
 from tidemark_contracts.catalog import ClusterSpec
 from tidemark_contracts.restore import RestoreProgress, RestoreSource
 from tidemark_platform.failures import is_transient
@@ -43,6 +43,8 @@ from tidemark_restore_runner.artifacts import (
     VerificationFailed,
     download_verified,
     segment_fetcher,
+    wait_for_segment,
+    wal_sources,
 )
 from tidemark_restore_runner.domain import TOUCHING, Restore, stopped_reason, takeover
 from tidemark_restore_runner.view import BackupsReader
@@ -90,6 +92,7 @@ class RestoreExecutor:
         destination_root: Path | None = None,
         files_root: Path | None = None,
         replay_segment_delay: float = 0.0,
+        wal_view_timeout: float = 120.0,
     ) -> None:
         self.app = app
         self.work = work
@@ -109,6 +112,7 @@ class RestoreExecutor:
         self._destination_root = destination_root
         self._files_root = files_root
         self._replay_segment_delay = replay_segment_delay
+        self._wal_view_timeout = wal_view_timeout
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._publishing: set[asyncio.Task[None]] = set()
@@ -441,13 +445,22 @@ class RestoreExecutor:
             return
         fetch = None
         if restore.pitr_timestamp is not None:
+            until = source.wal_until_segment
+            if until is not None and not await wait_for_segment(
+                lambda: self.backups.has_segment(source.environment_id, until),
+                seconds=self._wal_view_timeout,
+            ):
+                await self._fail(
+                    restore,
+                    lease,
+                    f"the WAL archive did not reach segment {until} within "
+                    f"{int(self._wal_view_timeout)} s; the target was left as it was",
+                )
+                return
             rows = await self.backups.segments(source.environment_id)
-            destinations: dict[str, DestinationTarget] = {
-                str(c.destination.destination_id): c.destination for c in source.copies
-            }
             fetch = segment_fetcher(
                 {r["segment"]: r for r in rows},
-                destinations,
+                wal_sources(source),
                 restore.organization_id,
                 local_root=self._destination_root,
                 credentials=resolver_for(restore.organization_id, self._credentials, self._vault),

@@ -77,6 +77,7 @@ def create_app(settings: Settings) -> Litestar:
         poll_seconds=settings.work_poll_seconds,
         max_concurrent=settings.max_concurrent_restores,
         safety_backup_timeout=settings.safety_backup_timeout_seconds,
+        wal_view_timeout=settings.wal_view_timeout_seconds,
         progress_interval=settings.progress_interval_seconds,
         credential_policy=CredentialPolicy(
             settings.credential_env_prefix,

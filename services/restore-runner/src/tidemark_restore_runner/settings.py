@@ -20,6 +20,12 @@ class Settings(ServiceSettings, SecretSettings):
         gt=0,
         description="how long a restore waits for the safety backup of its target",
     )
+    wal_view_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="how long a point-in-time restore waits for the runner's view of the "
+        "WAL archive to hold the planned segments before it touches the target",
+    )
     lease_seconds: float = Field(default=30.0, gt=0)
     lease_renew_fraction: float = Field(default=1 / 3, gt=0, lt=1)
     max_attempts: int = Field(default=3, ge=1)

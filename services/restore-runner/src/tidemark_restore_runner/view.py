@@ -72,7 +72,15 @@ CREATE TABLE IF NOT EXISTS {schema}.wal_segments (
                 f"INSERT INTO {schema}.wal_segments (environment_id, segment, timeline, segno, "
                 "start_lsn, end_lsn, first_record_at, last_record_at, checksum, size_bytes, "
                 "copies, archived_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (environment_id, segment) DO NOTHING",
+                # A later archiving of the same name is a new history's segment (after
+                # a reset; the stored file was overwritten): the row follows it.
+                "ON CONFLICT (environment_id, segment) DO UPDATE SET "
+                "start_lsn = excluded.start_lsn, end_lsn = excluded.end_lsn, "
+                "first_record_at = excluded.first_record_at, "
+                "last_record_at = excluded.last_record_at, checksum = excluded.checksum, "
+                "size_bytes = excluded.size_bytes, copies = excluded.copies, "
+                "archived_at = excluded.archived_at "
+                "WHERE wal_segments.archived_at < excluded.archived_at",
                 (
                     message.environment_id,
                     message.segment,
@@ -115,3 +123,12 @@ class BackupsReader:
                 (environment_id,),
             )
             return [dict(r) for r in await cursor.fetchall()]
+
+    async def has_segment(self, environment_id: UUID, segment: str) -> bool:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT 1 FROM {self.schema}.wal_segments "
+                "WHERE environment_id = %s AND segment = %s",
+                (environment_id, segment),
+            )
+            return await cursor.fetchone() is not None
