@@ -15,6 +15,7 @@ from tidemark_restore_runner.application import RestoreRunnerApplication
 from tidemark_restore_runner.domain import (
     Restore,
     RestoreError,
+    next_step,
     scratch_database,
     stopped_reason,
     takeover,
@@ -199,6 +200,26 @@ def test_a_takeover_reruns_only_restores_that_had_not_touched_the_target(
     phase: str | None, decision: str
 ) -> None:
     assert takeover(phase) == decision
+
+
+@pytest.mark.parametrize(
+    ("attempts_left", "owner_known", "phase", "step"),
+    [
+        (True, False, None, "run"),
+        (True, True, "downloading", "run"),
+        (True, True, "replaying", "recover"),
+        (True, True, "swapped", "recover"),
+        (False, True, "downloading", "give_up"),
+        # A recovery that keeps failing ends too (it used to be retried forever, the
+        # restore left running and its target refusing every later restore).
+        (False, True, "replaying", "give_up_recovering"),
+        (False, True, "restoring", "give_up_recovering"),
+    ],
+)
+def test_the_attempt_bound_comes_before_a_recovery(
+    attempts_left: bool, owner_known: bool, phase: str | None, step: str
+) -> None:
+    assert next_step(attempts_left, owner_known, phase) == step
 
 
 def test_the_reason_of_a_stopped_restore_names_the_phase_and_the_target() -> None:

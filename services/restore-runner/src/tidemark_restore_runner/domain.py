@@ -208,6 +208,20 @@ def takeover(previous_phase: str | None) -> Takeover:
     return "recover" if previous_phase in TOUCHING else "run"
 
 
+Step = Literal["run", "recover", "give_up", "give_up_recovering"]
+
+
+def next_step(attempts_left: bool, previous_owner_known: bool, previous_phase: str | None) -> Step:
+    """What an instance that claimed a restore does. The attempt bound comes first, also
+    for recoveries: a recovery that keeps failing (the target's server down, a rollback
+    that does not finish) ends the restore instead of being retried forever, which would
+    leave it ``running`` and its target refusing every later restore (409)."""
+    recovering = previous_owner_known and takeover(previous_phase) == "recover"
+    if not attempts_left:
+        return "give_up_recovering" if recovering else "give_up"
+    return "recover" if recovering else "run"
+
+
 def stopped_reason(phase: str, restore_type: str) -> str:
     left = "left as it was" if restore_type == "db" else "rolled back"
     return f"the restore-runner stopped during {phase}; the target was {left}"

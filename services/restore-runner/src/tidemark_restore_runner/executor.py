@@ -46,7 +46,7 @@ from tidemark_restore_runner.artifacts import (
     wait_for_segment,
     wal_sources,
 )
-from tidemark_restore_runner.domain import TOUCHING, Restore, stopped_reason, takeover
+from tidemark_restore_runner.domain import TOUCHING, Restore, next_step, stopped_reason
 from tidemark_restore_runner.view import BackupsReader
 from tidemark_restore_runner.work import Claim, Lease, LeaseLost, WorkTable
 
@@ -238,23 +238,21 @@ class RestoreExecutor:
         source = RestoreSource.model_validate(restore.source)
         cluster_data = restore.target.get("cluster")
         cluster = ClusterSpec.model_validate(cluster_data) if cluster_data else None
-        recovering = (
-            claim.previous_owner is not None and takeover(claim.previous_phase) == "recover"
+        step = next_step(
+            claim.step != "give_up", claim.previous_owner is not None, claim.previous_phase
         )
-        if claim.step == "give_up":
-            # Also when recovering keeps failing (the target's server down, a rollback that
-            # does not finish): a bounded number of tries, then the restore ends saying so.
-            if recovering:
-                await self._fail(
-                    restore,
-                    lease,
-                    f"gave up recovering the target after {lease.attempt - 1} attempts "
-                    f"(the restore-runner stopped during {claim.previous_phase}): "
-                    f"{claim.last_error or 'the runner holding it stopped'}; the target may "
-                    "be partly restored",
-                    target_unchanged=False,
-                )
-                return
+        if step == "give_up_recovering":
+            await self._fail(
+                restore,
+                lease,
+                f"gave up recovering the target after {lease.attempt - 1} attempts "
+                f"(the restore-runner stopped during {claim.previous_phase}): "
+                f"{claim.last_error or 'the runner holding it stopped'}; the target may "
+                "be partly restored",
+                target_unchanged=False,
+            )
+            return
+        if step == "give_up":
             await self._fail(
                 restore,
                 lease,
@@ -262,7 +260,7 @@ class RestoreExecutor:
                 f"{claim.last_error or 'the runner holding it stopped'}",
             )
             return
-        if recovering:
+        if step == "recover":
             await self._recover(
                 restore, lease, target, cluster, claim.previous_phase or "restoring"
             )
