@@ -53,27 +53,8 @@ sync: bootstrap
 run: sync
 	$(UV_RUN) tidemark-dev run
 
-# The real-time scheduler tests (every-minute crons) mostly wait for the clock: they run
-# beside the rest, in a pytest of their own on a Kafka and PostgreSQL of their own
-# (TIDEMARK_STATE_DIR), which takes some 6 minutes off the suite. Its output follows the
-# main run's; the status is the first failure of the two. CLOCK_TESTS= runs one pytest.
-CLOCK_TESTS ?= tests/e2e/test_scheduler.py tests/e2e/test_retention.py
-
 test: sync
-	@status=0; clock_status=0; clock_pid=; clock_log=$$(mktemp); \
-	if [ -n "$(CLOCK_TESTS)" ]; then \
-		TIDEMARK_STATE_DIR="$(CURDIR)/.state/clock" $(UV_RUN) pytest $(PYTEST_ARGS) \
-			--basetemp="$$(mktemp -d)" $(CLOCK_TESTS) > "$$clock_log" 2>&1 & clock_pid=$$!; \
-	fi; \
-	$(UV_RUN) pytest $(PYTEST_ARGS) $(foreach t,$(CLOCK_TESTS),--ignore=$(t)) || status=$$?; \
-	if [ -n "$$clock_pid" ]; then \
-		wait $$clock_pid || clock_status=$$?; \
-		if [ $$clock_status -eq 5 ]; then clock_status=0; fi; \
-		echo "== the clock-bound tests ($(CLOCK_TESTS)), run beside the rest:"; \
-		cat "$$clock_log"; \
-	fi; \
-	rm -f "$$clock_log"; \
-	if [ $$status -eq 0 ]; then status=$$clock_status; fi; \
+	@status=0; $(UV_RUN) pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ -n "$(PYTEST_STATUS_FILE)" ]; then echo $$status > "$(PYTEST_STATUS_FILE)"; fi; \
 	exit $$status
 
