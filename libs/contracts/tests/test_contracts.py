@@ -120,6 +120,8 @@ def test_the_committed_asyncapi_document_is_current() -> None:
         "restore_commands",
         "restore_events",
         "restore_progress",
+        "alert_commands",
+        "alert_events",
         "service_heartbeats",
     }
     for message in document["components"]["messages"].values():
@@ -158,3 +160,24 @@ def test_every_topic_has_a_sender_and_every_consumed_topic_is_produced() -> None
     consumed = {t.name for s in SERVICES for t in s.consumes}
     assert produced == {t.name for t in ALL_TOPICS}
     assert consumed <= produced
+
+
+def test_a_webhook_signature_verifies_and_refuses_a_change_a_replay_and_another_secret() -> None:
+    from tidemark_contracts.webhooks import SignatureError, sign, verify_signature
+
+    body = b'{"id": "x"}'
+    header = sign("s3cret", body, 1_000_000)
+    assert verify_signature("s3cret", header, body, now=1_000_100) == 1_000_000
+    # Several v1= values (a secret being rotated): any one that matches is enough.
+    assert verify_signature("s3cret", "v1=00," + header, body, now=1_000_000) == 1_000_000
+    refused = [
+        ("s3cret", header, body + b" ", 1_000_000),  # the body changed
+        ("other", header, body, 1_000_000),  # signed with another secret
+        ("s3cret", header, body, 1_000_301),  # replayed after the window
+        ("s3cret", header.replace("t=1000000", "t=1000001"), body, 1_000_000),  # new t
+        ("s3cret", None, body, 1_000_000),
+        ("s3cret", "t=1000000", body, 1_000_000),
+    ]
+    for secret, given, payload, now in refused:
+        with pytest.raises(SignatureError):
+            verify_signature(secret, given, payload, now=now)

@@ -1,4 +1,4 @@
-"""Messages of the catalog: the registrations (projects, environments, destinations) that
+"""Messages of the catalog: the registrations (projects, environments, destinations, webhooks) that
 every service follows into a view of its own, so no service reads another's tables."""
 
 from __future__ import annotations
@@ -58,5 +58,28 @@ class DestinationRemoved(Message):
     message_type: ClassVar[str] = "catalog.DestinationRemoved"
     version: Literal[1] = 1
     destination_id: uuid.UUID
+    organization_id: uuid.UUID
+    removed_at: UtcDatetime
+
+
+class WebhookRegistered(Message):
+    """An organization's webhook endpoint: alert changes of ``kinds`` (every kind when
+    empty) are POSTed to ``url``, signed with the secret ``signingSecretRef`` names (a
+    reference, never the secret)."""
+
+    message_type: ClassVar[str] = "catalog.WebhookRegistered"
+    version: Literal[1] = 1
+    webhook_id: uuid.UUID
+    organization_id: uuid.UUID
+    url: str
+    signing_secret_ref: str
+    kinds: list[str]
+    registered_at: UtcDatetime
+
+
+class WebhookRemoved(Message):
+    message_type: ClassVar[str] = "catalog.WebhookRemoved"
+    version: Literal[1] = 1
+    webhook_id: uuid.UUID
     organization_id: uuid.UUID
     removed_at: UtcDatetime

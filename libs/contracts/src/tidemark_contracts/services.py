@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tidemark_contracts.topics import (
+    ALERT_COMMANDS,
+    ALERT_EVENTS,
     BACKUP_COMMANDS,
     BACKUP_EVENTS,
     BACKUP_PROGRESS,
@@ -64,6 +66,7 @@ API_GATEWAY = ServiceDescription(
         SCHEDULE_EVENTS,
         RESTORE_EVENTS,
         RESTORE_PROGRESS,
+        ALERT_EVENTS,
         SERVICE_HEARTBEATS,
     ),
     produces=(
@@ -71,6 +74,7 @@ API_GATEWAY = ServiceDescription(
         CATALOG_EVENTS,
         SCHEDULE_COMMANDS,
         RESTORE_COMMANDS,
+        ALERT_COMMANDS,
         SERVICE_HEARTBEATS,
     ),
 )
@@ -101,9 +105,12 @@ RESTORE_RUNNER = ServiceDescription(
 )
 ALERTS = ServiceDescription(
     "alerts",
-    "Owns the Alert aggregate; derives alerts from domain events and delivers them.",
+    "Owns the Alert aggregate; derives alerts from domain events (failed backups and "
+    "restores, missed schedules, stalled WAL archiving, failed cleanups, unreachable "
+    "destinations) and delivers every change to the organization's webhooks, signed.",
     8104,
-    produces=(SERVICE_HEARTBEATS,),
+    consumes=(ALERT_COMMANDS, BACKUP_EVENTS, SCHEDULE_EVENTS, RESTORE_EVENTS, CATALOG_EVENTS),
+    produces=(ALERT_EVENTS, SERVICE_HEARTBEATS),
 )
 
 SERVICES: tuple[ServiceDescription, ...] = (

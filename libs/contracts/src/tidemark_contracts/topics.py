@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tidemark_contracts.alert import (
+    AlertDismissed,
+    AlertRaised,
+    AlertRead,
+    AlertRepeated,
+    AlertResolved,
+    DismissAlert,
+    MarkAlertRead,
+    WebhookDeliveryAttempted,
+)
 from tidemark_contracts.backup import (
     BackupCleanupFailed,
     BackupCompleted,
@@ -24,6 +34,8 @@ from tidemark_contracts.catalog import (
     DestinationRemoved,
     EnvironmentRegistered,
     ProjectRegistered,
+    WebhookRegistered,
+    WebhookRemoved,
 )
 from tidemark_contracts.restore import (
     RequestRestore,
@@ -113,9 +125,16 @@ BACKUP_PROGRESS = Topic(
 )
 CATALOG_EVENTS = Topic(
     "catalog.events",
-    "Registrations of projects, environments and destinations, relayed from the gateway's "
-    "catalog event store; every service that needs them keeps its own view.",
-    (ProjectRegistered, EnvironmentRegistered, DestinationRegistered, DestinationRemoved),
+    "Registrations of projects, environments, destinations and webhooks, relayed from the "
+    "gateway's catalog event store; every service that needs them keeps its own view.",
+    (
+        ProjectRegistered,
+        EnvironmentRegistered,
+        DestinationRegistered,
+        DestinationRemoved,
+        WebhookRegistered,
+        WebhookRemoved,
+    ),
 )
 SCHEDULE_COMMANDS = Topic(
     "schedule.commands",
@@ -144,6 +163,26 @@ RESTORE_PROGRESS = Topic(
     "Ephemeral progress ticks of running restores (not in any event store).",
     (RestoreProgress,),
 )
+ALERT_COMMANDS = Topic(
+    "alert.commands",
+    "Commands for the alerts service, issued by the gateway: mark an alert read, dismiss it; "
+    "keyed by the alert's environment (its organization when it has none).",
+    (MarkAlertRead, DismissAlert),
+)
+ALERT_EVENTS = Topic(
+    "alert.events",
+    "Domain events of the Alert aggregate and the record of every webhook delivery attempt, "
+    "relayed from the alerts service's event store; keyed by the alert's environment (its "
+    "organization when it has none), so one alert's events stay in order.",
+    (
+        AlertRaised,
+        AlertRepeated,
+        AlertResolved,
+        AlertRead,
+        AlertDismissed,
+        WebhookDeliveryAttempted,
+    ),
+)
 SERVICE_HEARTBEATS = Topic(
     "service.heartbeats",
     "Liveness of every service instance; the gateway's readiness reads it.",
@@ -162,6 +201,8 @@ ALL_TOPICS: tuple[Topic, ...] = (
     RESTORE_COMMANDS,
     RESTORE_EVENTS,
     RESTORE_PROGRESS,
+    ALERT_COMMANDS,
+    ALERT_EVENTS,
     SERVICE_HEARTBEATS,
 )
 
