@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import os
+import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,3 +68,25 @@ def run_checked(
             f"stdout:\n{result.stdout.strip()}\nstderr:\n{result.stderr.strip()}"
         )
     return result
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def dies_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child sent SIGTERM when the process starting it dies,
+    even by SIGKILL (Linux's ``PR_SET_PDEATHSIG``), so a test session or ``make run``
+    killed from outside (CI's hard stop) leaves no service running. None elsewhere than
+    Linux, and off the main thread: the signal fires when the *thread* that forked exits."""
+    on_linux = sys.platform.startswith("linux")
+    if not on_linux or threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+
+    def arrange() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange

@@ -15,6 +15,7 @@ import httpx
 from tidemark_contracts.services import SERVICES, ServiceDescription
 from tidemark_platform.vault import KeyRing
 
+from tidemark_devstack._util import dies_with_parent
 from tidemark_devstack.paths import free_port, port_is_bindable
 
 ServiceSpec = ServiceDescription  # what the stack starts: a service as the registry describes it
@@ -130,6 +131,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=dies_with_parent(),  # main thread only: see there
         )
         self.services[key] = RunningService(spec, port, process, log, instance)
 
