@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from tidemark_contracts.services import ALERTS
 from tidemark_platform.settings import ServiceSettings, settings_config
 
@@ -10,3 +11,9 @@ class Settings(ServiceSettings):
     model_config = settings_config(ALERTS)
 
     http_port: int = ALERTS.default_port
+    catalog_wait_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="how long an alert waits for its environment's registration to reach "
+        "the service's catalog view (to name it) before it names the environment by id",
+    )
