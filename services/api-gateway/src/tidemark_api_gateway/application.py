@@ -51,6 +51,8 @@ from tidemark_contracts.catalog import (
     DestinationRemoved,
     EnvironmentRegistered,
     ProjectRegistered,
+    WebhookRegistered,
+    WebhookRemoved,
 )
 from tidemark_contracts.schedule import ConfigureSchedule, ScheduleConfigured, ScheduleSettings
 from tidemark_platform.database import advisory_key
@@ -64,6 +66,7 @@ from tidemark_platform.vault import (
     SecretVault,
     secret_name,
 )
+from tidemark_platform.webhook_policy import WebhookPolicy
 from tidemark_schedules import ids
 
 from tidemark_api_gateway.domain import (
@@ -74,6 +77,7 @@ from tidemark_api_gateway.domain import (
     NameClaim,
     NameTaken,
     Project,
+    Webhook,
 )
 from tidemark_api_gateway.outbox import enqueue
 from tidemark_api_gateway.readmodel import SCHEMA
@@ -220,6 +224,23 @@ class CatalogApplication(EventStoreApplication):
             claim.release()
         return self.register(destination, *claims)
 
+    def remove_webhook(
+        self, organization_id: uuid.UUID, webhook_id: uuid.UUID, now: datetime
+    ) -> list[Any]:
+        """Record the webhook's removal; ``Gone`` when the organization has no such webhook
+        (or it is removed, also by a concurrent request that saved first)."""
+        try:
+            webhook: Webhook = self.repository.get(webhook_id)
+        except AggregateNotFoundError:
+            raise Gone from None
+        if not isinstance(webhook, Webhook) or webhook.organization_id != organization_id:
+            raise Gone
+        try:
+            webhook.remove(now)
+            return self.register(webhook)
+        except (CatalogError, Conflict):
+            raise Gone from None
+
     def to_envelope(self, event: Any) -> tuple[Topic, Envelope] | None:
         """The public contract message of a stored catalog event (claims stay private)."""
         message: Message
@@ -259,6 +280,21 @@ class CatalogApplication(EventStoreApplication):
                 organization_id=event.organization_id,
                 removed_at=event.removed_at,
             )
+        elif isinstance(event, Webhook.Registered):
+            message = WebhookRegistered(
+                webhook_id=event.originator_id,
+                organization_id=event.organization_id,
+                url=event.url,
+                signing_secret_ref=event.signing_secret_ref,
+                kinds=list(event.kinds),
+                registered_at=event.registered_at,
+            )
+        elif isinstance(event, Webhook.Removed):
+            message = WebhookRemoved(
+                webhook_id=event.originator_id,
+                organization_id=event.organization_id,
+                removed_at=event.removed_at,
+            )
         else:
             return None
         return CATALOG_EVENTS, Envelope.wrap(
@@ -287,6 +323,8 @@ class Gateway:
         schedules_view: ProjectionRunner,
         allow_operator_refs: bool = False,
         destination_root: Path | None = None,
+        webhooks_view: ProjectionRunner | None = None,
+        webhook_policy: WebhookPolicy | None = None,
     ) -> None:
         self.catalog = catalog
         self.catalog_view = catalog_view
@@ -296,6 +334,9 @@ class Gateway:
         self.vault = vault
         self.allow_operator_refs = allow_operator_refs
         self._destination_root = destination_root
+        self.webhooks_view = webhooks_view
+        # Without the operator's exceptions: https to public addresses only.
+        self.webhook_policy = webhook_policy or WebhookPolicy()
 
     async def _recorded(self, events: Sequence[Any]) -> None:
         """Apply new catalog events to our view now, and have the relay publish them."""
@@ -303,6 +344,8 @@ class Gateway:
             mapped = self.catalog.to_envelope(event)
             if mapped is not None:
                 await self.catalog_view.apply_now(mapped[1])
+                if self.webhooks_view is not None:
+                    await self.webhooks_view.apply_now(mapped[1])
         self._wake_relays()
 
     async def _register(
@@ -310,20 +353,20 @@ class Gateway:
         registration: Aggregate,
         kind: str,
         scope: uuid.UUID,
-        name: str,
+        name: str | None,
         *,
         also: Sequence[tuple[str, uuid.UUID, str]] = (),
         undo: Callable[[], None] | None = None,
     ) -> uuid.UUID:
-        """Record a registration with the claim on its name within ``scope`` (and the claims
-        ``also`` lists, (kind, scope, name) each), atomically; ``undo`` runs when (and only
-        when) it could not be saved."""
+        """Record a registration with the claim on its name within ``scope`` (none when
+        it has no ``name``: a webhook), and the claims ``also`` lists ((kind, scope, name)
+        each), atomically; ``undo`` runs when (and only when) it could not be saved."""
+        wanted = [(kind, scope, name)] if name is not None else []
 
         def record() -> list[Any]:
             try:
                 claims = [
-                    self.catalog.claim(k, s, n, registration.id)
-                    for k, s, n in [(kind, scope, name), *also]
+                    self.catalog.claim(k, s, n, registration.id) for k, s, n in [*wanted, *also]
                 ]
                 return self.catalog.register(registration, *claims)
             except BaseException:
@@ -357,7 +400,7 @@ class Gateway:
         registration: Aggregate,
         kind: str,
         scope: uuid.UUID,
-        name: str,
+        name: str | None,
         organization_id: uuid.UUID,
         refs: dict[str, str | None],
         also: Sequence[tuple[str, uuid.UUID, str]] = (),
@@ -436,7 +479,7 @@ class Gateway:
             user: Aggregate = self.catalog.repository.get(use.user_id)
         except AggregateNotFoundError:
             return True
-        return isinstance(user, Destination) and user.removed
+        return isinstance(user, Destination | Webhook) and user.removed
 
     async def register_project(self, organization_id: uuid.UUID, name: str) -> uuid.UUID:
         project = Project(
@@ -565,6 +608,41 @@ class Gateway:
         self._wake_relays()
         # Its credentials are free to be deleted now.
         await asyncio.to_thread(self.vault.drop_uses, destination_id)
+
+    async def register_webhook(
+        self, organization_id: uuid.UUID, url: str, signing_secret_ref: str, kinds: list[str]
+    ) -> uuid.UUID:
+        """Register a webhook; ``Refused`` for a URL the webhook policy does not allow (the
+        reason, never the URL) or a signing secret the organization cannot use. The use
+        of the secret is recorded, so it cannot be deleted while the webhook exists."""
+        reason = self.webhook_policy.check_url(url)
+        if reason is not None:
+            raise Refused("url", reason)
+        webhook = Webhook(
+            webhook_id=uuid.uuid4(),
+            organization_id=organization_id,
+            url=url,
+            signing_secret_ref=signing_secret_ref,
+            kinds=kinds,
+            registered_at=utc_now(),
+        )
+        return await self._register_using_secrets(
+            webhook,
+            "webhook",
+            organization_id,
+            None,
+            organization_id,
+            {"signingSecretRef": signing_secret_ref},
+        )
+
+    async def remove_webhook(self, organization_id: uuid.UUID, webhook_id: uuid.UUID) -> None:
+        """Remove the webhook (``Gone`` when the organization has none of that id) and
+        release its signing secret."""
+        events = await asyncio.to_thread(
+            self.catalog.remove_webhook, organization_id, webhook_id, utc_now()
+        )
+        await self._recorded(events)
+        await asyncio.to_thread(self.vault.drop_uses, webhook_id)
 
     async def _schedules_using(
         self, conn: Any, organization_id: uuid.UUID, destination_id: uuid.UUID

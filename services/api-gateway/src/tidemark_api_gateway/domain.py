@@ -1,4 +1,5 @@
-"""The catalog's aggregates: registrations of projects, environments and destinations, no I/O.
+"""The catalog's aggregates: registrations of projects, environments, destinations and
+webhooks, no I/O.
 
 Names are unique within their scope (an organization's projects and destinations, a
 project's environments). A ``NameClaim`` whose id is derived from (kind, scope, name) is
@@ -127,6 +128,53 @@ class Destination(Aggregate):
     def remove(self, removed_at: datetime) -> None:
         if self.removed:
             raise CatalogError("the destination is already removed")
+        self._removed(organization_id=self.organization_id, removed_at=removed_at)
+
+    @event(Removed)
+    def _removed(self, organization_id: uuid.UUID, removed_at: datetime) -> None:
+        self.removed = True
+
+
+class Webhook(Aggregate):
+    """An organization's webhook endpoint. It has no name to claim: two registrations of
+    one URL are two webhooks (each delivery is signed with its own secret)."""
+
+    class Registered(Aggregate.Created):
+        webhook_id: uuid.UUID
+        organization_id: uuid.UUID
+        url: str
+        signing_secret_ref: str  # a reference (``secret:NAME``), never the secret
+        kinds: list[str]  # empty: every kind
+        registered_at: datetime
+
+    class Removed(Aggregate.Event):
+        organization_id: uuid.UUID
+        removed_at: datetime
+
+    @staticmethod
+    def create_id(webhook_id: uuid.UUID) -> uuid.UUID:
+        return webhook_id
+
+    @event(Registered)
+    def __init__(
+        self,
+        *,
+        webhook_id: uuid.UUID,
+        organization_id: uuid.UUID,
+        url: str,
+        signing_secret_ref: str,
+        kinds: list[str],
+        registered_at: datetime,
+    ) -> None:
+        self.organization_id = organization_id
+        self.url = url
+        self.signing_secret_ref = signing_secret_ref
+        self.kinds = kinds
+        self.removed = False
+
+    def remove(self, removed_at: datetime) -> None:
+        if self.removed:
+            raise CatalogError("the webhook is already removed")
         self._removed(organization_id=self.organization_id, removed_at=removed_at)
 
     @event(Removed)

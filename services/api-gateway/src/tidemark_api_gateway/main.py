@@ -18,7 +18,10 @@ from tidemark_platform.notification_log import NotificationLogSource
 from tidemark_platform.projection import ProjectionRunner
 from tidemark_platform.runtime import ServiceRuntime, build_service_app, run_service
 from tidemark_platform.vault import SecretVault
+from tidemark_platform.webhook_policy import WebhookPolicySettings
 
+from tidemark_api_gateway.alerts import Alerts
+from tidemark_api_gateway.alerts_view import AlertsView
 from tidemark_api_gateway.application import CATALOG_SCHEMA, CatalogApplication, Gateway
 from tidemark_api_gateway.auth import Principal, auth_middleware, scope_guard
 from tidemark_api_gateway.controllers import CONTROLLERS
@@ -38,12 +41,15 @@ from tidemark_api_gateway.restores import Restores
 from tidemark_api_gateway.restores_view import RestoresView
 from tidemark_api_gateway.schedules import SchedulesView
 from tidemark_api_gateway.settings import GatewaySettings
+from tidemark_api_gateway.webhooks_view import WebhooksView
 
 SERVICE = "api-gateway"
 PROJECTION_GROUP = "gateway-projection"
 CATALOG_GROUP = "gateway-catalog"
 SCHEDULES_GROUP = "gateway-schedules"
 RESTORES_GROUP = "gateway-restores"
+ALERTS_GROUP = "gateway-alerts"
+WEBHOOKS_GROUP = "gateway-webhooks"
 CATALOG_RELAY = "gateway-catalog"
 
 
@@ -91,6 +97,7 @@ def documentation_app() -> Litestar:
             "progress": unavailable("progress"),
             "restores": unavailable("restores"),
             "restore_progress": unavailable("restore_progress"),
+            "alerts": unavailable("alerts"),
         }
     )
     return Litestar(route_handlers=[api], **api_options())
@@ -105,6 +112,8 @@ def create_app(settings: GatewaySettings) -> Litestar:
     backups_view = ProjectionRunner(pool, SCHEMA, BackupsView())
     schedules_view = ProjectionRunner(pool, SCHEMA, SchedulesView())
     restores_view = ProjectionRunner(pool, SCHEMA, RestoresView())
+    alerts_view = ProjectionRunner(pool, SCHEMA, AlertsView())
+    webhooks_view = ProjectionRunner(pool, SCHEMA, WebhooksView())
 
     outbox = OutboxSource(pool, settings.database_url)
     catalog_leadership = Leadership(
@@ -132,13 +141,18 @@ def create_app(settings: GatewaySettings) -> Litestar:
         schedules_view=schedules_view,
         allow_operator_refs=settings.allow_operator_secret_refs,
         destination_root=settings.destination_root,
+        webhooks_view=webhooks_view,
+        webhook_policy=WebhookPolicySettings().policy(),
     )
+    alerts = Alerts(alerts_view, wake_relays)
 
     registry = ServiceRegistry(settings.expected_services, settings.heartbeat_timeout_seconds)
     backups_view.subscribe(broker, PROJECTION_GROUP, service=SERVICE)
     catalog_view.subscribe(broker, CATALOG_GROUP, service=SERVICE)
     schedules_view.subscribe(broker, SCHEDULES_GROUP, service=SERVICE)
     restores_view.subscribe(broker, RESTORES_GROUP, service=SERVICE)
+    alerts_view.subscribe(broker, ALERTS_GROUP, service=SERVICE)
+    webhooks_view.subscribe(broker, WEBHOOKS_GROUP, service=SERVICE)
     restores = Restores(gateway, restores_view, pool)
     subscribe_heartbeats(broker, registry)
     runtime.add_check("services", registry.all_reported)
@@ -177,7 +191,15 @@ def create_app(settings: GatewaySettings) -> Litestar:
         await asyncio.to_thread(vault.open)
         await pool.open(wait=True, timeout=30)
         async with pool.connection() as conn:
-            await migrate(conn, catalog_view, backups_view, schedules_view, restores_view)
+            await migrate(
+                conn,
+                catalog_view,
+                backups_view,
+                schedules_view,
+                restores_view,
+                alerts_view,
+                webhooks_view,
+            )
 
     api = api_router(
         {
@@ -186,6 +208,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
             "progress": Provide(lambda: progress, sync_to_thread=False),
             "restores": Provide(lambda: restores, sync_to_thread=False),
             "restore_progress": Provide(lambda: restore_progress, sync_to_thread=False),
+            "alerts": Provide(lambda: alerts, sync_to_thread=False),
         }
     )
     return build_service_app(

@@ -53,6 +53,10 @@ LINKS: dict[str, dict[str, tuple[str, str]]] = {
         "GetBackup": ("getBackup", "backup_id"),
         "DeleteBackup": ("deleteBackup", "backup_id"),
     },
+    "createWebhook": {
+        "DeleteWebhook": ("deleteWebhook", "webhook_id"),
+        "ListWebhookDeliveries": ("listWebhookDeliveries", "webhook_id"),
+    },
     "createSecret": {
         "GetSecret": ("getSecret", "name"),
         "ReplaceSecret": ("replaceSecret", "name"),

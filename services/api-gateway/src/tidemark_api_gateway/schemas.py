@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from tidemark_contracts import UtcDatetime
+from tidemark_contracts.alert import ALERT_KINDS, AlertKind, AlertSeverity, DeliveryStatus
 from tidemark_contracts.backup import (
     LOCAL_NAME_MAX_BYTES,
     LOCAL_PATH_MAX_BYTES,
@@ -30,6 +31,7 @@ from tidemark_contracts.backup import (
     local_path_problem,
 )
 from tidemark_contracts.connection import HOST_PATTERN, NAME_PATTERN, host_problem, name_problem
+from tidemark_platform.webhook_policy import MAX_URL_LENGTH
 
 # PostgreSQL cannot store U+0000 (text or jsonb), and no name, host or path of ours needs a
 # control character: strings that reach the catalog refuse them (CONTROL) up front, before
@@ -782,3 +784,100 @@ class RestoreOut(ResponseBody):
     completed_at: UtcDatetime | None
     duration_ms: int | None
     error: str | None
+
+
+# --- alerts ---------------------------------------------------------------------------
+
+
+class AlertOut(ResponseBody):
+    """One alert: an episode of a condition (a failing environment's backups, a destination
+    that cannot be reached, ...), raised once, repeated while open, resolved by a later
+    success of the same kind on the same subject (it stays listed, with ``resolvedAt``)."""
+
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    project_id: uuid.UUID | None
+    environment_id: uuid.UUID | None
+    backup_id: uuid.UUID | None
+    restore_id: uuid.UUID | None
+    destination_id: uuid.UUID | None
+    kind: Annotated[str, Field(examples=list(ALERT_KINDS))]
+    severity: AlertSeverity
+    title: str
+    message: str
+    occurrences: int
+    created_at: UtcDatetime
+    last_seen_at: UtcDatetime
+    read_at: UtcDatetime | None
+    dismissed_at: UtcDatetime | None
+    resolved_at: UtcDatetime | None
+
+
+class AlertCountOut(ResponseBody):
+    count: Annotated[int, Field(description="alerts neither read nor dismissed")]
+    unread: Annotated[int, Field(description="alerts not read (dismissed or not)")]
+    undismissed: Annotated[int, Field(description="alerts not dismissed (read or not)")]
+
+
+# --- webhooks -------------------------------------------------------------------------
+
+
+def _distinct(kinds: list[str]) -> list[str]:
+    if len(set(kinds)) != len(kinds):
+        raise ValueError("kinds must not repeat a kind")
+    return kinds
+
+
+class CreateWebhook(RequestBody):
+    url: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_URL_LENGTH,
+            description="where alert changes are POSTed: https (plain http only to hosts the "
+            "operator allows); never a private, loopback, link-local or reserved address, "
+            "no credentials, no fragment",
+            examples=["https://hooks.example.com/tidemark"],
+        ),
+    ]
+    signing_secret_ref: CredentialRef
+    kinds: Annotated[
+        list[AlertKind],
+        Field(
+            max_length=len(ALERT_KINDS),
+            description="the alert kinds delivered; empty or absent: every kind",
+            json_schema_extra={"uniqueItems": True},
+        ),
+        AfterValidator(_distinct),
+    ] = Field(default_factory=list)
+
+
+class WebhookOut(ResponseBody):
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    url: str
+    signing_secret_ref: str
+    kinds: Annotated[list[str], Field(description="empty: every kind")]
+    created_at: UtcDatetime
+
+
+class WebhookDeliveryOut(ResponseBody):
+    """One attempt at delivering an alert change to the webhook."""
+
+    id: Annotated[
+        uuid.UUID,
+        Field(
+            description="the delivery's id, the same for every attempt at one change (the "
+            "Tidemark-Delivery header the receiver got)"
+        ),
+    ]
+    alert_id: uuid.UUID
+    event: Annotated[str, Field(description="the change delivered, e.g. alert.raised")]
+    attempt: int
+    status: DeliveryStatus
+    response_status: int | None
+    error: str | None
+    at: UtcDatetime
+    next_attempt_at: Annotated[
+        UtcDatetime | None, Field(description="when the next attempt is due (`retrying`)")
+    ]
