@@ -133,7 +133,7 @@ class DeliveryTable:
             f"UPDATE {self.schema}.deliveries SET status = %s, attempts = %s, "
             "next_attempt_at = COALESCE(%s, next_attempt_at), claimed_by = NULL, "
             "claim_expires_at = NULL, last_response_status = %s, last_error = %s "
-            "WHERE delivery_id = %s AND claimed_by = %s AND attempts = %s"
+            "WHERE delivery_id = %s AND claimed_by = %s AND attempts = %s RETURNING 1"
         )
         params = (
             row_status,
@@ -147,8 +147,10 @@ class DeliveryTable:
         )
 
         def check(cursor: Cursor[DictRow]) -> None:
+            # The recorder's transaction is in pipeline mode: only fetching the result
+            # syncs it (rowcount is not known before).
             cursor.execute(query, params)
-            if cursor.rowcount != 1:
+            if cursor.fetchone() is None:
                 raise ClaimLost(f"delivery {claimed.delivery_id} is no longer held")
 
         return check
@@ -197,8 +199,11 @@ class Deliverer:
                     await self.fill()
                 except Exception:
                     log.exception("webhook_claim_failed")
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a
+                # cancellation that arrives with a wake-up, and shutdown would hang.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                    async with asyncio.timeout(self.poll_seconds):
+                        await self._wake.wait()
         finally:
             # Claims of cancelled attempts expire and come back to whoever is left.
             for task in self._tasks:
