@@ -45,6 +45,12 @@ class WebhookSettings(WebhookPolicySettings, SecretSettings):
     webhook_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often an idle deliverer looks for due deliveries."
     )
+    webhook_claim_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long a claimed delivery stays with its deliverer before another "
+        "instance may take it (unset: the timeout plus 30 s; keep it above the timeout).",
+    )
     credential_env_prefix: str = Field(
         default="TIDEMARK_SECRET_",
         min_length=1,
@@ -63,4 +69,6 @@ class WebhookSettings(WebhookPolicySettings, SecretSettings):
     def claim_seconds(self) -> float:
         """How long a claimed delivery stays with its deliverer: longer than any attempt,
         so only a dead deliverer's claims expire."""
+        if self.webhook_claim_seconds is not None:
+            return self.webhook_claim_seconds
         return self.webhook_timeout_seconds + 30.0

@@ -13,6 +13,7 @@ import ipaddress
 import socket
 import ssl
 import typing
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpcore
@@ -58,14 +59,21 @@ async def resolve(host: str, port: int) -> list[IpAddress]:
     return addresses
 
 
+Resolver = Callable[[str, int], Awaitable[list[IpAddress]]]
+
+
 class PolicyCheckedBackend(httpcore.AsyncNetworkBackend):
     """A network backend that connects only to addresses the policy allows."""
 
     def __init__(
-        self, policy: WebhookPolicy, inner: httpcore.AsyncNetworkBackend | None = None
+        self,
+        policy: WebhookPolicy,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+        resolver: Resolver = resolve,
     ) -> None:
         self.policy = policy
         self._inner = inner or httpcore.AnyIOBackend()
+        self._resolve = resolver
 
     async def connect_tcp(
         self,
@@ -75,7 +83,8 @@ class PolicyCheckedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        allowed = [a for a in await resolve(host, port) if self.policy.address_allowed(a, host)]
+        resolved = await self._resolve(host, port)
+        allowed = [a for a in resolved if self.policy.address_allowed(a, host)]
         if not allowed:
             raise AddressRefused()
         failure: Exception | None = None
@@ -127,6 +136,7 @@ class WebhookClient:
         timeout_seconds: float,
         max_connections: int,
         ssl_context: ssl.SSLContext | None = None,
+        resolver: Resolver = resolve,
     ) -> None:
         self.policy = policy
         self.timeout_seconds = timeout_seconds
@@ -136,7 +146,7 @@ class WebhookClient:
             max_keepalive_connections=max_connections,
             keepalive_expiry=30.0,
             retries=0,
-            network_backend=PolicyCheckedBackend(policy),
+            network_backend=PolicyCheckedBackend(policy, resolver=resolver),
         )
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
