@@ -569,7 +569,7 @@ async def test_refused_addresses_and_missing_secrets_are_failed_attempts_saying_
     assert attempts[0].status == "retrying"
     assert attempts[0].response_status is None
     assert "no longer allowed" in (attempts[0].error or "")
-    assert "private, loopback" in (attempts[0].error or "")
+    assert "plain http only to hosts the operator allows" in (attempts[0].error or "")
     missing = await stack.attempts(secret_row["delivery_id"], lambda found: len(found) >= 1)
     assert missing[0].error is not None
     assert "secret:nope" in missing[0].error
