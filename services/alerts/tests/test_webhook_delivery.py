@@ -33,7 +33,7 @@ from tidemark_alerts.webhooks.transport import (
 )
 from tidemark_contracts import Envelope, Message, event_message_id
 from tidemark_contracts.alert import AlertRaised, AlertResolved, WebhookDeliveryAttempted
-from tidemark_contracts.catalog import WebhookRegistered
+from tidemark_contracts.catalog import WebhookRegistered, WebhookRemoved
 from tidemark_contracts.services import ALERTS
 from tidemark_contracts.topics import ALERT_EVENTS, CATALOG_EVENTS
 from tidemark_contracts.webhooks import (
@@ -289,7 +289,8 @@ class Stack:
             aggregate_id=aggregate_id,
             aggregate_version=version,
         )
-        topic = CATALOG_EVENTS if isinstance(message, WebhookRegistered) else ALERT_EVENTS
+        catalog = isinstance(message, WebhookRegistered | WebhookRemoved)
+        topic = CATALOG_EVENTS if catalog else ALERT_EVENTS
         if self.producer is None:
             self.producer = AIOKafkaProducer(
                 bootstrap_servers=self.kafka, acks="all", enable_idempotence=True
@@ -639,3 +640,28 @@ async def test_the_claim_of_a_killed_deliverer_is_taken_over_after_it_expires(
         lambda: stack.deliveries(webhook)[0]["status"] == "delivered", "the row to finish"
     )
     assert second.instance_id != first.instance_id
+
+
+@pytest.mark.integration
+async def test_a_removed_webhook_gets_no_further_attempts(
+    stack: Stack, receivers: Callable[..., Receiver]
+) -> None:
+    org = uuid.uuid4()
+    store_secret(stack, org, "whsec")
+    await stack.start(webhook_retry_base_seconds=1.5, webhook_retry_max_delay_seconds=1.5)
+    receiver = receivers(default=500)
+    webhook = await stack.register(org, receiver.url("localhost"))
+    await stack.raise_alert(org)
+    await eventually(lambda: len(receiver.requests) == 1, "the first attempt")
+    await stack.publish(
+        WebhookRemoved(webhook_id=webhook, organization_id=org, removed_at=datetime.now(UTC)),
+        webhook,
+        None,
+        org,
+    )
+    await eventually(
+        lambda: stack.deliveries(webhook)[0]["status"] == "cancelled", "the cancellation"
+    )
+    [row] = stack.deliveries(webhook)
+    assert row["attempts"] == 1
+    assert len(receiver.requests) == 1
