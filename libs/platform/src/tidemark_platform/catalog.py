@@ -1,4 +1,5 @@
-"""The catalog view: projects, environments and destinations as a service keeps them.
+"""The catalog view: projects, environments and destinations as a service keeps them; and
+apart, the webhooks, for the service that delivers them (the gateway keeps its own).
 
 Registrations are events on ``catalog.events`` (recorded by the gateway's catalog event
 store). Any service that needs them runs this projection into its own schema, so no
@@ -16,9 +17,61 @@ from tidemark_contracts.catalog import (
     DestinationRemoved,
     EnvironmentRegistered,
     ProjectRegistered,
+    WebhookRegistered,
+    WebhookRemoved,
 )
 
 from tidemark_platform.database import Connection
+
+
+def webhooks_ddl(schema: str) -> str:
+    """An organization's webhook endpoints (``kinds`` empty: every alert kind)."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {schema}.webhooks (
+    id uuid PRIMARY KEY,
+    organization_id uuid NOT NULL,
+    url text NOT NULL,
+    signing_secret_ref text NOT NULL,
+    kinds text[] NOT NULL,
+    created_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhooks_by_organization ON {schema}.webhooks (organization_id);
+"""
+
+
+async def apply_webhook_event(conn: Connection, schema: str, message: Message) -> None:
+    """Keep ``webhooks`` from WebhookRegistered/WebhookRemoved; other messages: nothing."""
+    if isinstance(message, WebhookRegistered):
+        await conn.execute(
+            f"INSERT INTO {schema}.webhooks (id, organization_id, url, signing_secret_ref, "
+            "kinds, created_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+            (
+                message.webhook_id,
+                message.organization_id,
+                message.url,
+                message.signing_secret_ref,
+                list(message.kinds),
+                message.registered_at,
+            ),
+        )
+    elif isinstance(message, WebhookRemoved):
+        await conn.execute(f"DELETE FROM {schema}.webhooks WHERE id = %s", (message.webhook_id,))
+
+
+class WebhookCatalogView:
+    """Only the webhooks of the catalog: what a service that delivers webhooks needs."""
+
+    name = "catalog-webhooks"
+    topic: Topic = CATALOG_EVENTS
+    tables: tuple[str, ...] = ("webhooks",)
+
+    def ddl(self, schema: str) -> str:
+        return webhooks_ddl(schema)
+
+    async def apply(
+        self, conn: Connection, schema: str, envelope: Envelope, message: Message
+    ) -> None:
+        await apply_webhook_event(conn, schema, message)
 
 
 class CatalogView:

@@ -137,7 +137,11 @@ class Relay:
         renewed_at = 0.0
         while True:
             try:
-                published = await asyncio.wait_for(self.publish_pending(), self._round_timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result
+                # of an inner await that completes as the task is cancelled, and the
+                # cancellation is lost: the relay would outlive its service's shutdown.
+                async with asyncio.timeout(self._round_timeout):
+                    published = await self.publish_pending()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -167,7 +171,8 @@ class Relay:
             if published < self._batch_size:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._idle_seconds)
+                    async with asyncio.timeout(self._idle_seconds):
+                        await self._wake.wait()
 
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many entries it took from the source."""

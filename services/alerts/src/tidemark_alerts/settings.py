@@ -6,8 +6,10 @@ from pydantic import Field
 from tidemark_contracts.services import ALERTS
 from tidemark_platform.settings import ServiceSettings, settings_config
 
+from tidemark_alerts.webhooks.settings import WebhookSettings
 
-class Settings(ServiceSettings):
+
+class Settings(ServiceSettings, WebhookSettings):
     model_config = settings_config(ALERTS)
 
     http_port: int = ALERTS.default_port

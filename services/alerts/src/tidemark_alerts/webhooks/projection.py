@@ -1,0 +1,227 @@
+"""What is to be delivered: a projection of ``alert.events`` into ``alert_webhooks`` that
+keeps a snapshot of every alert (to send it as it stands after each change) and, for each
+change and each webhook of the organization that wants the alert's kind, one delivery row.
+
+The row holds the body; the deliverer signs it afresh at every attempt (the signature's
+timestamp is the attempt's). A webhook registered after a change does not get it. The
+delivery id is derived from the webhook and the event, so an event read twice (a relay
+re-publishing, a redelivery) adds no second delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from tidemark_contracts import Envelope, Message, Topic, utc_now
+from tidemark_contracts.alert import (
+    AlertDismissed,
+    AlertRaised,
+    AlertRead,
+    AlertRepeated,
+    AlertResolved,
+)
+from tidemark_contracts.topics import ALERT_EVENTS
+from tidemark_contracts.webhooks import AlertResource, WebhookEvent, WebhookPayload
+from tidemark_platform.database import Connection
+from tidemark_platform.logging import get_logger
+
+from tidemark_alerts.webhooks.domain import delivery_id
+
+log = get_logger(__name__)
+
+ALERT_COLUMNS = (
+    "id, organization_id, project_id, environment_id, backup_id, restore_id, destination_id, "
+    "kind, severity, title, message, occurrences, created_at, last_seen_at, read_at, "
+    "dismissed_at, resolved_at"
+)
+
+
+class AlertDeliveriesProjection:
+    name = "alert-webhooks"
+    topic: Topic = ALERT_EVENTS
+    tables: tuple[str, ...] = ("alerts", "deliveries")
+    # Every change here is idempotent and order-tolerant (first times kept, counts only
+    # grow, deliveries keyed by event), and the topic also carries the deliveries' own
+    # events: no gap-free version order to wait for, so a gap never blocks a partition.
+    version_guard = False
+
+    def __init__(self, on_new_deliveries: Callable[[], None] | None = None) -> None:
+        self._on_new_deliveries = on_new_deliveries
+
+    def ddl(self, schema: str) -> str:
+        return f"""
+CREATE TABLE IF NOT EXISTS {schema}.alerts (
+    id uuid PRIMARY KEY,
+    organization_id uuid NOT NULL,
+    project_id uuid,
+    environment_id uuid,
+    backup_id uuid,
+    restore_id uuid,
+    destination_id uuid,
+    kind text NOT NULL,
+    severity text NOT NULL,
+    title text NOT NULL,
+    message text NOT NULL,
+    occurrences integer NOT NULL,
+    created_at timestamptz NOT NULL,
+    last_seen_at timestamptz NOT NULL,
+    read_at timestamptz,
+    dismissed_at timestamptz,
+    resolved_at timestamptz
+);
+CREATE TABLE IF NOT EXISTS {schema}.deliveries (
+    delivery_id uuid PRIMARY KEY,
+    webhook_id uuid NOT NULL,
+    organization_id uuid NOT NULL,
+    alert_id uuid NOT NULL,
+    environment_id uuid,
+    change text NOT NULL,
+    body text NOT NULL,
+    status text NOT NULL DEFAULT 'pending',
+    attempts integer NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL,
+    next_attempt_at timestamptz NOT NULL,
+    claimed_by uuid,
+    claim_expires_at timestamptz,
+    last_response_status integer,
+    last_error text
+);
+CREATE INDEX IF NOT EXISTS deliveries_due
+    ON {schema}.deliveries (next_attempt_at) WHERE status = 'pending';
+"""
+
+    async def apply(
+        self, conn: Connection, schema: str, envelope: Envelope, message: Message
+    ) -> None:
+        change = await self._change_snapshot(conn, schema, message)
+        if change is None:
+            return
+        webhook_event, occurred_at = change
+        alert_id = message.alert_id  # type: ignore[attr-defined]
+        cursor = await conn.execute(
+            f"SELECT {ALERT_COLUMNS} FROM {schema}.alerts WHERE id = %s", (alert_id,)
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            # Its AlertRaised was never seen here (older than the topic's retention).
+            log.warning("webhook_alert_unknown", alert_id=str(alert_id), change=webhook_event)
+            return
+        alert = AlertResource.model_validate(row)
+        cursor = await conn.execute(
+            f"SELECT id FROM {schema}.webhooks WHERE organization_id = %s "
+            "AND (cardinality(kinds) = 0 OR %s = ANY(kinds))",
+            (alert.organization_id, alert.kind),
+        )
+        now = utc_now()
+        inserted = 0
+        for webhook in await cursor.fetchall():
+            delivery = delivery_id(webhook["id"], envelope.message_id)
+            body = WebhookPayload(
+                id=delivery,
+                type=webhook_event,
+                webhook_id=webhook["id"],
+                occurred_at=occurred_at,
+                alert=alert,
+            ).model_dump_json(by_alias=True)
+            result = await conn.execute(
+                f"INSERT INTO {schema}.deliveries (delivery_id, webhook_id, organization_id, "
+                "alert_id, environment_id, change, body, created_at, next_attempt_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (delivery_id) DO NOTHING",
+                (
+                    delivery,
+                    webhook["id"],
+                    alert.organization_id,
+                    alert.id,
+                    alert.environment_id,
+                    webhook_event,
+                    body,
+                    now,
+                    now,
+                ),
+            )
+            inserted += result.rowcount
+        if inserted and self._on_new_deliveries is not None:
+            self._on_new_deliveries()
+
+    async def _change_snapshot(
+        self, conn: Connection, schema: str, message: Message
+    ) -> tuple[WebhookEvent, datetime] | None:
+        """Apply the change to the alert's snapshot; the webhook event it is and when it
+        happened, or None for messages that are no alert change (delivery attempts)."""
+        table = f"{schema}.alerts"
+        if isinstance(message, AlertRaised):
+            await conn.execute(
+                f"INSERT INTO {table} ({ALERT_COLUMNS}) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, NULL, NULL, NULL) "
+                "ON CONFLICT (id) DO NOTHING",
+                (
+                    message.alert_id,
+                    message.organization_id,
+                    message.project_id,
+                    message.environment_id,
+                    message.backup_id,
+                    message.restore_id,
+                    message.destination_id,
+                    message.kind,
+                    message.severity,
+                    message.title,
+                    message.message,
+                    message.raised_at,
+                    message.raised_at,
+                ),
+            )
+            return "alert.raised", message.raised_at
+        update: tuple[str, tuple[Any, ...], WebhookEvent, datetime]
+        if isinstance(message, AlertRepeated):
+            update = (
+                "environment_id = COALESCE(%s, environment_id), "
+                "backup_id = COALESCE(%s, backup_id), restore_id = COALESCE(%s, restore_id), "
+                "title = CASE WHEN occurrences <= %s THEN %s ELSE title END, "
+                "message = CASE WHEN occurrences <= %s THEN %s ELSE message END, "
+                "occurrences = GREATEST(occurrences, %s), "
+                "last_seen_at = GREATEST(last_seen_at, %s)",
+                (
+                    message.environment_id,
+                    message.backup_id,
+                    message.restore_id,
+                    message.occurrences,
+                    message.title,
+                    message.occurrences,
+                    message.message,
+                    message.occurrences,
+                    message.last_seen_at,
+                ),
+                "alert.repeated",
+                message.last_seen_at,
+            )
+        elif isinstance(message, AlertResolved):
+            update = (
+                "resolved_at = COALESCE(resolved_at, %s)",
+                (message.resolved_at,),
+                "alert.resolved",
+                message.resolved_at,
+            )
+        elif isinstance(message, AlertRead):
+            update = (
+                "read_at = COALESCE(read_at, %s)",
+                (message.read_at,),
+                "alert.read",
+                message.read_at,
+            )
+        elif isinstance(message, AlertDismissed):
+            update = (
+                "dismissed_at = COALESCE(dismissed_at, %s)",
+                (message.dismissed_at,),
+                "alert.dismissed",
+                message.dismissed_at,
+            )
+        else:
+            return None  # WebhookDeliveryAttempted: our own record, nothing to deliver
+        assignments, params, webhook_event, occurred_at = update
+        await conn.execute(
+            f"UPDATE {table} SET {assignments} WHERE id = %s", (*params, message.alert_id)
+        )
+        return webhook_event, occurred_at
