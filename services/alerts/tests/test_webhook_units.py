@@ -43,6 +43,7 @@ def test_delivery_ids_are_one_per_webhook_and_event() -> None:
     assert delivery_id(webhook, event) == delivery_id(webhook, event)
     assert delivery_id(webhook, event) != delivery_id(other_webhook, event)
     assert delivery_id(webhook, event) != delivery_id(webhook, other_event)
+    assert delivery_id(webhook, event) == uuid.uuid5(webhook, str(event))
 
 
 def ref() -> DeliveryRef:

@@ -15,13 +15,13 @@ from typing import Literal
 
 from eventsourcing.domain import Aggregate, event
 
-# Delivery ids: one per (webhook, alert event), the same however often the event arrives.
-DELIVERY_NAMESPACE = uuid.UUID("6c4f3f44-4c52-4a55-9a8e-3c0b5d2f7d10")
 Status = Literal["delivered", "retrying", "failed"]
 
 
 def delivery_id(webhook_id: uuid.UUID, event_id: uuid.UUID) -> uuid.UUID:
-    return uuid.uuid5(DELIVERY_NAMESPACE, f"{webhook_id}:{event_id}")
+    """One per (webhook, alert event), the same however often the event arrives:
+    ``uuid5(webhook_id, str(event_id))``, as the issue's interfaces fix it."""
+    return uuid.uuid5(webhook_id, str(event_id))
 
 
 @dataclass(frozen=True)
