@@ -333,6 +333,9 @@ class Stack:
         await eventually(
             lambda: bool(self.rows(f"SELECT 1 FROM {SCHEMA}.webhooks WHERE id = %s", webhook_id)),
             "the webhook registration",
+            # A new consumer group reads catalog.events from its start: on a Kafka that
+            # earlier tests filled, the first registration can take a while to come round.
+            within=180.0,
         )
         return webhook_id
 
