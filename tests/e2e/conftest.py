@@ -22,6 +22,8 @@ from tidemark_devstack.stack import Stack
 
 E2E_LEASE_SECONDS = 3.0
 E2E_WAL_STALL_SECONDS = 10.0
+E2E_WEBHOOK_RETRY_BASE_SECONDS = 0.5
+E2E_WEBHOOK_TIMEOUT_SECONDS = 30.0
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +64,15 @@ def stack(
             "TIDEMARK_RESTORE_RUNNER_PROGRESS_INTERVAL_SECONDS": "0.2",
             # Replay slowed a little, so a kill during it can be aimed (test_pitr).
             "TIDEMARK_RESTORE_RUNNER_REPLAY_SEGMENT_DELAY_SECONDS": "0.5",
+            # Webhooks to the tests' receivers on loopback over plain http, retried within
+            # seconds (a 500 is followed by a retry about half a second later) for a minute.
+            # An attempt waits 30 s for an answer: a receiver that hangs would hold up any
+            # delivery queued behind it by that long, which test_alerts would notice.
+            "TIDEMARK_WEBHOOK_ALLOWED_HTTP_HOSTS": "127.0.0.1,localhost",
+            "TIDEMARK_ALERTS_WEBHOOK_RETRY_BASE_SECONDS": str(E2E_WEBHOOK_RETRY_BASE_SECONDS),
+            "TIDEMARK_ALERTS_WEBHOOK_RETRY_MAX_DELAY_SECONDS": "2",
+            "TIDEMARK_ALERTS_WEBHOOK_RETRY_FOR_SECONDS": "60",
+            "TIDEMARK_ALERTS_WEBHOOK_TIMEOUT_SECONDS": str(E2E_WEBHOOK_TIMEOUT_SECONDS),
         },
     )
     services.start()

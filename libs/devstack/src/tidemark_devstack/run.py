@@ -46,6 +46,8 @@ DEMO_ORG_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://tidemark.dev/demo-org")
 DEMO_DATABASE = "demo_shop"  # also the name of the login role that owns it
 DEMO_SECRET_NAME = "demo-db-password"  # noqa: S105 (a name, not a secret)
 SECRETS_KEYS_ENV = "TIDEMARK_SECRETS_KEYS"
+WEBHOOK_HOSTS_ENV = "TIDEMARK_WEBHOOK_ALLOWED_HTTP_HOSTS"
+LOOPBACK_HOSTS = "127.0.0.1,localhost"
 PROJECT_NAME = "demo"
 ENVIRONMENT_NAME = "production"
 DESTINATION_NAME = "local-disk"
@@ -722,6 +724,9 @@ def _run(session: _Session) -> int:
         replicas=replicas,
         destination_root=destinations,
         files_root=files_root,
+        # Webhooks to a receiver on this machine over plain http, so the demo can show
+        # alert deliveries without a certificate (an operator's choice, off by default).
+        extra_env={WEBHOOK_HOSTS_ENV: os.environ.get(WEBHOOK_HOSTS_ENV, LOOPBACK_HOSTS)},
     )
     _start_services(cleanup, stack)
     token, expires = make_token(secret)
