@@ -120,6 +120,14 @@ def test_make_run_with_two_replicas_lists_ten_instances_and_marks_them_stopped_o
         [export] = [line for line in printed if line.startswith("export TIDEMARK_TOKEN=")]
         examples = [line for line in printed if line.startswith("curl") and "/schedule" in line]
         assert len(examples) == 2, printed
+        # And the alerts and webhook examples, in the order printed (secret, then webhook).
+        examples += [
+            line
+            for line in printed
+            if line.startswith("curl")
+            and any(p in line for p in ("/alerts", "/secrets", "/webhooks"))
+        ]
+        assert len(examples) == 2 + 5, printed
         for example in examples:
             script = f"{export}\n{example.replace('curl -sS', 'curl -sS --fail-with-body', 1)}"
             done = subprocess.run(

@@ -649,6 +649,19 @@ def _summary(
         f"curl -sS -X POST {auth} -H 'Content-Type: application/json' "
         f'-d \'{{"retainHourly": 24, "retainDaily": 7}}\' {schedule}/retention-preview',
         "",
+        "# the organization's alerts (a failed backup raises one), and how many are unread",
+        f"curl -sS {auth} {gateway_url}/api/v1/backups/alerts",
+        f"curl -sS {auth} {gateway_url}/api/v1/backups/alerts/count",
+        "",
+        "# a webhook to a receiver on this machine (plain http to loopback is allowed here),",
+        "# signed with a stored secret (its attempts: GET /api/v1/webhooks/<id>/deliveries)",
+        f"curl -sS -X POST {auth} -H 'Content-Type: application/json' "
+        f'-d \'{{"name": "hook", "value": "change-me"}}\' {gateway_url}/api/v1/secrets',
+        f"curl -sS -X POST {auth} -H 'Content-Type: application/json' "
+        f'-d \'{{"url": "http://127.0.0.1:9999/hook", "signingSecretRef": "secret:hook", '
+        f'"kinds": []}}\' {gateway_url}/api/v1/webhooks',
+        f"curl -sS {auth} {gateway_url}/api/v1/webhooks",
+        "",
         "# readiness of the gateway and every service (no token needed)",
         f"curl -sS {gateway_url}/ready",
         "",
