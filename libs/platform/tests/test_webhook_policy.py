@@ -50,6 +50,8 @@ DENIED = [
     "::ffff:127.0.0.1",  # IPv4-mapped loopback
     "::ffff:169.254.169.254",  # IPv4-mapped metadata
     "::ffff:10.1.2.3",
+    "2002:a9fe:a9fe::1",  # 6to4 of the metadata address
+    "2002:808:808::1",  # 6to4 at all: a relay could carry it anywhere
 ]
 PUBLIC = ["93.184.216.34", "8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
 
@@ -131,6 +133,9 @@ def test_https_to_a_public_host_is_accepted() -> None:
         ("https://localhost/x", "private, loopback"),
         ("https://api.localhost/x", "private, loopback"),
         ("https://h.example.com/" + "a" * MAX_URL_LENGTH, "longer than"),
+        # The HTTP client refuses non-ASCII URLs at every delivery: refused once, here.
+        ("https://hooks.example.com/caf\u00e9", "ASCII"),
+        ("https://b\u00fccher.example.com/x", "ASCII"),
     ],
 )
 def test_refused_urls_say_why_without_repeating_the_url(url: str, reason: str) -> None:

@@ -728,6 +728,21 @@ def test_errors_lose_urls_and_runner_paths_and_every_text_is_bounded() -> None:
     assert "No further attempt is scheduled" in condition.message
 
 
+def test_control_characters_never_reach_an_alert_text() -> None:
+    """A NUL in a source event's error (pydantic lets it through) would not fit a
+    PostgreSQL text column: the alert's event could then never be projected."""
+    cleaned = clean_error("pg_dump: error:\x00 bad\x1b[31m input\x7f")
+    assert cleaned == "pg_dump: error: bad [31m input"
+    named = Place(PROJECT, "prod\x00\n", None)
+    condition = domain.on_backup_failed(
+        BackupFailed(backup_id=BACKUP, environment_id=ENV, error="a\x00b", failed_at=T0),
+        ORG,
+        named,
+        _sid(),
+    )
+    assert "\x00" not in condition.title + condition.message
+
+
 def test_an_empty_error_still_says_something() -> None:
     assert clean_error("   ") == "no reason given"
 

@@ -21,6 +21,7 @@ from tidemark_contracts import Envelope
 from tidemark_contracts.backup import BackupCompleted, BackupFailed, DatabaseTarget
 from tidemark_contracts.catalog import EnvironmentRegistered
 from tidemark_platform.catalog import CatalogView
+from tidemark_platform.consumer import NotYet
 from tidemark_platform.database import Pool, connection_pool
 from tidemark_platform.projection import ProjectionRunner
 
@@ -120,6 +121,17 @@ def test_two_instances_changing_one_subject_refuse_the_later_save(
         alert = store.get_alert(loaded_meanwhile.open_alert_id)  # type: ignore[union-attr,arg-type]
         assert alert is not None
         assert alert.occurrences == 2
+        # The consumer takes it for a wait, never a failure to park (a parked success
+        # would leave its alert open for good), and the retry, on the subject as it now
+        # is, counts the occurrence.
+        assert issubclass(ConcurrentChange, NotYet)
+        monkeypatch.undo()
+        assert other.backup_failed(
+            failed(env, T0 + timedelta(minutes=2)), org, Place(), uuid.uuid4(), Tracking("b", 1)
+        )
+        alert = store.get_alert(loaded_meanwhile.open_alert_id)  # type: ignore[union-attr,arg-type]
+        assert alert is not None
+        assert alert.occurrences == 3
     finally:
         other.close()
 

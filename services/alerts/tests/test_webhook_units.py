@@ -118,3 +118,52 @@ def test_a_delivered_or_failed_delivery_takes_no_further_attempt() -> None:
             attempted_at=T0,
             next_attempt_at=None,
         )
+
+
+def test_a_claim_shorter_than_the_timeout_is_refused() -> None:
+    """A claim that ends while its POST may still run lets another instance send the same
+    change at the same time."""
+    from pydantic import ValidationError
+    from tidemark_alerts.webhooks.settings import WebhookSettings
+
+    with pytest.raises(ValidationError, match="longer than webhook_timeout_seconds"):
+        WebhookSettings(webhook_timeout_seconds=10, webhook_claim_seconds=5)
+    assert WebhookSettings(webhook_timeout_seconds=10, webhook_claim_seconds=11)
+    assert WebhookSettings(webhook_timeout_seconds=10).webhook_claim_seconds is None
+
+
+async def test_a_name_server_that_never_answers_stalls_no_other_work_of_the_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lookups run on threads of their own: a tenant's name server that hangs must not
+    take the loop's default executor, where the event store's work runs (the time limit
+    of an attempt cancels the wait, never the blocked lookup)."""
+    import asyncio
+    import socket
+    import threading
+    import time
+
+    from tidemark_alerts.webhooks.transport import resolve
+
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def slow(host: str, *args: object, **kwargs: object) -> object:
+        if host.endswith(".slow.test"):
+            release.wait(30)  # a name server that does not answer
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    lookups = [
+        asyncio.ensure_future(asyncio.wait_for(resolve(f"h{n}.slow.test", 443), 0.2))
+        for n in range(12)  # more than the default executor's threads on 2 cores
+    ]
+    try:
+        for lookup in lookups:
+            with pytest.raises(TimeoutError):
+                await lookup
+        started = time.monotonic()
+        await asyncio.wait_for(asyncio.to_thread(lambda: None), 5)
+        assert time.monotonic() - started < 0.5, "the default executor was held by lookups"
+    finally:
+        release.set()

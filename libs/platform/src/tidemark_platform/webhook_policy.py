@@ -36,6 +36,9 @@ _DENIED_EXTRA: tuple[IpNetwork, ...] = (
     ipaddress.ip_network("100.64.0.0/10"),  # carrier-grade NAT
     ipaddress.ip_network("fd00:ec2::254/128"),  # AWS metadata over IPv6
     ipaddress.ip_network("64:ff9b:1::/48"),  # local-use NAT64
+    # 6to4 embeds an IPv4 address (2002:a9fe:a9fe:: is 169.254.169.254): a relay could
+    # carry a request to it. Nobody's webhook needs 6to4 in earnest.
+    ipaddress.ip_network("2002::/16"),
 )
 
 
@@ -96,6 +99,10 @@ class WebhookPolicy:
             return f"the URL is longer than {MAX_URL_LENGTH} characters"
         if any(c.isspace() or ord(c) < 0x20 for c in url):
             return "the URL contains whitespace or control characters"
+        if not url.isascii():
+            # The HTTP client sends only ASCII URLs: a URL it would refuse at every
+            # delivery is refused here, once. IDNA and percent-encoding say the same.
+            return "the URL must be ASCII (an internationalised host in IDNA form, xn--…)"
         try:
             parts = urlsplit(url)
             port = parts.port

@@ -30,6 +30,7 @@ from tidemark_contracts.restore import RestoreCompleted, RestoreFailed, RestoreR
 from tidemark_contracts.schedule import ScheduleFired, ScheduleMissed
 from tidemark_contracts.topics import ALERT_EVENTS
 from tidemark_contracts.wal import WalArchivingStatusChanged
+from tidemark_platform.consumer import NotYet
 from tidemark_platform.eventstore import EventStoreApplication
 from tidemark_platform.logging import get_logger
 
@@ -62,9 +63,11 @@ class Effect:
     alert_id: UUID
 
 
-class ConcurrentChange(Exception):
+class ConcurrentChange(NotYet):
     """Another instance changed the subject meanwhile (events of one destination come on
-    several partitions): the consumer retries, on the aggregates as they now are."""
+    several partitions): the consumer retries, on the aggregates as they now are. A
+    ``NotYet``: however often two instances collide on a busy subject, the event is
+    retried, never parked (a parked success would leave its alert open for good)."""
 
 
 class AlertsApplication(EventStoreApplication):

@@ -179,8 +179,13 @@ _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S+")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[^\s/'\"`:;,()]+){2,}/?")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _bounded(text: str, limit: int) -> str:
-    text = " ".join(text.split())
+    # Control characters go (NUL would not fit a PostgreSQL text column: the alert's
+    # event could never be projected), and whitespace runs become one space.
+    text = " ".join(_CONTROL.sub(" ", text).split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 

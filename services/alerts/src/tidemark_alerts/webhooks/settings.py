@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from tidemark_platform.credentials import CredentialPolicy
 from tidemark_platform.settings import SecretSettings
 from tidemark_platform.webhook_policy import WebhookPolicySettings
@@ -51,6 +51,16 @@ class WebhookSettings(WebhookPolicySettings, SecretSettings):
         description="How long a claimed delivery stays with its deliverer before another "
         "instance may take it (unset: the timeout plus 30 s; keep it above the timeout).",
     )
+
+    @model_validator(mode="after")
+    def _claim_outlasts_the_timeout(self) -> WebhookSettings:
+        # A claim that ends while its POST may still be running lets another instance
+        # send the same change again, at the same time.
+        claim = self.webhook_claim_seconds
+        if claim is not None and claim <= self.webhook_timeout_seconds:
+            raise ValueError("webhook_claim_seconds must be longer than webhook_timeout_seconds")
+        return self
+
     credential_env_prefix: str = Field(
         default="TIDEMARK_SECRET_",
         min_length=1,

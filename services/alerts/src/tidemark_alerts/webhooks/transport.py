@@ -9,11 +9,13 @@ time limit, and errors say what went wrong without the URL or anything of the se
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import ssl
 import typing
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpcore
@@ -37,6 +39,16 @@ class HostUnresolved(DeliveryError):
         super().__init__("the receiver's host name does not resolve")
 
 
+# Host names are resolved on threads of their own. asyncio's getaddrinfo runs on the
+# loop's default executor (a handful of threads on 2 cores), which the service's event
+# store work shares: a tenant whose name server never answers would otherwise hold every
+# one of them (the attempt's time limit cancels the wait, not the blocked lookup) and
+# stall alerts and other receivers' deliveries. Here a slow lookup holds one thread of
+# this pool, as many as deliveries may be in flight.
+DNS_THREADS = 32
+_DNS_POOL = ThreadPoolExecutor(max_workers=DNS_THREADS, thread_name_prefix="webhook-dns")
+
+
 async def resolve(host: str, port: int) -> list[IpAddress]:
     """Every address ``host`` resolves to, in the resolver's order, without duplicates."""
     try:
@@ -46,8 +58,11 @@ async def resolve(host: str, port: int) -> list[IpAddress]:
     else:
         return [literal]
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        infos = await asyncio.get_running_loop().run_in_executor(
+            _DNS_POOL,
+            functools.partial(
+                socket.getaddrinfo, host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            ),
         )
     except (OSError, UnicodeError):
         raise HostUnresolved() from None
