@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -668,3 +668,62 @@ async def test_a_removed_webhook_gets_no_further_attempts(
     [row] = stack.deliveries(webhook)
     assert row["attempts"] == 1
     assert len(receiver.requests) == 1
+
+
+@pytest.mark.integration
+async def test_a_registration_read_after_a_later_change_still_gets_it_and_an_earlier_one_not(
+    stack: Stack, receivers: Callable[..., Receiver]
+) -> None:
+    """Registrations come through a consumer of their own: one that lags must not lose the
+    changes that happened after the webhook was registered, and a webhook must not get a
+    change from before it existed, whichever of the two is read first."""
+    org = uuid.uuid4()
+    store_secret(stack, org, "whsec-late")
+    await stack.start()
+    owed, not_owed = receivers(), receivers()
+    alert_id, raised = await stack.raise_alert(org)
+    changed_at = datetime.fromisoformat(str(raised.payload["raisedAt"]).replace("Z", "+00:00"))
+    await eventually(
+        lambda: bool(
+            stack.rows(
+                f"SELECT 1 FROM {SCHEMA}.alert_changes WHERE event_id = %s", raised.message_id
+            )
+        ),
+        "the change, read before any webhook",
+    )
+
+    async def register(receiver: Receiver, registered_at: datetime) -> uuid.UUID:
+        webhook_id = uuid.uuid4()
+        await stack.publish(
+            WebhookRegistered(
+                webhook_id=webhook_id,
+                organization_id=org,
+                url=receiver.url("localhost"),
+                signing_secret_ref="secret:hook",
+                kinds=[],
+                registered_at=registered_at,
+            ),
+            webhook_id,
+            None,
+            org,
+        )
+        await eventually(
+            lambda: bool(stack.rows(f"SELECT 1 FROM {SCHEMA}.webhooks WHERE id = %s", webhook_id)),
+            "the registration",
+            within=180.0,
+        )
+        return webhook_id
+
+    before = await register(owed, changed_at - timedelta(seconds=10))
+    after = await register(not_owed, changed_at + timedelta(seconds=10))
+    await eventually(lambda: len(owed.requests) == 1, "the owed change's POST")
+    payload = WebhookPayload.model_validate_json(owed.requests[0].body)
+    assert (payload.type, payload.alert.id, payload.webhook_id) == (
+        "alert.raised",
+        alert_id,
+        before,
+    )
+    headers = {k.lower(): v for k, v in owed.requests[0].headers.items()}
+    assert verify_signature("whsec-late", headers[SIGNATURE_HEADER.lower()], owed.requests[0].body)
+    assert stack.deliveries(after) == []
+    assert not_owed.connections == 0

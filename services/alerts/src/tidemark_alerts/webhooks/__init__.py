@@ -15,7 +15,6 @@ from uuid import UUID
 
 from faststream.kafka import KafkaBroker
 from tidemark_contracts import Message
-from tidemark_platform.catalog import WebhookCatalogView
 from tidemark_platform.consumer import Delivery
 from tidemark_platform.credentials import resolve_secret
 from tidemark_platform.database import Pool, connection_pool
@@ -29,7 +28,7 @@ from tidemark_platform.vault import SecretVault
 from tidemark_alerts.webhooks.application import WebhookDeliveryApplication
 from tidemark_alerts.webhooks.deliverer import Deliverer, DeliveryTable
 from tidemark_alerts.webhooks.domain import RetryPolicy
-from tidemark_alerts.webhooks.projection import AlertDeliveriesProjection
+from tidemark_alerts.webhooks.projection import AlertDeliveriesProjection, WebhookRegistrations
 from tidemark_alerts.webhooks.settings import WebhookSettings
 from tidemark_alerts.webhooks.transport import WebhookClient
 
@@ -103,7 +102,7 @@ def install_webhooks(
 
     ready = asyncio.Event()
     deliveries = _GatedRunner(pool, SCHEMA, AlertDeliveriesProjection(deliverer.wake), ready)
-    webhooks = _GatedRunner(pool, SCHEMA, WebhookCatalogView(), ready)
+    webhooks = _GatedRunner(pool, SCHEMA, WebhookRegistrations(deliverer.wake), ready)
     deliveries.subscribe(broker, DELIVERIES_GROUP, service=runtime.name)
     webhooks.subscribe(broker, WEBHOOKS_GROUP, service=runtime.name)
 
