@@ -489,7 +489,7 @@ def test_a_wal_receiver_stopped_while_the_database_writes_raises_wal_archiving_s
             lambda a: a["id"] == alert["id"] and a["resolvedAt"] is not None,
             "resolved once archiving is active again",
         )
-        assert resolved["occurrences"] >= 1
+        assert resolved["resolvedAt"] >= resolved["createdAt"]
         assert {a["kind"] for a in listed(api)["items"]} == {"wal_archiving_stalled"}
     finally:
         configure(False)
@@ -520,7 +520,7 @@ def test_a_destination_refusing_a_deletion_raises_backup_cleanup_failed(
         )
         assert alert["environmentId"] == environment["id"]
         assert alert["severity"] == "warning"
-        assert alert.get("destinationId", destination["id"]) == destination["id"]
+        assert alert["destinationId"] == destination["id"]
         assert str(api.destination_root) not in json.dumps(alert)
         assert artifact.is_file()
     # Repaired and asked again: deleted, which resolves it.
@@ -587,7 +587,7 @@ def test_an_s3_endpoint_that_is_down_raises_destination_unreachable(
     alert = wait_alert(api, of_kind("destination_unreachable"), "raised")
     assert alert["environmentId"] is None
     assert alert["severity"] == "critical"
-    assert alert.get("destinationId", remote["id"]) == remote["id"]
+    assert alert["destinationId"] == remote["id"]
     assert_no_leak(alert, s3_endpoint.secret_key, s3_endpoint.access_key)
     assert [a["kind"] for a in listed(api)["items"]] == ["destination_unreachable"]
 
@@ -872,7 +872,9 @@ def test_a_receiver_that_hangs_delays_no_other_receiver_and_no_alert(
     # Meanwhile the hanging receiver got requests it never answered.
     assert hanging.requests, "the hanging receiver was tried"
     assert not hanging.released.is_set()
-    assert all(d["status"] != "delivered" for d in deliveries(api, stuck["id"]))
+    # Its attempts are recorded when they time out (30 s here), so the list may still be
+    # empty: what it must not hold is a delivery.
+    assert [d for d in deliveries(api, stuck["id"]) if d["status"] == "delivered"] == []
     assert api.delete(f"/api/v1/webhooks/{stuck['id']}").status_code == 204
 
 
