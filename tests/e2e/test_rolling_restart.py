@@ -91,6 +91,10 @@ async def differences_from_a_rebuild(database_url: str) -> list[Difference]:
         await pool.close()
 
 
+# Ten restarts (five services, two instances each), every one waiting for the stack to
+# be ready again (some 30 s on 2 cores, consumer groups rebalancing): longer than the
+# suite's default per-test limit since the alerts service is the fifth.
+@pytest.mark.timeout(900)
 def test_a_rolling_restart_of_every_service_loses_and_doubles_nothing(
     two_of_everything: Stack,
     api_for: Callable[..., Api],
