@@ -33,7 +33,7 @@ from tidemark_contracts.catalog import WebhookRegistered, WebhookRemoved
 from tidemark_contracts.topics import ALERT_EVENTS
 from tidemark_contracts.webhooks import AlertResource, WebhookEvent, WebhookPayload
 from tidemark_platform.catalog import WebhookCatalogView
-from tidemark_platform.database import Connection
+from tidemark_platform.database import Connection, advisory_key
 from tidemark_platform.logging import get_logger
 
 from tidemark_alerts.webhooks.domain import delivery_id
@@ -43,6 +43,9 @@ log = get_logger(__name__)
 # How long changes are kept for registrations read after them: far beyond any consumer
 # lag this service survives without an operator.
 CHANGES_KEPT = timedelta(days=7)
+# The advisory lock class of an organization's webhook changes and registrations (the
+# project's lock classes: 7350010 schema DDL, 7350020 schedules, 7350030 restore targets).
+WEBHOOK_ORGANIZATION_LOCK_CLASS = 7350040
 
 ALERT_COLUMNS = (
     "id, organization_id, project_id, environment_id, backup_id, restore_id, destination_id, "
@@ -247,8 +250,8 @@ CREATE INDEX IF NOT EXISTS alert_changes_by_organization
 async def lock_organization(conn: Connection, organization_id: UUID) -> None:
     """Serialise, per organization, the changes and the registrations read at once."""
     await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-        (f"alert-webhooks:{organization_id}",),
+        "SELECT pg_advisory_xact_lock(%s, %s)",
+        advisory_key(WEBHOOK_ORGANIZATION_LOCK_CLASS, str(organization_id)),
     )
 
 
