@@ -8,6 +8,7 @@ PYTHON ?= python3
 # --frozen: run what uv.lock pins, never rewrite the lock as a side effect of running.
 UV_RUN = $(UV) run $(if $(wildcard uv.lock),--frozen,)
 PYTEST_ARGS ?=
+TESTS ?=
 # When set, `make test` writes pytest's exit status there: make itself reports any
 # failed recipe as 2, and CI wants pytest's own code (5 means no tests were collected).
 PYTEST_STATUS_FILE ?=
@@ -20,7 +21,7 @@ STATE_DIR ?= $(or $(TIDEMARK_STATE_DIR),$(CURDIR)/.state)
 
 help:
 	@echo "make run            start PostgreSQL, Kafka, every service and a demo (Ctrl-C stops)"
-	@echo "make test           run the tests (PYTEST_ARGS='-k backup -x' to narrow them)"
+	@echo "make test           run the tests (PYTEST_ARGS='-k backup -x' to narrow them, TESTS=paths to pick them)"
 	@echo "make lint           ruff check, ruff format --check, mypy"
 	@echo "make format         apply ruff's fixes and formatting"
 	@echo "make schemas        write the message contracts' JSON Schemas, AsyncAPI, README's services"
@@ -54,10 +55,18 @@ sync: bootstrap
 run: sync
 	$(UV_RUN) tidemark-dev run
 
+# With TESTS (paths), one pytest runs them; without, tests/shards.sh runs the whole suite as
+# two pytest processes at once (tests/e2e, and libs + services), each on its own Kafka and
+# PostgreSQL.
 test: sync
-	@status=0; $(UV_RUN) pytest $(PYTEST_ARGS) || status=$$?; \
-	if [ -n "$(PYTEST_STATUS_FILE)" ]; then echo $$status > "$(PYTEST_STATUS_FILE)"; fi; \
-	exit $$status
+	@if [ -n "$(TESTS)" ]; then \
+		status=0; $(UV_RUN) pytest $(TESTS) $(PYTEST_ARGS) || status=$$?; \
+		if [ -n "$(PYTEST_STATUS_FILE)" ]; then echo $$status > "$(PYTEST_STATUS_FILE)"; fi; \
+		exit $$status; \
+	else \
+		UV_RUN="$(UV_RUN)" STATE_DIR="$(STATE_DIR)" PYTEST_STATUS_FILE="$(PYTEST_STATUS_FILE)" \
+			bash tests/shards.sh $(PYTEST_ARGS); \
+	fi
 
 lint: sync
 	$(UV_RUN) ruff check .
@@ -128,4 +137,6 @@ clean-state: sync
 	-TIDEMARK_STATE_DIR="$(STATE_DIR)" $(UV_RUN) tidemark-dev postgres stop
 	-TIDEMARK_STATE_DIR="$(STATE_DIR)/test" $(UV_RUN) tidemark-dev kafka stop
 	-TIDEMARK_STATE_DIR="$(STATE_DIR)/test" $(UV_RUN) tidemark-dev postgres stop
+	-TIDEMARK_STATE_DIR="$(STATE_DIR)/e2e/test" $(UV_RUN) tidemark-dev kafka stop
+	-TIDEMARK_STATE_DIR="$(STATE_DIR)/e2e/test" $(UV_RUN) tidemark-dev postgres stop
 	rm -rf "$(STATE_DIR)"

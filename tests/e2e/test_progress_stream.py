@@ -481,16 +481,23 @@ def test_a_client_that_stops_reading_never_holds_back_another_and_resumes_by_id(
     wait_until(lambda: len(reader.events) >= 1, "the reader's first event")
     time.sleep(0.5)  # the slow client's stream is open too
 
-    # ~10 MB of ticks: far more than the socket buffers and the 16-tick queue hold.
-    offsets = phantom.publish(
-        BACKUP_PROGRESS.name, [phantom.tick(message="x" * 32_000) for _ in range(300)]
-    )
-    wanted = [o + 1 for o in offsets]
-    wait_until(
-        lambda: [e.id for e in ticks(reader.events)][-1:] == wanted[-1:],
-        "every tick at the reading client",
-        timeout=60,
-    )
+    # ~10 MB of ticks: far more than the socket buffers and the 16-tick queue hold. They go
+    # out in batches of 10, each once the reading client has the one before: the reader is
+    # never more than 10 ticks behind, so on a loaded machine it cannot overflow itself,
+    # while the slow client, reading nothing, falls ever further behind.
+    wanted: list[int] = []
+    for _ in range(30):
+        offsets = phantom.publish(
+            BACKUP_PROGRESS.name, [phantom.tick(message="x" * 32_000) for _ in range(10)]
+        )
+        wanted += [o + 1 for o in offsets]
+        wait_until(
+            lambda: [e.id for e in ticks(reader.events)][-1:] == wanted[-1:]
+            or not reader.is_alive(),
+            f"tick {len(wanted)} at the reading client",
+            timeout=60,
+        )
+        assert reader.is_alive(), f"the reading client's stream ended: {reader.error!r}"
     assert [e.id for e in ticks(reader.events)] == wanted
     assert metric(gateways[1], "tidemark_sse_overflowed_streams_total") > overflowed_before
 
