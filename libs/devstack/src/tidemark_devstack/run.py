@@ -410,11 +410,21 @@ def gateway_ports(first: int, replicas: int) -> list[int]:
     return ports
 
 
-def run_manifest(stack: Stack, state: str) -> dict[str, Any]:
-    """What ``.state/run.json`` says: every instance of every service and where it is."""
+def run_manifest(stack: Stack, state: str, token: str | None = None) -> dict[str, Any]:
+    """What ``.state/run.json`` says: every instance of every service and where it is, and
+    how to reach the system (what the ``tidemark`` CLI reads to find a local stack): the
+    database, Kafka, the API and, once made, the demo organization's token."""
+    access: dict[str, Any] = {
+        "databaseUrl": stack.database_url,
+        "kafkaBootstrapServers": stack.kafka_bootstrap,
+        "organizationId": str(DEMO_ORG_ID),
+    }
+    if token is not None:
+        access["token"] = token
     return {
         "state": state,
         "gatewayUrl": stack.gateway_url,
+        **access,
         "replicas": stack.replicas,
         "instances": [
             {
@@ -430,10 +440,13 @@ def run_manifest(stack: Stack, state: str) -> dict[str, Any]:
     }
 
 
-def write_run_file(path: Path, stack: Stack, state: str) -> None:
-    """Write the manifest whole or not at all (a reader never sees half a file)."""
+def write_run_file(path: Path, stack: Stack, state: str, token: str | None = None) -> None:
+    """Write the manifest whole or not at all (a reader never sees half a file), readable by
+    its owner only: it holds the database's password and a token."""
     scratch = path.with_name(f".{path.name}.{os.getpid()}")
-    scratch.write_text(json.dumps(run_manifest(stack, state), indent=2) + "\n")
+    descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(json.dumps(run_manifest(stack, state, token), indent=2) + "\n")
     scratch.replace(path)
 
 
@@ -744,6 +757,8 @@ def _run(session: _Session) -> int:
     _start_services(cleanup, stack)
     token, expires = make_token(secret)
     demo = ensure_demo_resources(stack.gateway_url, token, server_address(database_url), password)
+    # Now with the token: the `tidemark` CLI finds this stack, token included, from here.
+    write_run_file(state_dir() / RUN_FILE, stack, "running", token)
     session.ready = True
     print(_summary(stack.gateway_url, token, expires, demo, logs, destinations), flush=True)
     return _watch(stack)

@@ -1,0 +1,1 @@
+"""tidemark: the operator CLI."""

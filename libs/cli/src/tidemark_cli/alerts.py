@@ -1,0 +1,7 @@
+"""`tidemark alerts`: (being built in issue 11)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="alerts", no_args_is_help=True)

@@ -1,0 +1,61 @@
+"""``tidemark``: the operator CLI. One typer application; each area adds its commands.
+
+- ``events export | verify | republish``: audit work, straight on the event stores and Kafka
+- ``projections rebuild``: the read models rebuilt from the event stores, compared, swapped
+- ``backups list | show | trigger | delete | follow``, ``restore``, ``alerts``: the HTTP API
+- ``dlq list | redrive``: parked Kafka messages
+
+Errors are one line on stderr and a non-zero exit: 1 for a failure, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import httpx
+import psycopg
+import typer
+from aiokafka.errors import KafkaError
+
+from tidemark_cli import alerts, backups, dlq, events, projections, republish, restores
+from tidemark_cli.errors import CliError
+
+app = typer.Typer(
+    name="tidemark",
+    help="Tidemark's operator CLI: audit export and verification, read-model rebuilds, "
+    "re-publication, and everyday backup work.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+events.app.command("republish")(republish.republish)
+app.add_typer(events.app, name="events")
+app.add_typer(projections.app, name="projections")
+app.add_typer(backups.app, name="backups")
+app.command("restore")(restores.restore)
+app.add_typer(alerts.app, name="alerts")
+app.add_typer(dlq.app, name="dlq")
+
+
+def main() -> None:
+    try:
+        app()
+    except CliError as exc:
+        fail(exc.message, exc.code)
+    # What the network says, on one line (their texts name hosts and ports, never passwords).
+    except psycopg.Error as exc:
+        fail(f"database: {_first_line(exc)}")
+    except httpx.HTTPError as exc:
+        fail(f"HTTP API: {type(exc).__name__}: {_first_line(exc)}")
+    except KafkaError as exc:
+        fail(f"Kafka: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def fail(message: str, code: int = 1) -> None:
+    print(f"tidemark: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,30 @@
+"""How commands print: rich tables and progress for people, ``--json`` for programs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+# Results go to stdout; progress, warnings and errors to stderr, so `> file` keeps data only.
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout (dates and UUIDs as strings)."""
+    sys.stdout.write(json.dumps(value, default=str, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def print_table(
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None
+) -> None:
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    stdout.print(table)
