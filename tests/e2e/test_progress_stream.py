@@ -156,6 +156,11 @@ def ticks(events: list[Event]) -> list[Event]:
     return [e for e in events[1:] if e.event == "progress"]
 
 
+def has_tick_or_ended(reader: Reader, tick_id: int) -> Callable[[], bool]:
+    """True once the reader's last tick is ``tick_id``, or its stream has ended."""
+    return lambda: [e.id for e in ticks(reader.events)][-1:] == [tick_id] or not reader.is_alive()
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -492,8 +497,7 @@ def test_a_client_that_stops_reading_never_holds_back_another_and_resumes_by_id(
         )
         wanted += [o + 1 for o in offsets]
         wait_until(
-            lambda: [e.id for e in ticks(reader.events)][-1:] == wanted[-1:]
-            or not reader.is_alive(),
+            has_tick_or_ended(reader, wanted[-1]),
             f"tick {len(wanted)} at the reading client",
             timeout=60,
         )
