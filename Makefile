@@ -137,6 +137,9 @@ clean-state: sync
 	-TIDEMARK_STATE_DIR="$(STATE_DIR)" $(UV_RUN) tidemark-dev postgres stop
 	-TIDEMARK_STATE_DIR="$(STATE_DIR)/test" $(UV_RUN) tidemark-dev kafka stop
 	-TIDEMARK_STATE_DIR="$(STATE_DIR)/test" $(UV_RUN) tidemark-dev postgres stop
-	-TIDEMARK_STATE_DIR="$(STATE_DIR)/e2e/test" $(UV_RUN) tidemark-dev kafka stop
-	-TIDEMARK_STATE_DIR="$(STATE_DIR)/e2e/test" $(UV_RUN) tidemark-dev postgres stop
+	-for dir in "$(STATE_DIR)"/test/gw* "$(STATE_DIR)"/e2e/test "$(STATE_DIR)"/e2e/test/gw*; do \
+		[ -d "$$dir" ] || continue; \
+		TIDEMARK_STATE_DIR="$$dir" $(UV_RUN) tidemark-dev kafka stop; \
+		TIDEMARK_STATE_DIR="$$dir" $(UV_RUN) tidemark-dev postgres stop; \
+	done
 	rm -rf "$(STATE_DIR)"

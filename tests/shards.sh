@@ -4,7 +4,9 @@
 # CI's 30 minutes on a 2-core machine. The end-to-end modules spend most of their time
 # waiting on services, subprocesses and real time, so the rest of the suite fills that time.
 #
-#   e2e   tests/e2e, state in $STATE_DIR/e2e
+#   e2e   tests/e2e, state in $STATE_DIR/e2e, itself split by module over $E2E_WORKERS
+#         pytest-xdist workers (default 2), each with its own Kafka and PostgreSQL
+#         ($STATE_DIR/e2e/test/gw0, ...) and its own stack of services
 #   rest  libs services, state in $STATE_DIR (as a plain `pytest` uses)
 #
 # Both print as they go, each line prefixed with its shard; each shard's tail (its failure
@@ -30,7 +32,8 @@ run_shard() { # NAME STATE_DIR PATHS... -- ARGS...: runs pytest, prefixes its li
     echo "${PIPESTATUS[0]}" >"$logs/$name.status"
 }
 
-run_shard e2e "$STATE_DIR/e2e" tests/e2e "$@" &
+E2E_WORKERS=${E2E_WORKERS:-2}
+run_shard e2e "$STATE_DIR/e2e" -n "$E2E_WORKERS" --dist loadfile tests/e2e "$@" &
 e2e_pid=$!
 run_shard rest "$STATE_DIR" libs services "$@" &
 rest_pid=$!

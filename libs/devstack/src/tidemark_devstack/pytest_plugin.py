@@ -7,6 +7,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,6 +57,14 @@ class _KafkaSession:
     local: LocalKafka | None
 
 
+def test_state_dir() -> Path:
+    """Where this test session keeps its local servers: ``<state>/test``, and under it a
+    directory per pytest-xdist worker (``<state>/test/gw0``...), so that workers running at
+    once each have a Kafka and a PostgreSQL of their own."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return state_dir() / "test" / worker if worker else state_dir() / "test"
+
+
 @pytest.fixture(scope="session")
 def _tidemark_postgres() -> Iterator[_PostgresSession]:
     preset = os.environ.get("DATABASE_URL")
@@ -68,7 +77,7 @@ def _tidemark_postgres() -> Iterator[_PostgresSession]:
         with PostgresContainer(POSTGRES_IMAGE, driver=None) as container:
             yield _PostgresSession(container.get_connection_url(), None)
         return
-    local = LocalPostgres(state_dir() / "test" / "postgres")
+    local = LocalPostgres(test_state_dir() / "postgres")
     # Another test session may be using the same local cluster: stop only what we started.
     already_running = local.is_running()
     url = local.start()
@@ -103,7 +112,7 @@ def _tidemark_kafka() -> Iterator[_KafkaSession]:
         with KafkaContainer().with_kraft() as container:
             yield _KafkaSession(container.get_bootstrap_server(), None)
         return
-    local = LocalKafka(state_dir() / "test" / "kafka")
+    local = LocalKafka(test_state_dir() / "kafka")
     already_running = local.is_running()
     bootstrap = local.start()
     try:
