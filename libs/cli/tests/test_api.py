@@ -25,7 +25,7 @@ from tidemark_cli.follow import (
 )
 from typer.testing import CliRunner
 
-TOKEN = "tok-7c1e-never-shown"  # noqa: S105 (a test token)
+TOKEN = "tok-7c1e-never-shown"
 BACKUP = "0b9f4c2a-5d6e-4f70-8a91-b2c3d4e5f607"
 Reply = Callable[[BaseHTTPRequestHandler], None]
 
@@ -62,7 +62,7 @@ def server() -> Iterator[Server]:
             reply = state.replies.pop(0) if state.replies else json_reply(500, {})
             reply(self)
 
-        do_GET = do_POST = do_DELETE = _answer  # noqa: N815
+        do_GET = do_POST = do_DELETE = _answer
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.url = f"http://127.0.0.1:{httpd.server_port}"
