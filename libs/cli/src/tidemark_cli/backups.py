@@ -39,8 +39,11 @@ def list_backups(
     limit: Annotated[int, typer.Option(min=1, max=PAGE, help="at most this many")] = 20,
     as_json: Json = False,
 ) -> None:
-    """Backups, newest first: an environment's, a project's, or (by default) those of
-    every project of the organization."""
+    """Backups, newest first.
+
+    An environment's, a project's, or (by default) those of every project of the
+    organization.
+    """
     if environment is not None and project is not None:
         raise CliError("give --environment or --project, not both", code=2)
     with connect() as api:
@@ -222,8 +225,10 @@ def delete(
 
 @app.command("follow")
 def follow_command(backup_id: BackupId, as_json: Json = False) -> None:
-    """Follow a backup's progress to its end: exit 0 when it completed, 1 when it failed
-    (also when it had ended before)."""
+    """Follow a backup's progress to its end.
+
+    Exit 0 when it completed, 1 when it failed (also when it had ended before).
+    """
     with connect() as api:
         exit_with(follow_backup(api, str(backup_id), as_json))
 

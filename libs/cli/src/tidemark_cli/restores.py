@@ -71,8 +71,10 @@ def restore(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
 ) -> None:
-    """Restore a backup into an environment, then follow it: exit 0 when it completed, 1
-    when it failed."""
+    """Restore a backup into an environment, then follow it.
+
+    Exit 0 when it completed, 1 when it failed.
+    """
     pitr = utc_text(parse_utc(at)) if at is not None else None
     with connect() as api:
         body: dict[str, Any] = {"createSafetyBackup": safety_backup}
