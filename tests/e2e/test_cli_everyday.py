@@ -25,7 +25,9 @@ from psycopg.conninfo import conninfo_to_dict
 from tidemark_devstack.e2e import SOURCE_PASSWORD, Api, make_token, table_fingerprints
 from tidemark_devstack.stack import Stack
 
-pytestmark = pytest.mark.integration
+# Each CLI run is a new interpreter (some seconds on a loaded machine), and the first test
+# of a session also waits for the stack.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 WRONG_PASSWORD = "not-the-password-7f3a"
 TARGET_ROWS = """
@@ -239,7 +241,7 @@ def test_a_failed_backup_exits_1_with_the_reason_and_its_alert_can_be_read_and_d
     assert "404" in one_line_error(missing)
 
 
-def test_list_show_trigger_delete_with_tables_json_and_one_line_errors(
+def test_trigger_follow_list_and_show_as_tables_and_json(
     stack: Stack, api: Api, source_database: str, tmp_path: Path
 ) -> None:
     environment = api.environment(source_database)
@@ -290,8 +292,9 @@ def test_list_show_trigger_delete_with_tables_json_and_one_line_errors(
     }
     table = tidemark(env, "backups", "list", "--project", environment["projectId"])
     assert table.returncode == 0, table.stderr
-    assert backup_id in table.stdout
-    assert "completed" in table.stdout
+    [row] = [line for line in table.stdout.splitlines() if backup_id in line]
+    assert " completed " in row
+    assert " db " in row
     assert "2 backups" in table.stdout
 
     shown = tidemark(env, "backups", "show", backup_id, "--json")
@@ -299,6 +302,16 @@ def test_list_show_trigger_delete_with_tables_json_and_one_line_errors(
     card = tidemark(env, "backups", "show", backup_id)
     assert final["checksum"] in card.stdout
     assert final["destinations"][0]["name"] in card.stdout
+
+
+def test_delete_asks_on_a_terminal_refuses_without_one_and_errors_are_one_line(
+    stack: Stack, api: Api, source_database: str, tmp_path: Path
+) -> None:
+    environment = api.environment(source_database)
+    api.destination()
+    env = cli_env(stack, api, tmp_path)
+    backup_id = completed_backup(api, environment)["id"]
+    second = completed_backup(api, environment)
 
     # Without --yes and without a terminal to ask on: refused, nothing deleted.
     refused = tidemark(env, "backups", "delete", backup_id)
