@@ -7,11 +7,13 @@ import io
 import json
 import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import typer
 from rich.console import Console
 from tidemark_cli.api import Api, SseDecoder, SseEvent, problem_message, redacted
 from tidemark_cli.app import app
@@ -23,6 +25,7 @@ from tidemark_cli.follow import (
     ProgressState,
     follow_stream,
 )
+from tidemark_cli.restores import parse_utc, utc_text
 from typer.testing import CliRunner
 
 TOKEN = "tok-7c1e-never-shown"
@@ -42,6 +45,7 @@ class Server:
     url: str
     replies: list[Reply] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
+    bodies: list[object] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -56,8 +60,7 @@ def server() -> Iterator[Server]:
 
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
+            state.bodies.append(json.loads(self.rfile.read(length)) if length else None)
             state.seen.append(Seen(self.command, self.path, dict(self.headers.items())))
             reply = state.replies.pop(0) if state.replies else json_reply(500, {})
             reply(self)
@@ -322,3 +325,54 @@ def test_the_bar_on_a_terminal_ends_at_100_percent(server: Server) -> None:
     assert " 30%" in text
     assert "dumping" in text
     assert text.rindex("100%") > text.index(" 30%")
+
+
+# -- restore ------------------------------------------------------------------------------
+
+
+def test_times_are_read_as_utc() -> None:
+    assert utc_text(parse_utc("2026-11-30")) == "2026-11-30T00:00:00Z"
+    assert utc_text(parse_utc("2026-11-30T10:00:00+02:00")) == "2026-11-30T08:00:00Z"
+    assert utc_text(parse_utc("2026-11-30T10:00:00Z")) == "2026-11-30T10:00:00Z"
+    with pytest.raises(typer.BadParameter):
+        parse_utc("yesterday")
+
+
+def test_restore_into_another_environment_at_a_time_sends_the_api_s_body(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIDEMARK_API_URL", server.url)
+    monkeypatch.setenv("TIDEMARK_TOKEN", TOKEN)
+    source, target = str(uuid.uuid4()), str(uuid.uuid4())
+    accepted = {"id": str(uuid.uuid4()), "status": "pending", "backupId": BACKUP}
+    server.replies += [
+        json_reply(200, {"id": BACKUP, "environmentId": source}),
+        json_reply(202, accepted),
+        json_reply(200, {"id": BACKUP, "environmentId": source}),
+        json_reply(202, accepted),
+    ]
+    args = ["restore", BACKUP, "--no-follow", "--json", "--at", "2026-11-30T10:00:00+01:00"]
+    other = CliRunner().invoke(app, [*args, "--target", target])
+    same = CliRunner().invoke(app, [*args, "--target", source, "--no-safety-backup"])
+    assert other.exit_code == 0, other.output
+    assert json.loads(other.stdout) == accepted
+    assert same.exit_code == 0, same.output
+    assert [(s.method, s.path) for s in server.seen] == [
+        ("GET", f"/api/v1/backups/{BACKUP}"),
+        ("POST", f"/api/v1/backups/{BACKUP}/restore"),
+    ] * 2
+    assert server.bodies == [
+        None,
+        {
+            "createSafetyBackup": True,
+            "targetType": "other",
+            "targetEnvironmentId": target,
+            "pitrTimestamp": "2026-11-30T09:00:00Z",
+        },
+        None,
+        {
+            "createSafetyBackup": False,
+            "targetType": "same",
+            "pitrTimestamp": "2026-11-30T09:00:00Z",
+        },
+    ]
