@@ -213,17 +213,24 @@ def _out_of_sequence(lines: list[Line], index: int) -> Verdict:
     seq = lines[index].seq
     following = lines[index + 1].seq if index + 1 < len(lines) else None
     later = {line.seq for line in lines[index + 1 :]}
+    if seq == number - 1 and lines[index].raw != lines[index - 1].raw and _chains_to(lines, index):
+        # Two lines claim one place and the chain goes on from this one: the line before it
+        # was put in (with a sequence number and ``prev`` made to fit).
+        return _fail(lines, "inserted", number - 1, f"line {number - 1} was inserted")
+    if seq is not None and sum(1 for line in lines if line.seq == seq) > 1:
+        # A second line with this number, where the lines before are all in place.
+        return _fail(lines, "inserted", number, f"line {number} repeats line {seq} (inserted)")
+    if seq is not None and seq > number and number in later:
+        return _fail(
+            lines,
+            "reordered",
+            number,
+            f"line {number} holds line {seq}; line {number} comes later in the file",
+        )
     if following == number:
         # The rest moved down by one: this line was put in.
         return _fail(lines, "inserted", number, f"line {number} was inserted (not in the chain)")
     if seq is not None and seq > number:
-        if number in later:
-            return _fail(
-                lines,
-                "reordered",
-                number,
-                f"line {number} holds line {seq}; line {number} comes later in the file",
-            )
         gone = f"lines {number}-{seq - 1}" if seq - 1 > number else f"line {number}"
         return _fail(lines, "removed", number, f"{gone} removed (line {number} holds line {seq})")
     if seq is not None and seq < number:
@@ -231,6 +238,14 @@ def _out_of_sequence(lines: list[Line], index: int) -> Verdict:
             lines, "inserted", number, f"line {number} repeats line {seq} (inserted or duplicated)"
         )
     return _fail(lines, "altered", number, f"line {number} was changed (its sequence number)")
+
+
+def _chains_to(lines: list[Line], index: int) -> bool:
+    """Whether the chain goes on from line ``index``: the next line names it as its
+    predecessor, or it is the trailer that ends the file."""
+    if index + 1 == len(lines):
+        return lines[index].kind == "trailer"
+    return lines[index + 1].prev == digest(lines[index].raw)
 
 
 def _broken_link(lines: list[Line], index: int) -> Verdict:
