@@ -244,8 +244,8 @@ def _chains_to(lines: list[Line], index: int) -> bool:
     """Whether the chain goes on from line ``index``: the next line names it as its
     predecessor, or it is the trailer that ends the file."""
     if index + 1 == len(lines):
-        return lines[index].kind == "trailer"
-    return lines[index + 1].prev == digest(lines[index].raw)
+        return bool(lines[index].kind == "trailer")
+    return bool(lines[index + 1].prev == digest(lines[index].raw))
 
 
 def _broken_link(lines: list[Line], index: int) -> Verdict:
