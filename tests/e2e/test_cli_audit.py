@@ -275,7 +275,6 @@ def test_an_organizations_history_is_exported_in_order_without_credentials_and_v
         "events", "verify", str(tmp_path / "altered.jsonl"), database_url=stack.database_url
     )
     assert ran.returncode == 1
-    said = ran.stderr.decode().strip()
-    assert said == f"tidemark: {path.parent / 'altered.jsonl'}: line {middle} altered: " + (
-        f"line {middle} was changed"
-    )
+    said = ran.stderr.decode()
+    assert said.count("\n") == 1
+    assert said.startswith(f"tidemark: {path.parent / 'altered.jsonl'}: line {middle} altered: ")
