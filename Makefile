@@ -15,7 +15,7 @@ PYTEST_STATUS_FILE ?=
 STATE_DIR ?= $(or $(TIDEMARK_STATE_DIR),$(CURDIR)/.state)
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap sync run test lint format schemas bench bench-backup bench-relay bench-read-api bench-sse bench-retention bench-restore bench-alerts \
+.PHONY: help bootstrap sync run test lint format schemas bench bench-backup bench-relay bench-read-api bench-sse bench-retention bench-restore bench-alerts bench-replay \
 	kafka-start kafka-stop postgres-start postgres-stop clean-state dlq-list dlq-redrive \
 	rotate-secret-keys
 
@@ -25,7 +25,7 @@ help:
 	@echo "make lint           ruff check, ruff format --check, mypy"
 	@echo "make format         apply ruff's fixes and formatting"
 	@echo "make schemas        write the message contracts' JSON Schemas, AsyncAPI, README's services"
-	@echo "make bench          run every benchmark (bench-backup, bench-relay, bench-read-api, bench-sse, bench-retention, bench-restore, bench-alerts)"
+	@echo "make bench          run every benchmark (bench-backup, bench-relay, bench-read-api, bench-sse, bench-retention, bench-restore, bench-alerts, bench-replay)"
 	@echo "make bench-backup   measure the backup overhead against pg_dump | zstd"
 	@echo "make bench-relay    relay and projection rates against plain aiokafka"
 	@echo "make bench-read-api a page of backups over 100,000 against GET /health"
@@ -33,6 +33,7 @@ help:
 	@echo "make bench-retention a retention preview over 10,000 backups against loading them"
 	@echo "make bench-restore  db, full and PITR restores against pg_restore, untar + start, PostgreSQL recovery"
 	@echo "make bench-alerts   10,000 failed backups: to the alert listed and the webhook delivered, against Kafka"
+	@echo "make bench-replay   tidemark events export over 1,000,000 stored events against a plain SQL read; peak RSS"
 	@echo "make sync           install the locked dependencies into .venv"
 	@echo "make kafka-start | kafka-stop | postgres-start | postgres-stop"
 	@echo "make dlq-list [TOPIC=t]       list parked (dead-letter) messages as JSON lines"
@@ -82,7 +83,7 @@ schemas: sync
 	$(UV_RUN) python -m tidemark_contracts.asyncapi
 	$(UV_RUN) python -m tidemark_devstack.readme
 
-bench: bench-backup bench-relay bench-read-api bench-sse bench-retention bench-restore bench-alerts
+bench: bench-backup bench-relay bench-read-api bench-sse bench-retention bench-restore bench-alerts bench-replay
 
 bench-backup: sync
 	$(UV_RUN) python bench/backup_overhead.py
@@ -104,6 +105,9 @@ bench-restore: sync
 
 bench-alerts: sync
 	$(UV_RUN) python bench/alerts.py
+
+bench-replay: sync
+	$(UV_RUN) python bench/replay.py
 
 rotate-secret-keys: sync
 	$(UV_RUN) python -m tidemark_platform.vault rotate
