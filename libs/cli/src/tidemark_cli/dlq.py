@@ -11,9 +11,19 @@ second time.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    NotCoordinatorForGroupError,
+)
+from tidemark_contracts.topics import DLQ_SUFFIX
 from tidemark_platform import dead_letters
 
 from tidemark_cli import config, output
@@ -28,11 +38,46 @@ app = typer.Typer(
 ERROR_CHARS = 80
 """How much of a parked record's error a table row shows (``--json`` has all of it)."""
 
+RETRY_SECONDS = 20.0
+"""How long Kafka's passing answers are waited out (a fresh cluster has no group
+coordinator until its offsets topic exists: the redrive group is often its first group)."""
+
+T = TypeVar("T")
+
+
+async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
+    deadline = time.monotonic() + RETRY_SECONDS
+    while True:
+        try:
+            return await call()
+        except (
+            GroupCoordinatorNotAvailableError,
+            CoordinatorLoadInProgressError,
+            NotCoordinatorForGroupError,
+        ):
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
+async def _dead_letter_topics(bootstrap: str) -> list[str]:
+    """The dead-letter topics on Kafka (through the admin client, which a failed start
+    leaves closed, unlike ``dead_letters.dead_letter_topics``'s consumer)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="tidemark-dlq", request_timeout_ms=15_000
+    )
+    await admin.start()
+    try:
+        names = await admin.list_topics()
+    finally:
+        await admin.close()
+    return sorted(n for n in names if n.endswith(DLQ_SUFFIX))
+
 
 async def _existing_dlq(bootstrap: str, topic: str) -> str:
     """``topic``'s dead-letter topic (``topic`` may name either), if Kafka has it."""
     name = dead_letters.dlq_name(topic)
-    existing = await dead_letters.dead_letter_topics(bootstrap)
+    existing = await _dead_letter_topics(bootstrap)
     if name not in existing:
         # The name typed is not repeated; the ones that exist are.
         known = ", ".join(existing) if existing else "none"
@@ -42,13 +87,13 @@ async def _existing_dlq(bootstrap: str, topic: str) -> str:
 
 async def _list(bootstrap: str, topic: str | None) -> list[dead_letters.ParkedRecord]:
     topics = (
-        [await _existing_dlq(bootstrap, topic)]
-        if topic
-        else await dead_letters.dead_letter_topics(bootstrap)
+        [await _existing_dlq(bootstrap, topic)] if topic else await _dead_letter_topics(bootstrap)
     )
     records: list[dead_letters.ParkedRecord] = []
     for name in topics:
-        records.extend(await dead_letters.list_parked(bootstrap, name))
+        records.extend(
+            await _retrying(functools.partial(dead_letters.list_parked, bootstrap, name))
+        )
     return records
 
 
@@ -105,7 +150,9 @@ async def _redrive(
 ) -> tuple[str, list[dead_letters.ParkedRecord]]:
     name = await _existing_dlq(bootstrap, topic)
     try:
-        return name, await dead_letters.redrive(bootstrap, name, offsets)
+        return name, await _retrying(
+            functools.partial(dead_letters.redrive, bootstrap, name, offsets)
+        )
     except (LookupError, ValueError) as exc:
         # Their messages name the topic and offsets, never a record's content.
         raise CliError(str(exc)) from None
