@@ -339,13 +339,25 @@ def services_view(stack: Stack, history: History) -> dict[str, Any]:
         # The stored events that name them (UUIDs are stored as hex): retention's
         # decisions, the backups' own events, alerts.
         patterns = [f"%{uuid.UUID(i).hex}%" for i in history.ids]
-        for store in ("scheduler_store", STORE, "alerts"):
+        for store, table in events_tables(stack.database_url).items():
             query = sql.SQL(
-                "SELECT count(*) FROM {}.stored_events "
-                "WHERE convert_from(state, 'UTF8') LIKE ANY(%s)"
-            ).format(sql.Identifier(store))
+                "SELECT count(*) FROM {}.{} WHERE convert_from(state, 'UTF8') LIKE ANY(%s)"
+            ).format(sql.Identifier(store), sql.Identifier(table))
             seen[f"{store} events"] = conn.execute(query, (patterns,)).fetchone()
     return seen
+
+
+def events_tables(database_url: str) -> dict[str, str]:
+    """The events table of the scheduler's, the backup-runner's and the alerts' stores
+    (eventsourcing names it after the application: ``<name>_events``)."""
+    tables = {}
+    for store in ("scheduler_store", STORE, "alerts"):
+        app = BY_STORE[store].open(database_url)
+        try:
+            tables[store] = str(app.recorder.events_table_name)
+        finally:
+            app.close()
+    return tables
 
 
 def assert_unchanged(before: dict[str, Any], after: dict[str, Any]) -> None:
