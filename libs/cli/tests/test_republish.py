@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -422,7 +421,7 @@ async def test_a_topic_missing_on_kafka_is_refused_before_anything_is_sent(
 
 
 @pytest.mark.integration
-def test_an_unreachable_kafka_is_one_line(catalog_url: str, tmp_path: Path) -> None:
+def test_an_unreachable_kafka_is_one_line(catalog_url: str) -> None:
     register_projects(catalog_url, 1)
     line = one_line_error(
         cli(
