@@ -169,7 +169,7 @@ class Subscriber:
     def steps(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
-    def wait_assigned(self, timeout: float = 60) -> None:
+    def wait_assigned(self, timeout: float = 300) -> None:
         """Until the group gave it partitions: a positive signal, not a pause."""
         deadline = time.monotonic() + timeout
         while not any(s["step"] == "assigned" and s["partitions"] for s in self.steps()):
@@ -179,7 +179,7 @@ class Subscriber:
         assigned = [s for s in self.steps() if s["step"] == "assigned"][-1]["partitions"]
         assert assigned == list(range(BACKUP_EVENTS.partitions))
 
-    def wait_caught_up(self, bootstrap: str, timeout: float = 90) -> None:
+    def wait_caught_up(self, bootstrap: str, timeout: float = 300) -> None:
         """Until its group committed, on every partition, the end offset backup.events has
         now: everything written so far was handled or skipped."""
         ends = asyncio.run(end_offsets(bootstrap))
@@ -296,7 +296,7 @@ def republish(stack: Stack, *args: str) -> dict[str, Any]:
         },
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     body: dict[str, Any] = json.loads(result.stdout)
@@ -369,6 +369,7 @@ def assert_unchanged(before: dict[str, Any], after: dict[str, Any]) -> None:
 # -- the tests ---------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(1200)
 def test_the_example_handles_each_event_once_and_a_republish_changes_nothing(
     stack: Stack, history: History, subscriber: Callable[[], Subscriber]
 ) -> None:
@@ -409,7 +410,7 @@ def test_the_example_handles_each_event_once_and_a_republish_changes_nothing(
     assert_unchanged(before, services_view(stack, history))
 
 
-def wait_services_caught_up(stack: Stack, timeout: float = 90) -> None:
+def wait_services_caught_up(stack: Stack, timeout: float = 300) -> None:
     """Until every service group that follows backup.events committed its end offsets."""
     ends = asyncio.run(end_offsets(stack.kafka_bootstrap))
     groups = asyncio.run(backup_event_groups(stack.kafka_bootstrap))
@@ -442,6 +443,7 @@ async def backup_event_groups(bootstrap: str) -> list[str]:
         await admin.close()
 
 
+@pytest.mark.timeout(900)
 def test_a_fresh_group_receives_every_republished_message_and_takes_effect_once(
     stack: Stack, history: History, subscriber: Callable[[], Subscriber]
 ) -> None:

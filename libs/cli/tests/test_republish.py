@@ -159,7 +159,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         env={**settings, "TIDEMARK_STATE_DIR": "/nonexistent-tidemark-state", **(env or {})},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
 
 
@@ -271,6 +271,7 @@ def positions_and_times(url: str) -> list[tuple[int, datetime, uuid.UUID]]:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(600)
 def test_a_dry_run_counts_the_events_of_the_topic_from_a_time_and_until_a_time(
     catalog_url: str,
 ) -> None:
