@@ -37,6 +37,7 @@ from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 from pydantic import ValidationError
 from tidemark_contracts import BACKUP_EVENTS, Envelope, Message
 from tidemark_contracts.backup import (
@@ -78,7 +79,7 @@ STATUS: dict[type[Message], str] = {
 }
 
 
-def say(step: str, **fields: Any) -> None:
+def say(step: str, **fields: Any) -> None:  # one JSON line per step, on stdout
     print(json.dumps({"step": step, **fields}, default=str), flush=True)
 
 
@@ -129,6 +130,28 @@ def handle(conn: psycopg.Connection[Any], envelope: Envelope, message: Message) 
     return True
 
 
+def handle_all(conn: psycopg.Connection[Any], records: list[Any]) -> list[dict[str, Any]]:
+    """Handle a batch of records in order; what happened to each, to be said."""
+    steps: list[dict[str, Any]] = []
+    for record in records:
+        decoded = decode(record.value)
+        if decoded is None:
+            steps.append(
+                {"step": "unreadable", "partition": record.partition, "offset": record.offset}
+            )
+            continue
+        envelope, message = decoded
+        steps.append(
+            {
+                "step": "handled" if handle(conn, envelope, message) else "skipped",
+                "messageId": envelope.message_id,
+                "type": envelope.message_type,
+                "backupId": getattr(message, "backup_id", None),
+            }
+        )
+    return steps
+
+
 class SayAssigned(ConsumerRebalanceListener):
     """Says which partitions the group gave this instance (a test waits for it)."""
 
@@ -155,22 +178,19 @@ async def follow(bootstrap: str, database_url: str, group: str, stop: asyncio.Ev
             consumer.subscribe([BACKUP_EVENTS.name], listener=SayAssigned())
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=500, max_records=200)
-                for records in batches.values():
-                    for record in records:
-                        decoded = decode(record.value)
-                        if decoded is None:
-                            say("unreadable", partition=record.partition, offset=record.offset)
-                            continue
-                        envelope, message = decoded
-                        handled = handle(conn, envelope, message)
-                        say(
-                            "handled" if handled else "skipped",
-                            messageId=envelope.message_id,
-                            type=envelope.message_type,
-                            backupId=getattr(message, "backup_id", None),
-                        )
-                if batches:
+                records = [r for batch in batches.values() for r in batch]
+                if not records:
+                    continue
+                # The database work runs in a thread: the consumer's heartbeats go on
+                # meanwhile, so a slow database does not cost the group membership.
+                for step in await asyncio.to_thread(handle_all, conn, records):
+                    say(**step)
+                try:
                     await consumer.commit()
+                except CommitFailedError:
+                    # The group moved these partitions on (a rebalance) before the commit:
+                    # their new owner gets the records again and skips what was handled.
+                    say("commit_failed")
         finally:
             await consumer.stop()
 

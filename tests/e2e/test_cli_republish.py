@@ -397,11 +397,11 @@ def test_the_example_handles_each_event_once_and_a_republish_changes_nothing(
     assert by_position["stores"][STORE]["firstPosition"] == first_position
 
     example.wait_caught_up(stack.kafka_bootstrap)
-    # Every event arrived three times: handled once, then skipped twice.
+    # Every event arrived three times (more after a rebalance): handled once, then skipped.
     seen = example.seen(mine)
-    assert seen == Counter(
-        {**{("handled", m): 1 for m in mine}, **{("skipped", m): 2 for m in mine}}
-    )
+    for message_id in mine:
+        assert seen[("handled", message_id)] == 1, message_id
+        assert seen[("skipped", message_id)] >= 2, message_id
     assert example.ledger(list(history.backups)) == ledger
     assert example.handled_ids(mine) == sorted(mine)
 
@@ -466,9 +466,9 @@ def test_a_fresh_group_receives_every_republished_message_and_takes_effect_once(
     fresh.wait_caught_up(stack.kafka_bootstrap)
     seen = fresh.seen(mine)
     for message_id in mine:
-        # It received every copy Kafka holds, the re-published one included, and handled
-        # the first.
+        # It received every copy Kafka holds, the re-published one included (a rebalance
+        # may deliver one again), and handled the first.
         assert seen[("handled", message_id)] == 1, message_id
-        assert seen[("skipped", message_id)] == copies[message_id] - 1, message_id
+        assert seen[("skipped", message_id)] >= copies[message_id] - 1, message_id
     assert fresh.handled_ids(mine) == sorted(mine)
     assert sum(events for _, events in fresh.ledger(list(history.backups)).values()) == len(mine)
