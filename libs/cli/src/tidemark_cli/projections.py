@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tidemark_cli.config import discover
 from tidemark_cli.output import print_json, print_table, stderr
-from tidemark_cli.readmodels import READ_MODELS
-from tidemark_cli.rebuild import RebuildReport, difference_json, rebuild_read_models
+
+if TYPE_CHECKING:
+    from tidemark_cli.rebuild import RebuildReport
+
+# The registry imports every service's projections: loaded by these commands only, so the
+# CLI's other commands do not wait for it.
 
 app = typer.Typer(help="Read models kept from events.", no_args_is_help=True)
 
@@ -21,6 +25,8 @@ def list_read_models(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
 ) -> None:
     """Every read model kept from stored events: its service, live schema, stores, tables."""
+    from tidemark_cli.readmodels import READ_MODELS
+
     rows = [
         {
             "name": m.name,
@@ -61,6 +67,8 @@ def rebuild(
     Exit 0 when every read model equals its rebuild (or --swap repaired it), 1 when a
     difference was found. Rows written ahead of their event are listed as not yet recorded
     and are no difference."""
+    from tidemark_cli.rebuild import rebuild_read_models
+
     database_url = discover().need_database()
 
     def progress(n: int) -> None:
@@ -77,6 +85,8 @@ def rebuild(
 
 
 def _print(report: RebuildReport) -> None:
+    from tidemark_cli.rebuild import difference_json
+
     print_table(
         ("read model", "service", "schema", "result", "not yet recorded"),
         (
@@ -114,4 +124,5 @@ def _result(equal: bool, swapped: bool, n: int, missing: list[str]) -> str:
         return f"live tables missing: {', '.join(missing)}"
     if equal:
         return "equal"
-    return f"{n} differences, swapped" if swapped else f"{n} differences"
+    rows = f"{n} different row{'' if n == 1 else 's'}"
+    return f"{rows}, swapped" if swapped else rows
