@@ -5,7 +5,7 @@ The rebuild reads every store its read models need once, in batches (flat memory
 the stores' events in the order they happened (recorded time, then the store's index in
 SOURCES, then its position; each store's own order is kept as it is) and applies each to
 every selected read model that follows its topic, into fresh schemas ``<live>__rebuilt``,
-many events per transaction in a pipeline.
+many events per transaction.
 
 The swap, in one transaction:
 
