@@ -283,6 +283,10 @@ async def test_only_names_read_models_and_an_unknown_name_is_refused(world: Worl
     report = await rebuild_read_models(world.url, ["gateway-backups", "gateway-catalog"])
     assert [m.model.name for m in report.models] == ["gateway-catalog", "gateway-backups"]
     assert report.equal  # the altered scheduler view was not rebuilt
+    # A read model whose projection reads a neighbour's table (the webhooks) alone.
+    alone = await rebuild_read_models(world.url, ["alerts-webhook-alerts"])
+    assert [m.model.name for m in alone.models] == ["alerts-webhook-alerts"]
+    assert alone.equal
     from tidemark_cli.errors import CliError
 
     with pytest.raises(CliError) as raised:

@@ -41,7 +41,7 @@ from tidemark_platform.database import Connection
 from tidemark_platform.projection import OutOfOrder, apply_event, schema_ddl
 
 from tidemark_cli.errors import CliError
-from tidemark_cli.readmodels import ReadModel, RowDifference, select
+from tidemark_cli.readmodels import READ_MODELS, ReadModel, RowDifference, select
 from tidemark_cli.sources import SOURCES, EventSource
 
 REBUILT_SUFFIX = "__rebuilt"
@@ -430,8 +430,12 @@ async def _fresh_schemas(conn: Connection, models: Sequence[ReadModel]) -> None:
             await conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
             )
-        for model in models:
-            await conn.execute(schema_ddl(model.projection(), rebuilt_schema(model.schema)))
+        # Every read model of a rebuilt schema gets its tables, selected or not: a
+        # projection may read a neighbour's table (the webhook alerts read the webhooks).
+        schemas = {m.schema for m in models}
+        for model in READ_MODELS:
+            if model.schema in schemas:
+                await conn.execute(schema_ddl(model.projection(), rebuilt_schema(model.schema)))
 
 
 async def _drop_schemas(conn: Connection, models: Sequence[ReadModel]) -> None:
