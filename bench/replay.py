@@ -8,7 +8,7 @@ are copied with fresh ids (several organizations) and shifted times until the st
 hold ``--events`` rows, through COPY.
 
 ``baseline``
-    A plain SQL read of the same rows: every store's ``stored_events`` (UNION ALL, no
+    A plain SQL read of the same rows: every store's table of events (UNION ALL, no
     order), through a server-side cursor, every row fetched.
 ``export``
     What ``tidemark events export`` does (``tidemark_cli.audit`` and ``chain``: the

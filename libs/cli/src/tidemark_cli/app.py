@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import sys
 
-import httpx
-import psycopg
 import typer
-from aiokafka.errors import KafkaError
 
 from tidemark_cli import alerts, backups, dlq, events, projections, republish, restores
 from tidemark_cli.errors import CliError
@@ -42,13 +39,27 @@ def main() -> None:
         app()
     except CliError as exc:
         fail(exc.message, exc.code)
-    # What the network says, on one line (their texts name hosts and ports, never passwords).
-    except psycopg.Error as exc:
-        fail(f"database: {_first_line(exc)}")
-    except httpx.HTTPError as exc:
-        fail(f"HTTP API: {type(exc).__name__}: {_first_line(exc)}")
-    except KafkaError as exc:
-        fail(f"Kafka: {type(exc).__name__}: {_first_line(exc)}")
+    except Exception as exc:
+        # What the network says, on one line (their texts name hosts and ports, never
+        # passwords). Checked without importing the libraries: a command that did not load
+        # one cannot have failed in it, and every import costs the CLI's start.
+        what = _network_failure(exc)
+        if what is None:
+            raise
+        fail(what)
+
+
+def _network_failure(exc: Exception) -> str | None:
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        return f"database: {_first_line(exc)}"
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(exc, httpx.HTTPError):
+        return f"HTTP API: {type(exc).__name__}: {_first_line(exc)}"
+    kafka_errors = sys.modules.get("aiokafka.errors")
+    if kafka_errors is not None and isinstance(exc, kafka_errors.KafkaError):
+        return f"Kafka: {type(exc).__name__}: {_first_line(exc)}"
+    return None
 
 
 def fail(message: str, code: int = 1) -> None:

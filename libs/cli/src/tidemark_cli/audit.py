@@ -1,6 +1,6 @@
 """Reading the event stores for an audit: the export query and the check against the store.
 
-The export is one SQL query over every store's ``stored_events`` (UNION ALL), filtered to
+The export is one SQL query over every store's table of events (``<app name>_events``) (UNION ALL), filtered to
 the scope, sorted into the global order (recorded time, then the store's index in
 ``SOURCES``, then its position) and streamed through a server-side cursor. Each row is
 already the event line's members as text, the stored state embedded as it is, so Python
@@ -106,10 +106,8 @@ def iso(moment: datetime) -> str:
 
 
 def events_table(source: EventSource) -> str:
-    """The store's table of events. Not ``sources.EVENTS_TABLE`` ("stored_events"): the
-    eventsourcing library names it after the application, ``<app name>_events`` (its
-    ``PostgresFactory``; NOTES.md), e.g. ``backup_runner.backup_runner_events``."""
-    return f"{source.application.name.lower()}_events"
+    """The store's table of events (``<app name>_events``, e.g. ``backup_runner_events``)."""
+    return source.events_table
 
 
 def table_of(source: EventSource) -> sql.Composed:

@@ -31,10 +31,6 @@ from typing import Annotated, Any
 import typer
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from tidemark_alerts.main import SCHEMA as ALERTS_SCHEMA
-from tidemark_alerts.webhooks import SCHEMA as WEBHOOKS_SCHEMA
-from tidemark_api_gateway.application import CATALOG_SCHEMA
-from tidemark_backup_runner.main import SCHEMA as BACKUP_RUNNER_SCHEMA
 from tidemark_contracts import Topic
 from tidemark_contracts.topics import (
     ALERT_EVENTS,
@@ -43,20 +39,18 @@ from tidemark_contracts.topics import (
     RESTORE_EVENTS,
     SCHEDULE_EVENTS,
 )
-from tidemark_restore_runner.main import SCHEMA as RESTORE_RUNNER_SCHEMA
-from tidemark_scheduler.main import EVENTSTORE_SCHEMA as SCHEDULER_SCHEMA
 
 from tidemark_cli import config, output
 from tidemark_cli.errors import CliError
 from tidemark_cli.sources import SOURCES, EventSource
 
 PUBLISHES: dict[str, tuple[Topic, ...]] = {
-    CATALOG_SCHEMA: (CATALOG_EVENTS,),
-    SCHEDULER_SCHEMA: (SCHEDULE_EVENTS,),  # its backup.commands are commands: never again
-    BACKUP_RUNNER_SCHEMA: (BACKUP_EVENTS,),
-    RESTORE_RUNNER_SCHEMA: (RESTORE_EVENTS,),
-    ALERTS_SCHEMA: (ALERT_EVENTS,),
-    WEBHOOKS_SCHEMA: (ALERT_EVENTS,),
+    "gateway_catalog": (CATALOG_EVENTS,),
+    "scheduler_store": (SCHEDULE_EVENTS,),  # its backup.commands are commands: never again
+    "backup_runner": (BACKUP_EVENTS,),
+    "restore_runner": (RESTORE_EVENTS,),
+    "alerts": (ALERT_EVENTS,),
+    "alert_webhooks": (ALERT_EVENTS,),
 }
 """The event topics each store's relay publishes to (a store's ``to_envelope`` decides per
 event; this is what may be asked for)."""
