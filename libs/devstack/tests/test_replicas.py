@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -58,6 +60,9 @@ def test_a_replica_gateway_whose_next_port_is_taken_gets_a_free_one(tmp_path: Pa
         second = services._first_port(gateway, 1)
         assert second != first + 1
         assert port_is_bindable(second)
+
+
+CLI_SETTINGS = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "TIDEMARK_API_URL", "TIDEMARK_TOKEN")
 
 
 def wait_for_run_file(path: Path, state: str, process: subprocess.Popen[bytes]) -> dict[str, Any]:
@@ -135,6 +140,26 @@ def test_make_run_with_two_replicas_lists_ten_instances_and_marks_them_stopped_o
             )
             assert done.returncode == 0, (example, done.stdout, done.stderr)
             assert json.loads(done.stdout), done.stdout
+        # The operator CLI examples, as printed, with nothing in the environment to find
+        # the stack but the state directory: run.json (owner-only) says where it all is.
+        assert stat.S_IMODE(run_file.stat().st_mode) == 0o600
+        assert json.loads(run_file.read_text())["token"] == export.split("'")[1]
+        cli = [line for line in printed if line.startswith("uv run tidemark ")]
+        assert len(cli) == 3, printed
+        bare = {k: v for k, v in os.environ.items() if k not in CLI_SETTINGS}
+        for line in cli:
+            argv = [sys.executable, "-m", "tidemark_cli", *shlex.split(line)[3:]]
+            done = subprocess.run(
+                argv,
+                env={**bare, "TIDEMARK_STATE_DIR": str(tmp_path)},
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert done.returncode == 0, (line, done.stdout, done.stderr)
+        assert done.stdout.startswith("intact: "), done.stdout
     finally:
         process.send_signal(signal.SIGINT)
         try:

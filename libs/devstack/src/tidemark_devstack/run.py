@@ -678,6 +678,12 @@ def _summary(
         "# readiness of the gateway and every service (no token needed)",
         f"curl -sS {gateway_url}/ready",
         "",
+        "# the operator CLI finds this stack by itself (.state/run.json): a backup followed",
+        "# live, the organization's history as a hash-chained audit file, and its check",
+        f"uv run tidemark backups trigger --environment {env_id} --follow",
+        f"uv run tidemark events export --organization {DEMO_ORG_ID} --output audit.jsonl",
+        "uv run tidemark events verify audit.jsonl",
+        "",
         "Press Ctrl-C to stop.",
         "",
     ]
