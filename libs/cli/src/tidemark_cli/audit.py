@@ -1,8 +1,8 @@
 """Reading the event stores for an audit: the export query and the check against the store.
 
-The export is one SQL query over every store's table of events (``<app name>_events``) (UNION ALL), filtered to
-the scope, sorted into the global order (recorded time, then the store's index in
-``SOURCES``, then its position) and streamed through a server-side cursor. Each row is
+The export is one SQL query over every store's table of events (``<app name>_events``;
+UNION ALL), filtered to the scope, sorted into the global order (recorded time, then the
+store's index in ``SOURCES``, then its position) and streamed in chunks. Each row is
 already the event line's members as text, the stored state embedded as it is, so Python
 only frames, hashes and writes it (chain.py): decoding a million events into objects would
 cost many times the read itself (bench/replay.py measures it).
