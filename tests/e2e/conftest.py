@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from tidemark_contracts.services import SERVICES
 from tidemark_devstack.e2e import (
     JWT_SECRET,
@@ -144,3 +146,22 @@ def two_of_everything(stack: Stack) -> Iterator[Stack]:
     for name, _ in stack.dead():
         stack.start(only=name, instance=0)
     stack.wait_ready(timeout=120)
+
+
+TARGET_ROWS = """
+CREATE TABLE customers (id bigint PRIMARY KEY, email text NOT NULL);
+INSERT INTO customers SELECT g, 'old' || g || '@example.com' FROM generate_series(1, 7) g;
+"""
+
+
+@pytest.fixture
+def target_database(create_database: Callable[..., str], database_url: str) -> str:
+    """Another environment's database, a restore's target: its own role (allowed to create
+    databases, as a restore needs) and rows of its own (``TARGET_ROWS``)."""
+    url = create_database("tgt", owner_password=SOURCE_PASSWORD)
+    role = str(conninfo_to_dict(url)["user"])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(role)))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(TARGET_ROWS)
+    return url

@@ -20,9 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-from tidemark_devstack.e2e import SOURCE_PASSWORD, Api, make_token, table_fingerprints
+from tidemark_devstack.e2e import Api, make_token, table_fingerprints
 from tidemark_devstack.stack import Stack
 
 # Each CLI run is a new interpreter (some seconds on a loaded machine), and the first test
@@ -30,10 +28,6 @@ from tidemark_devstack.stack import Stack
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 WRONG_PASSWORD = "not-the-password-7f3a"
-TARGET_ROWS = """
-CREATE TABLE customers (id bigint PRIMARY KEY, email text NOT NULL);
-INSERT INTO customers SELECT g, 'old' || g || '@example.com' FROM generate_series(1, 7) g;
-"""
 
 
 def cli_env(stack: Stack, api: Api, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -120,27 +114,6 @@ class Terminal:
         code = self.process.wait(timeout=timeout)
         os.close(self.master)
         return code
-
-
-@pytest.fixture
-def target_database(create_database: Callable[..., str], database_url: str) -> str:
-    """Another environment's database: its own role (allowed to create databases, as a
-    restore needs) and rows of its own."""
-    url = create_database("tgt", owner_password=SOURCE_PASSWORD)
-    role = str(conninfo_to_dict(url)["user"])
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(role)))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(TARGET_ROWS)
-    return url
-
-
-def completed_backup(api: Api, environment: dict[str, Any]) -> dict[str, Any]:
-    accepted = api.request_backup(environment["id"])
-    assert accepted.status_code == 202, accepted.text
-    backup = api.wait_for(accepted.json()["id"], timeout=120)
-    assert backup["status"] == "completed", backup
-    return backup
 
 
 def test_follow_in_a_terminal_draws_a_bar_from_a_running_tick_to_100_percent_and_exits_0(
@@ -310,8 +283,8 @@ def test_delete_asks_on_a_terminal_refuses_without_one_and_errors_are_one_line(
     environment = api.environment(source_database)
     api.destination()
     env = cli_env(stack, api, tmp_path)
-    backup_id = completed_backup(api, environment)["id"]
-    second = completed_backup(api, environment)
+    backup_id = api.completed_backup(environment)["id"]
+    second = api.completed_backup(environment)
 
     # Without --yes and without a terminal to ask on: refused, nothing deleted.
     refused = tidemark(env, "backups", "delete", backup_id)
@@ -363,7 +336,7 @@ def test_restore_into_another_environment_follows_to_completion_and_the_data_arr
     api.destination()
     source = api.environment(source_database)
     target = api.environment(target_database)
-    backup = completed_backup(api, source)
+    backup = api.completed_backup(source)
     env = cli_env(stack, api, tmp_path)
 
     answer = tidemark(env, "restore", backup["id"], "--target", target["id"], "--json")
@@ -387,7 +360,7 @@ def test_restore_of_a_corrupted_artifact_exits_1_and_leaves_the_target_as_it_was
     destination = api.destination()
     source = api.environment(source_database)
     target = api.environment(target_database)
-    backup = completed_backup(api, source)
+    backup = api.completed_backup(source)
     artifact = api.directory(destination) / backup["destinations"][0]["location"]
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0xFF

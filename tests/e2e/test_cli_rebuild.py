@@ -11,31 +11,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-from tidemark_devstack.e2e import SOURCE_PASSWORD, Api
+from tidemark_devstack.e2e import Api
 
 pytestmark = pytest.mark.integration
-
-TARGET_ROWS = "CREATE TABLE customers (id bigint PRIMARY KEY, email text NOT NULL);"
-
-
-@pytest.fixture
-def target_database(create_database: Callable[..., str], database_url: str) -> str:
-    """A restore's target: its own role, allowed to create databases."""
-    url = create_database("tgt", owner_password=SOURCE_PASSWORD)
-    role = str(conninfo_to_dict(url)["user"])
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(role)))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(TARGET_ROWS)
-    return url
 
 
 def rebuild(database_url: str, tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:

@@ -33,14 +33,6 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
-def completed_backup(api: Api, environment: dict[str, Any], **body: Any) -> dict[str, Any]:
-    accepted = api.request_backup(environment["id"], **body)
-    assert accepted.status_code == 202, accepted.text
-    backup = api.wait_for(accepted.json()["id"])
-    assert backup["status"] == "completed", backup
-    return backup
-
-
 def artifact(api: Api, destination: dict[str, Any], backup: dict[str, Any]) -> Path:
     [stored] = [d for d in backup["destinations"] if d["destinationId"] == destination["id"]]
     return api.directory(destination) / stored["location"]
@@ -82,7 +74,7 @@ def test_a_completed_backup_is_deleted_from_disk_and_keeps_its_row(
 ) -> None:
     environment = api.environment(source_database)
     destination = api.destination("kept")
-    backup = completed_backup(api, environment, label="before the upgrade")
+    backup = api.completed_backup(environment, label="before the upgrade")
     file = artifact(api, destination, backup)
     assert file.is_file()
 
@@ -114,7 +106,7 @@ def test_an_unknown_or_foreign_backup_is_not_found(
     problem(api.delete(f"/api/v1/backups/{uuid.uuid4()}"), 404)
     environment = api.environment(source_database)
     api.destination()
-    backup = completed_backup(api, environment)
+    backup = api.completed_backup(environment)
     stranger = api_for()
     problem(stranger.delete(f"/api/v1/backups/{backup['id']}"), 404)
     assert api.get(f"/api/v1/backups/{backup['id']}").json()["status"] == "completed"
@@ -195,7 +187,7 @@ def test_a_destination_that_cannot_be_cleaned_shows_the_error_and_is_cleaned_aft
 ) -> None:
     environment = api.environment(source_database)
     destination = api.destination()
-    backup = completed_backup(api, environment)
+    backup = api.completed_backup(environment)
     file = artifact(api, destination, backup)
     with immutable(file.parent):
         assert delete(api, backup["id"])["status"] == "deleting"
@@ -229,7 +221,7 @@ def test_a_destination_holding_backups_is_deleted_only_once_they_are(
 ) -> None:
     environment = api.environment(source_database)
     destination = api.destination()
-    completed = completed_backup(api, environment)
+    completed = api.completed_backup(environment)
     # A failed backup into it counts too (whatever it may hold).
     wrong = api.secret("wrong", "not-the-password")
     broken = api.environment(source_database, password_ref=wrong)
@@ -280,7 +272,7 @@ def test_the_manual_trigger_body(api: Api, api_for: Any, source_database: str) -
 
     # Without destinations: the organization's default ones.
     default = api.destination("default", is_default=True)
-    backup = completed_backup(api, environment, label="nightly by hand")
+    backup = api.completed_backup(environment, label="nightly by hand")
     assert [d["destinationId"] for d in backup["destinations"]] == [default["id"]]
     assert backup["label"] == "nightly by hand"
     assert backup["trigger"] == "manual"

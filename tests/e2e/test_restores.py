@@ -15,38 +15,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-from tidemark_devstack.e2e import SOURCE_PASSWORD, Api, table_fingerprints
+from tidemark_devstack.e2e import Api, table_fingerprints
 from tidemark_devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
-
-TARGET_ROWS = """
-CREATE TABLE customers (id bigint PRIMARY KEY, email text NOT NULL);
-INSERT INTO customers SELECT g, 'old' || g || '@example.com' FROM generate_series(1, 7) g;
-"""
-
-
-@pytest.fixture
-def target_database(create_database: Callable[..., str], database_url: str) -> str:
-    """Another environment's database: its own role (allowed to create databases, as a
-    restore needs) and rows of its own."""
-    url = create_database("tgt", owner_password=SOURCE_PASSWORD)
-    role = str(conninfo_to_dict(url)["user"])
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(role)))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(TARGET_ROWS)
-    return url
-
-
-def completed_backup(api: Api, environment: dict[str, Any]) -> dict[str, Any]:
-    accepted = api.request_backup(environment["id"])
-    assert accepted.status_code == 202, accepted.text
-    backup = api.wait_for(accepted.json()["id"], timeout=120)
-    assert backup["status"] == "completed", backup
-    return backup
 
 
 def request_restore(api: Api, backup_id: str, **body: Any) -> httpx.Response:
@@ -79,7 +51,7 @@ def test_a_db_restore_into_another_environment_reproduces_the_source_and_can_be_
     api.destination()
     source = api.environment(source_database)
     target = api.environment(target_database)
-    backup = completed_backup(api, source)
+    backup = api.completed_backup(source)
     before = table_fingerprints(target_database)
 
     accepted = request_restore(
@@ -134,7 +106,7 @@ def test_restore_validation_answers(
     api.destination()
     source = api.environment(source_database)
     target = api.environment(target_database)
-    backup = completed_backup(api, source)
+    backup = api.completed_backup(source)
     bid = backup["id"]
     foreign = api_for()
     foreign.destination()
@@ -186,7 +158,7 @@ def test_two_concurrent_restores_into_one_target_one_is_409(
     api.destination()
     source = api.environment(source_database)
     target = api.environment(target_database)
-    backup = completed_backup(api, source)
+    backup = api.completed_backup(source)
     answers: list[httpx.Response] = []
     barrier = threading.Barrier(2)
 
@@ -222,7 +194,7 @@ def test_a_corrupted_artifact_fails_the_restore_before_the_target_is_touched(
     destination = api.destination()
     source = api.environment(source_database)
     target = api.environment(target_database)
-    backup = completed_backup(api, source)
+    backup = api.completed_backup(source)
     artifact = api.directory(destination) / backup["destinations"][0]["location"]
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -268,7 +240,7 @@ def test_a_restore_runner_killed_during_pg_restore_leaves_the_target_as_it_was(
     api.destination()
     source = api.environment(source_database)
     target = api.environment(target_database)
-    backup = completed_backup(api, source)
+    backup = api.completed_backup(source)
     before = table_fingerprints(target_database)
     accepted = request_restore(
         api,
@@ -310,7 +282,7 @@ def test_the_restore_progress_stream_shows_running_ticks_and_ends_completed(
     api.destination()
     source = api.environment(source_database)
     target = api.environment(target_database)
-    backup = completed_backup(api, source)
+    backup = api.completed_backup(source)
     accepted = request_restore(
         api, backup["id"], targetType="other", targetEnvironmentId=target["id"]
     )
@@ -345,7 +317,7 @@ def test_a_failed_safety_backup_fails_the_restore_before_the_target_is_touched(
     source = api.environment(source_database)
     # The target's password is wrong: its safety backup (pg_dump) fails.
     target = api.environment(target_database, password_ref=api.secret("wrong", "not-it-9"))
-    backup = completed_backup(api, source)
+    backup = api.completed_backup(source)
     before = table_fingerprints(target_database)
     accepted = request_restore(
         api, backup["id"], targetType="other", targetEnvironmentId=target["id"]

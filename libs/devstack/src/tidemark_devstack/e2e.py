@@ -166,6 +166,16 @@ class Api:
     def request_backup(self, env_id: str, **body: Any) -> httpx.Response:
         return self.post(f"/api/v1/environments/{env_id}/backups", json={"type": "db", **body})
 
+    def completed_backup(
+        self, environment: dict[str, Any], timeout: float = 120.0, **body: Any
+    ) -> dict[str, Any]:
+        """A backup of ``environment`` requested and waited for: it must complete."""
+        accepted = self.request_backup(environment["id"], **body)
+        assert accepted.status_code == 202, accepted.text
+        backup = self.wait_for(accepted.json()["id"], timeout=timeout)
+        assert backup["status"] == "completed", backup
+        return backup
+
     def backup_command(
         self, environment: dict[str, Any], destination: dict[str, Any]
     ) -> RequestBackup:
