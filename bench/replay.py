@@ -87,12 +87,14 @@ def drive_history(
     *,
     password_ref: str = "secret:source-password",  # noqa: S107 (a reference, not a secret)
     positions: _Positions | None = None,
+    requested_by: str = "bench",
 ) -> dict[str, Any]:
     """An organization's history, written by the applications of the stores in ``apps``
     (by store name, as ``open_stores`` gives them): a project with two environments, a
     destination, a schedule changed once, a backup that completes and is deleted, one that
     fails with its alert, one that completes, and a restore of it into the second
-    environment. Returns the ids made, by role."""
+    environment. Every request says ``requested_by`` (free text). Returns the ids made, by
+    role."""
     store = {source.service + "/" + source.application.__name__: source.store for source in SOURCES}
     catalog = apps[store["api-gateway/CatalogApplication"]]
     scheduler = apps[store["scheduler/SchedulerApplication"]]
@@ -154,7 +156,7 @@ def drive_history(
                 settings=ScheduleSettings(
                     destination_ids=[destination_id], db_frequency="custom", db_cron=cron
                 ),
-                requested_by="bench",
+                requested_by=requested_by,
                 created_at=now(),
                 updated_at=now(),
             ),
@@ -170,7 +172,7 @@ def drive_history(
             environment_id=env_id,
             type="db",
             trigger="manual",
-            requested_by="bench",
+            requested_by=requested_by,
             requested_at=now(),
             database=DatabaseTarget.model_validate(database),
             destinations=[target],
@@ -211,7 +213,7 @@ def drive_history(
         target_type="other",
         pitr_timestamp=None,
         safety_backup_id=None,
-        requested_by="bench",
+        requested_by=requested_by,
         requested_at=now(),
         # As the runner records it: the command's RestoreSource dumped (snake_case keys).
         source={

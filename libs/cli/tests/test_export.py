@@ -197,6 +197,23 @@ def test_each_filter_takes_the_aggregates_whose_first_event_names_the_id(
     assert by_org > by_project > by_env
 
 
+def test_free_text_holding_another_organizations_id_puts_nothing_in_its_export(
+    stores: Any, tmp_path: Path
+) -> None:
+    victim = uuid.uuid4()
+    stores.history(victim)
+    # Another organization's requests name the victim's id in free text, both spellings.
+    for spelling in (str(victim), victim.hex):
+        stores.history(requested_by=spelling)
+    exported = events(export(stores.url, tmp_path, "--organization", str(victim)))
+    assert exported
+    text = json.dumps(exported, separators=(",", ":"))
+    assert '"requested_by":"bench"' in text  # the victim's own requests are there
+    # None of the other organization's requests, whose first events name the victim's id.
+    assert f'"requested_by":"{victim}"' not in text
+    assert f'"requested_by":"{victim.hex}"' not in text
+
+
 def test_since_and_until_bound_the_recorded_time(stores: Any, tmp_path: Path) -> None:
     org = uuid.uuid4()
     stores.history(org)

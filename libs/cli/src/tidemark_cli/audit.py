@@ -130,10 +130,15 @@ def existing_sources(conn: psycopg.Connection[Any]) -> list[tuple[int, EventSour
 
 
 def _in_scope(table: sql.Composed, ids: Sequence[uuid.UUID]) -> tuple[sql.Composed, list[Any]]:
-    """The aggregates of ``table`` whose first stored event names one of ``ids`` anywhere
-    (as eventsourcing's ``uuid_hex`` or as a UUID string inside a nested value), or which
-    are one of them: a subquery of originator ids, and its parameters."""
-    patterns = [f"%{i.hex}%" for i in ids] + [f"%{i}%" for i in ids]
+    """The aggregates of ``table`` whose first stored event has one of ``ids`` in a UUID
+    field (at any depth), or which are one of them: a subquery of originator ids, and its
+    parameters.
+
+    Only a UUID field counts: eventsourcing writes one as ``{"_type_":"uuid_hex","_data_":
+    "<hex>"}``, quotes unescaped, which no text value can contain (inside a JSON string a
+    quote is ``\\"``). Free text that happens to hold an id (a backup's label naming
+    another organization's id, say) puts nothing in that organization's export."""
+    patterns = [f'%"\\_type\\_":"uuid\\_hex","\\_data\\_":"{i.hex}"%' for i in ids]
     subquery = sql.SQL(
         "SELECT f.originator_id FROM {t} f WHERE f.originator_id = ANY(%s::uuid[]) "
         "OR (NOT EXISTS (SELECT 1 FROM {t} g WHERE g.originator_id = f.originator_id "
