@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import uuid
 
 from tidemark_alerts.main import SCHEMA as ALERTS_SCHEMA
 from tidemark_alerts.webhooks import SCHEMA as WEBHOOKS_SCHEMA
@@ -13,6 +15,8 @@ from tidemark_cli.sources import SOURCES
 from tidemark_contracts.services import SERVICES
 from tidemark_restore_runner.main import SCHEMA as RESTORE_RUNNER_SCHEMA
 from tidemark_scheduler.main import EVENTSTORE_SCHEMA as SCHEDULER_SCHEMA
+
+UUID = uuid.uuid4()
 
 
 def test_every_store_is_listed_under_the_schema_its_service_uses() -> None:
@@ -45,3 +49,27 @@ def test_loading_the_cli_imports_no_service() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.strip() == "['tidemark_cli', 'tidemark_contracts', 'tidemark_platform']"
+
+
+def test_a_malformed_or_unreachable_database_url_never_prints_its_password() -> None:
+    for url in (
+        "user:s3cret-pw@localhost/db",  # not a URL at all: libpq quotes it whole
+        "postgresql://u:pa%zzs3cret-pw@127.0.0.1:1/db",  # a bad percent escape
+        "postgresql://u:s3cret-pw@127.0.0.1:1/db?connect_timeout=2",  # nothing listens
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "tidemark_cli", "events", "export", "--aggregate", str(UUID)],
+            env={
+                **{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+                "DATABASE_URL": url,
+                "TIDEMARK_STATE_DIR": "/nonexistent",
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 1, (url, done.stderr)
+        assert "s3cret" not in done.stdout + done.stderr, (url, done.stderr)
+        assert done.stderr.startswith("tidemark: database: "), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -11,10 +11,12 @@ Errors are one line on stderr and a non-zero exit: 1 for a failure, 2 for a usag
 from __future__ import annotations
 
 import sys
+from urllib.parse import quote
 
 import typer
 
 from tidemark_cli import alerts, backups, dlq, events, projections, republish, restores
+from tidemark_cli.config import discover
 from tidemark_cli.errors import CliError
 
 app = typer.Typer(
@@ -52,7 +54,10 @@ def main() -> None:
 def _network_failure(exc: Exception) -> str | None:
     psycopg = sys.modules.get("psycopg")
     if psycopg is not None and isinstance(exc, psycopg.Error):
-        return f"database: {_first_line(exc)}"
+        if type(exc) is psycopg.ProgrammingError:
+            # libpq's complaint about a connection string quotes it, password and all.
+            return "database: the database URL is not a valid connection string"
+        return f"database: {_without_database_secrets(_first_line(exc))}"
     httpx = sys.modules.get("httpx")
     if httpx is not None and isinstance(exc, httpx.HTTPError):
         return f"HTTP API: {type(exc).__name__}: {_first_line(exc)}"
@@ -60,6 +65,28 @@ def _network_failure(exc: Exception) -> str | None:
     if kafka_errors is not None and isinstance(exc, kafka_errors.KafkaError):
         return f"Kafka: {type(exc).__name__}: {_first_line(exc)}"
     return None
+
+
+def _without_database_secrets(text: str) -> str:
+    """``text`` with the configured database URL and its password, in any spelling a
+    message could quote them, replaced by ``***``."""
+    try:
+        url = discover().database_url
+    except CliError:
+        url = None
+    secrets = [url] if url else []
+    if url:
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            password = conninfo_to_dict(url).get("password")
+        except Exception:  # an unparsable URL: its password is whatever sits before '@'
+            password = url.partition("://")[2].rpartition("@")[0].partition(":")[2] or None
+        if password:
+            secrets += [str(password), quote(str(password), safe="")]
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def fail(message: str, code: int = 1) -> None:
