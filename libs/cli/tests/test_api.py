@@ -376,3 +376,20 @@ def test_restore_into_another_environment_at_a_time_sends_the_api_s_body(
             "pitrTimestamp": "2026-11-30T09:00:00Z",
         },
     ]
+
+
+def test_a_type_that_contradicts_the_target_is_refused_before_any_restore(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIDEMARK_API_URL", server.url)
+    monkeypatch.setenv("TIDEMARK_TOKEN", TOKEN)
+    source, elsewhere = str(uuid.uuid4()), str(uuid.uuid4())
+    server.replies += [json_reply(200, {"id": BACKUP, "environmentId": source})] * 2
+    base = ["restore", BACKUP, "--no-follow"]
+    same = CliRunner().invoke(app, [*base, "--target", elsewhere, "--type", "same"])
+    other = CliRunner().invoke(app, [*base, "--target", source, "--type", "other"])
+    for result in (same, other):  # main() turns these into one line and exit 2
+        assert isinstance(result.exception, CliError), result.output
+        assert result.exception.code == 2
+    # The backup was looked up; no restore was requested.
+    assert [s.method for s in server.seen] == ["GET", "GET"]

@@ -85,9 +85,18 @@ def restore(
                 target_id = str(uuid.UUID(target))
             except ValueError:
                 raise CliError("--target: not an environment id (a UUID)", code=2) from None
+            backup = api.get(f"/backups/{backup_id}")
+            own = backup["environmentId"] == target_id
             if target_type is None:
-                backup = api.get(f"/backups/{backup_id}")
-                target_type = "same" if backup["environmentId"] == target_id else "other"
+                target_type = "same" if own else "other"
+            elif own != (target_type == "same"):
+                # Never overwrite an environment the command did not name.
+                raise CliError(
+                    "--type same restores into the backup's own environment, which --target is not"
+                    if target_type == "same"
+                    else "--type other needs a --target other than the backup's environment",
+                    code=2,
+                )
             body["targetType"] = target_type
             if target_type == "other":
                 body["targetEnvironmentId"] = target_id
