@@ -37,14 +37,20 @@ def test_a_run_json_in_a_parent_directory_is_found(tmp_path: Path) -> None:
     assert target.need_api() == ("http://127.0.0.1:8000", "tok-from-run")
 
 
-def test_the_environment_wins_over_run_json_setting_by_setting(tmp_path: Path) -> None:
+def test_any_environment_setting_names_a_deployment_and_run_json_is_not_read(
+    tmp_path: Path,
+) -> None:
     write_run(tmp_path)
-    target = discover(
-        env={"TIDEMARK_TOKEN": "tok-env", "DATABASE_URL": "postgresql://x"}, cwd=tmp_path
-    )
+    target = discover(env={"TIDEMARK_TOKEN": "tok-env"}, cwd=tmp_path)
+    assert target.run_file is None
     assert target.token == "tok-env"
+    # The deployment's token is never sent to the local stack's API: there is no API URL.
+    with pytest.raises(CliError, match="no API URL: TIDEMARK_API_URL is not set"):
+        target.need_api()
+    target = discover(env={"DATABASE_URL": "postgresql://x"}, cwd=tmp_path)
     assert target.database_url == "postgresql://x"
-    assert target.api_url == MANIFEST["gatewayUrl"]
+    with pytest.raises(CliError, match="no Kafka"):
+        target.need_kafka()  # never the local stack's Kafka with a deployment's database
 
 
 def test_tidemark_state_dir_names_the_run_json_and_nothing_else_is_searched(tmp_path: Path) -> None:
@@ -75,3 +81,15 @@ def test_an_unreadable_run_json_is_an_error_without_its_contents(tmp_path: Path)
         discover(env={}, cwd=tmp_path)
     assert "hunter2" not in raised.value.message
     assert "JSONDecodeError" in raised.value.message
+
+
+def test_text_from_servers_is_printed_as_it_is_never_as_markup(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tidemark_cli import output
+
+    output.print_table(("error",), [("[/var/lib/x] Field required [type=missing]",)])
+    output.stdout.print("[bold]not bold[/bold]")
+    printed = capsys.readouterr().out
+    assert "[/var/lib/x] Field required [type=missing]" in printed
+    assert "[bold]not bold[/bold]" in printed

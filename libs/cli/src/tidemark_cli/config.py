@@ -1,8 +1,10 @@
 """Where the CLI finds the system: a real deployment's environment, or ``make run``'s stack.
 
-Each setting comes from its environment variable when set, else from the ``run.json`` that
-``make run`` writes in its state directory (``$TIDEMARK_STATE_DIR/run.json``, else the first
-``.state/run.json`` in the current directory or one of its parents):
+A deployment is named by environment variables; when none of the four below is set, the
+CLI uses the local stack's ``run.json`` that ``make run`` writes in its state directory
+(``$TIDEMARK_STATE_DIR/run.json``, else the first ``.state/run.json`` in the current
+directory or one of its parents). Never a mix of the two: a token given for a deployment
+is never sent to a local stack's API, nor a deployment's events to a local Kafka.
 
 =========================  ===========================  ======================================
 setting                    environment variable         run.json key
@@ -90,9 +92,10 @@ def _read_run_file(path: Path) -> dict[str, Any]:
 
 
 def discover(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Target:
-    """The target from the environment, filled in from ``make run``'s run.json."""
+    """The target from the environment, or else from ``make run``'s run.json."""
     env = os.environ if env is None else env
-    run_file = find_run_file(env, cwd or Path.cwd())
+    deployment = any(env.get(v) for v in (DATABASE_ENV, KAFKA_ENV, API_URL_ENV, TOKEN_ENV))
+    run_file = None if deployment else find_run_file(env, cwd or Path.cwd())
     manifest = _read_run_file(run_file) if run_file else {}
 
     def pick(variable: str, key: str) -> str | None:

@@ -127,11 +127,11 @@ class BarView:
 
     def __init__(self, subject: str, console: Console) -> None:
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn("{task.fields[phase]}"),
-            TextColumn("{task.fields[bytes]}"),
+            TextColumn("{task.fields[phase]}", markup=False),
+            TextColumn("{task.fields[bytes]}", markup=False),
             TimeElapsedColumn(),
             console=console,
             refresh_per_second=10,

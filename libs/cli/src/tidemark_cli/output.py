@@ -9,10 +9,13 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 # Results go to stdout; progress, warnings and errors to stderr, so `> file` keeps data only.
-stdout = Console()
-stderr = Console(stderr=True)
+# No markup: what is printed comes from servers and users ("[/var/lib/x]", "[type=missing]")
+# and must appear as it is, never be read as rich's markup (or fail as bad markup).
+stdout = Console(markup=False)
+stderr = Console(stderr=True, markup=False)
 
 
 def print_json(value: Any) -> None:
@@ -26,5 +29,5 @@ def print_table(
 ) -> None:
     table = Table(*columns, title=title)
     for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
+        table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
     stdout.print(table)
