@@ -11,8 +11,8 @@
 #
 # Both print as they go, each line prefixed with its shard; each shard's tail (its failure
 # summary) is printed again at the end. Exit status: pytest's own, the first non-zero of the
-# two; a shard that collected nothing (5, e.g. under a -k that only matches the other) counts
-# as a pass unless both collected nothing.
+# two. A shard that collected nothing (5) fails the run, except when arguments narrow it (a -k
+# that only matches the other shard); then only both collecting nothing does.
 #
 # Environment: UV_RUN (how to run pytest), STATE_DIR, PYTEST_STATUS_FILE (optional: pytest's
 # status is written there). Arguments: extra pytest arguments for both shards.
@@ -37,12 +37,17 @@ run_shard e2e "$STATE_DIR/e2e" -n "$E2E_WORKERS" --dist loadfile tests/e2e "$@" 
 e2e_pid=$!
 run_shard rest "$STATE_DIR" libs services "$@" &
 rest_pid=$!
-# A stop (CI's hard timeout, Ctrl-C) stops both shards, not only this script.
-trap 'kill -TERM $e2e_pid $rest_pid 2>/dev/null; wait; exit 130' INT TERM
+# A stop of this script stops everything it started: pytest, its workers and their servers
+# (the process group, as Ctrl-C in a terminal or CI's timeout would).
+trap 'trap - INT TERM; kill -TERM 0 2>/dev/null; exit 130' INT TERM
 wait $e2e_pid $rest_pid
 
 status=0
 all_empty=1
+narrowed=0
+for arg in "$@"; do
+    case "$arg" in -k | -k?* | -m | -m?* | --deselect*) narrowed=1 ;; esac
+done
 for name in e2e rest; do
     code=$(cat "$logs/$name.status" 2>/dev/null || echo 1)
     echo
@@ -54,7 +59,10 @@ for name in e2e rest; do
         tail -n 15 "$logs/$name.log"
     fi
     [ "$code" -ne 5 ] && all_empty=0
-    if [ "$status" -eq 0 ] && [ "$code" -ne 0 ] && [ "$code" -ne 5 ]; then
+    if [ "$code" -eq 5 ] && [ "$narrowed" -eq 1 ]; then
+        continue  # narrowed by arguments to the other shard's tests
+    fi
+    if [ "$status" -eq 0 ] && [ "$code" -ne 0 ]; then
         status=$code
     fi
 done

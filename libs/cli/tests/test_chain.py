@@ -180,3 +180,19 @@ def test_an_event_turned_into_a_trailer_is_altered() -> None:
     lines = export()
     lines[3] = rewrite(lines[3], {"kind": "trailer"})
     assert problem(lines) == ("altered", 4)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda line: line[:-2] + b',"note":"added"}\n',  # a member more
+        lambda line: line[:-1] + b" \n",  # trailing whitespace
+        lambda line: line.replace(b'{"seq"', b'{ "seq"', 1),  # other spacing
+    ],
+)
+def test_a_trailer_changed_in_any_way_that_keeps_its_values_is_altered(
+    tamper: Any,
+) -> None:
+    lines = export()
+    lines[-1] = tamper(lines[-1])
+    assert problem(lines) == ("altered", len(lines))

@@ -186,6 +186,10 @@ def _first_break(lines: list[Line]) -> Verdict | None:
         return _fail(
             lines, "altered", n, f"the trailer counts {count} events, the file has {n - 2}"
         )
+    # No line hashes the trailer itself: it must be exactly what an export writes.
+    members = _inner({"kind": "trailer", "count": count, "hash": last.prev})
+    if last.raw != b'{"seq":%d,%s,"prev":"%s"}\n' % (n, members, str(last.prev).encode()):
+        return _fail(lines, "altered", n, "the trailer is not as an export writes it")
     return None
 
 
