@@ -284,6 +284,23 @@ def test_a_stream_that_keeps_ending_without_an_outcome_is_given_up_in_one_line(
     assert slept == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
 
 
+def test_a_stream_that_only_repeats_its_current_state_is_given_up_too(server: Server) -> None:
+    # Each reconnection opens with the current state (the same id): that is no progress.
+    state = (7, "progress", {"status": "running", "phase": "dumping"})
+    server.replies += [sse_reply(state) for _ in range(MAX_ATTEMPTS_WITHOUT_EVENT)]
+    with Api(server.url, TOKEN) as api, pytest.raises(CliError) as gave_up:
+        follow_stream(
+            api,
+            f"/backups/{BACKUP}/progress",
+            LineView("b", Console(file=io.StringIO())),
+            sleep=lambda _: None,
+        )
+    assert gave_up.value.message.startswith(
+        f"gave up following after {MAX_ATTEMPTS_WITHOUT_EVENT} attempts"
+    )
+    assert len(server.seen) == MAX_ATTEMPTS_WITHOUT_EVENT
+
+
 def test_a_gateway_that_is_restarting_is_retried_and_a_404_is_not(server: Server) -> None:
     server.replies += [
         json_reply(503, {"title": "Service Unavailable", "status": 503, "detail": "x"}),

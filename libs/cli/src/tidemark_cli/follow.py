@@ -192,8 +192,10 @@ def follow_stream(
             try:
                 with api.stream(path, last_id) as events:
                     for event in events:
-                        failures, delay = 0, FIRST_RETRY_DELAY
-                        if event.id is not None:
+                        # Only progress resets the count: every reconnection opens with the
+                        # current state again, which a stream that keeps failing also sends.
+                        if event.id is not None and event.id != last_id:
+                            failures, delay = 0, FIRST_RETRY_DELAY
                             last_id = event.id
                         state.apply(event)
                         view.show(event, state)
