@@ -342,9 +342,11 @@ async def compare_model(conn: Connection, model: ReadModel) -> ModelReport:
 
 
 async def _lock_live(conn: Connection, models: Sequence[ReadModel]) -> None:
-    """Bookkeeping first, then the tables in registry order: the order the services'
+    """Bookkeeping first, then the tables in registry order: the order the projections'
     transactions take them in (position, version, then rows; a destination before a
-    backup), so the swap waits for them and never deadlocks with them."""
+    backup), so the swap waits for them. The gateway's destination removal locks its row
+    before ``projection_versions``: against a swap of the catalog that is a deadlock, which
+    PostgreSQL ends by aborting one of them whole (docs/cli/rebuild.md)."""
     await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
     names: list[tuple[str, str]] = []
     for schema in sorted({m.schema for m in models}):
