@@ -57,7 +57,7 @@ run: sync
 	$(UV_RUN) tidemark-dev run
 
 # With TESTS (paths), one pytest runs them; without, tests/shards.sh runs the whole suite as
-# two pytest processes at once (tests/e2e, and libs + services), each on its own Kafka and
+# two pytest processes at once (tests/e2e, and the rest), each on its own Kafka and
 # PostgreSQL.
 test: sync
 	@if [ -n "$(TESTS)" ]; then \

@@ -7,7 +7,8 @@
 #   e2e   tests/e2e, state in $STATE_DIR/e2e, itself split by module over $E2E_WORKERS
 #         pytest-xdist workers (default 2), each with its own Kafka and PostgreSQL
 #         ($STATE_DIR/e2e/test/gw0, ...) and its own stack of services
-#   rest  libs services, state in $STATE_DIR (as a plain `pytest` uses)
+#   rest  libs, services and tests/ but tests/e2e, state in $STATE_DIR (as a plain `pytest`
+#         uses)
 #
 # Both print as they go, each line prefixed with its shard; each shard's tail (its failure
 # summary) is printed again at the end. Exit status: pytest's own, the first non-zero of the
@@ -35,7 +36,7 @@ run_shard() { # NAME STATE_DIR PATHS... -- ARGS...: runs pytest, prefixes its li
 E2E_WORKERS=${E2E_WORKERS:-2}
 run_shard e2e "$STATE_DIR/e2e" -n "$E2E_WORKERS" --dist loadfile tests/e2e "$@" &
 e2e_pid=$!
-run_shard rest "$STATE_DIR" libs services "$@" &
+run_shard rest "$STATE_DIR" libs services tests --ignore=tests/e2e "$@" &
 rest_pid=$!
 # A stop of this script stops everything it started: pytest, its workers and their servers
 # (the process group, as Ctrl-C in a terminal or CI's timeout would).
